@@ -1,0 +1,64 @@
+"""Shared body of transfer-set attacks: draw queries from the pool, label them through the oracle,
+train the substitute. Subclasses only choose what the substitute learns from the answers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from arena.attacker import Attacker
+from arena.knowledge import Knowledge
+from arena.oracle import Oracle
+from arena.training import TrainRecipe, train_classifier
+
+
+@dataclass(frozen=True)
+class TransferSetAttack(Attacker):
+    """Random pool sampling plus substitute training; ``targets`` picks soft or hard labels."""
+
+    epochs: int = 20
+    """substitute training epochs over the transfer set"""
+    lr: float = 1e-3
+    """Adam learning rate"""
+    batch_size: int = 64
+    """substitute training mini-batch"""
+    query_batch: int = 256
+    """images per oracle call"""
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "query_batch"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        lr = self.lr
+        if isinstance(lr, bool) or not isinstance(lr, int | float) or not 0 < lr < 10:
+            raise ValueError(f"lr must be a number in (0, 10), got {lr!r}")
+
+    def targets(self, answers: torch.Tensor) -> torch.Tensor:
+        """What the substitute is trained on: the answers themselves or labels derived from them."""
+        raise NotImplementedError
+
+    def _steal(self, oracle: Oracle, knowledge: Knowledge, rng: np.random.Generator) -> nn.Module:
+        assert knowledge.pool is not None
+        queries, answers = query_random_subset(oracle, knowledge.pool, rng, self.query_batch)
+        seed = int(rng.integers(0, 2**31 - 1))
+        substitute = knowledge.make_substitute(seed)
+        recipe = TrainRecipe(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size)
+        return train_classifier(substitute, queries, self.targets(answers), recipe, seed=seed)
+
+
+def query_random_subset(
+    oracle: Oracle, pool: torch.Tensor, rng: np.random.Generator, batch_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Spend the whole remaining budget on pool images drawn uniformly without replacement.
+
+    If the budget exceeds the pool, the pool is cycled in fresh random orders.
+    """
+    n = oracle.remaining
+    orders = [rng.permutation(len(pool)) for _ in range(-(-n // len(pool)))]
+    indices = torch.from_numpy(np.concatenate(orders)[:n] if orders else np.empty(0, dtype=np.int64))
+    queries = pool[indices]
+    return queries, oracle.query_all(queries, batch_size=batch_size)

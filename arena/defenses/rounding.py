@@ -1,0 +1,32 @@
+"""Rounding (Tramèr et al. 2016): answer with probabilities rounded to a few decimals."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from arena.defenses.base import Defense, IntRange, renormalise
+from arena.defenses.registry import DEFENSES
+
+
+@DEFENSES.register("rounding")
+@dataclass(frozen=True)
+class Rounding(Defense):
+    """Rounds each probability to `decimals` places, then renormalises rows to sum to one."""
+
+    decimals: int = 2
+    """decimal places kept (1 = coarsest useful setting)"""
+
+    search_space = {"decimals": IntRange(1, 4)}
+
+    def __post_init__(self) -> None:
+        if isinstance(self.decimals, bool) or not isinstance(self.decimals, int):
+            raise ValueError(f"decimals must be an integer, got {self.decimals!r}")
+        if not 0 <= self.decimals <= 8:
+            raise ValueError(f"decimals must be in 0..8, got {self.decimals}")
+
+    def respond(self, probs: torch.Tensor, x: torch.Tensor, state: Any) -> torch.Tensor:
+        # Ties can move the argmax (two classes rounding to the same value), so no argmax flag.
+        return renormalise(torch.round(probs, decimals=self.decimals))

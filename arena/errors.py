@@ -1,0 +1,58 @@
+"""Typed errors: every user mistake surfaces as one of these, never as a bare traceback."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ArenaError(Exception):
+    """Base of every error the arena raises on purpose."""
+
+
+class QueryErrorCode(StrEnum):
+    """Why a query was refused; carried by :class:`InvalidQuery` so callers can branch on it."""
+
+    NOT_ARRAY = "not_array"
+    DTYPE = "dtype"
+    SHAPE = "shape"
+    EMPTY = "empty"
+    BATCH_TOO_LARGE = "batch_too_large"
+    NON_FINITE = "non_finite"
+    OUT_OF_RANGE = "out_of_range"
+    UNKNOWN_ATTACKER = "unknown_attacker"
+
+
+class InvalidQuery(ArenaError):
+    """A malformed query. Nothing was charged."""
+
+    def __init__(self, code: QueryErrorCode, message: str) -> None:
+        super().__init__(f"[{code.value}] {message}")
+        self.code = code
+        self.message = message
+
+
+class BudgetExhausted(ArenaError):
+    """The batch needs more queries than the attacker has left. Nothing was charged."""
+
+    def __init__(self, requested: int, remaining: int) -> None:
+        super().__init__(f"batch of {requested} queries exceeds the remaining budget {remaining}")
+        self.requested = requested
+        self.remaining = remaining
+
+
+class UnknownPlugin(ArenaError):
+    """A defense, attack, architecture or dataset name that is not registered."""
+
+    def __init__(self, kind: str, name: str, known: list[str]) -> None:
+        super().__init__(f"unknown {kind} {name!r}; known: {', '.join(sorted(known))}")
+        self.kind = kind
+        self.name = name
+        self.known = known
+
+
+class InvalidParameters(ArenaError):
+    """A plug-in was given hyperparameters it does not accept or values out of range."""
+
+
+class DatasetMissing(ArenaError):
+    """A dataset is not on disk and cannot be downloaded; the message says how to get it."""

@@ -1,0 +1,26 @@
+"""What a threat model grants the attacker besides the oracle (DESIGN §1)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from arena.models import build_model
+
+
+@dataclass(frozen=True)
+class Knowledge:
+    """The attacker's side information: never the victim, its weights, its data or test labels."""
+
+    pool: torch.Tensor | None
+    """unlabeled query pool ``[N, *input_shape]``; ``None`` for data-free attacks"""
+    pool_name: str
+    input_shape: tuple[int, ...]
+    num_classes: int
+    substitute_arch: str
+
+    def make_substitute(self, seed: int) -> nn.Module:
+        """A fresh, untrained model of the granted substitute architecture, seeded."""
+        return build_model(self.substitute_arch, self.input_shape, self.num_classes, seed=seed)

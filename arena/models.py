@@ -1,0 +1,75 @@
+"""Classifier architectures for victims and substitutes, registered by name.
+
+Each factory takes the input shape ``(C, H, W)`` and the number of classes and returns a module
+producing logits. Models are small on purpose: on this CPU a LeNet-5 costs a tenth of a
+32/64-channel CNN per image.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from arena.errors import InvalidParameters
+from arena.registry import Registry
+
+ArchFactory = Callable[[tuple[int, ...], int], nn.Module]
+ARCHITECTURES: Registry[ArchFactory] = Registry("architecture")
+
+
+@ARCHITECTURES.register("lenet5")
+def lenet5(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """LeNet-5 with ReLU and max-pooling (two 5x5 convs, three dense layers); needs inputs >= 12 px."""
+    channels, height, width = input_shape
+    if min(height, width) < 12:
+        raise InvalidParameters(f"lenet5 needs images of at least 12x12 pixels, got {height}x{width}")
+    # conv(5, pad 2) keeps size, pool halves, conv(5) loses 4, pool halves.
+    out_h, out_w = (height // 2 - 4) // 2, (width // 2 - 4) // 2
+    return nn.Sequential(
+        nn.Conv2d(channels, 6, kernel_size=5, padding=2),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, kernel_size=5),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(16 * out_h * out_w, 120),
+        nn.ReLU(),
+        nn.Linear(120, 84),
+        nn.ReLU(),
+        nn.Linear(84, num_classes),
+    )
+
+
+@ARCHITECTURES.register("mlp")
+def mlp(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """Two hidden layers of 256 and 128 ReLU units on the flattened image; any input size."""
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(math.prod(input_shape), 256),
+        nn.ReLU(),
+        nn.Linear(256, 128),
+        nn.ReLU(),
+        nn.Linear(128, num_classes),
+    )
+
+
+@ARCHITECTURES.register("softmax_regression")
+def softmax_regression(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """Multinomial logistic regression on the flattened image (the Tramèr et al. target)."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), num_classes))
+
+
+def build_model(
+    arch: str, input_shape: tuple[int, ...], num_classes: int, seed: int | None = None
+) -> nn.Module:
+    """Build a registered architecture; with ``seed`` its initial weights are reproducible."""
+    factory = ARCHITECTURES.get(arch)
+    if seed is None:
+        return factory(input_shape, num_classes)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return factory(input_shape, num_classes)

@@ -1,0 +1,162 @@
+"""The oracle: the only thing an attacker holds (DESIGN §3).
+
+An :class:`Oracle` wraps an *endpoint* (a victim service in this process, or a Ray actor proxy in
+``orchestration``) and an attacker identity. It exposes ``query``, ``budget``, ``used``,
+``remaining`` and the public input/output spec, and nothing else of the victim. Rejections travel
+back as values (cheaper than raising through Ray) and are raised here as typed errors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from arena.errors import BudgetExhausted, InvalidQuery, QueryErrorCode
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a valid query batch looks like: ``[B, *shape]`` float32 within ``[low, high]``."""
+
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+    low: float = 0.0
+    high: float = 1.0
+    max_batch: int = 1024
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """What comes back: ``[B, num_classes]`` probability rows (one-hot when label-only)."""
+
+    num_classes: int
+    label_only: bool = False
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A served batch and the account after charging it."""
+
+    outputs: np.ndarray
+    used: int
+    remaining: int
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A refused batch; nothing was charged."""
+
+    code: str
+    message: str
+    requested: int = 0
+    remaining: int = 0
+
+    def to_error(self) -> Exception:
+        if self.code == "budget_exhausted":
+            return BudgetExhausted(self.requested, self.remaining)
+        return InvalidQuery(QueryErrorCode(self.code), self.message)
+
+
+@dataclass(frozen=True)
+class AccountStatus:
+    budget: int
+    used: int
+
+    @property
+    def remaining(self) -> int:
+        return self.budget - self.used
+
+
+class OracleEndpoint(Protocol):
+    """What an oracle talks to: the query half of a victim service."""
+
+    def answer(self, attacker_id: str, query_id: str, x: Any) -> Answer | Rejection: ...
+
+    def account_status(self, attacker_id: str) -> AccountStatus: ...
+
+    def public_spec(self) -> tuple[InputSpec, OutputSpec]: ...
+
+
+def validate_query(x: Any, spec: InputSpec) -> Rejection | None:
+    """Check a batch against the input spec without copying it; cheap checks come first."""
+    if not isinstance(x, np.ndarray | torch.Tensor):
+        return Rejection("not_array", f"expected a numpy array or torch tensor, got {type(x).__name__}")
+    dtype = str(x.dtype).removeprefix("torch.")
+    if dtype != spec.dtype:
+        return Rejection("dtype", f"expected dtype {spec.dtype}, got {dtype}")
+    expected = len(spec.shape) + 1
+    if x.ndim != expected:
+        return Rejection(
+            "shape", f"expected shape [B, {', '.join(map(str, spec.shape))}], got {list(x.shape)}"
+        )
+    batch = int(x.shape[0])
+    if batch == 0:
+        return Rejection("empty", "the batch is empty")
+    if batch > spec.max_batch:
+        return Rejection("batch_too_large", f"batch of {batch} exceeds the maximum {spec.max_batch}")
+    if tuple(int(s) for s in x.shape[1:]) != spec.shape:
+        return Rejection(
+            "shape", f"expected shape [B, {', '.join(map(str, spec.shape))}], got {list(x.shape)}"
+        )
+    array = x.numpy() if isinstance(x, torch.Tensor) else x
+    if not np.isfinite(array).all():
+        return Rejection("non_finite", "the batch contains NaN or infinite values")
+    low, high = float(array.min()), float(array.max())
+    if low < spec.low or high > spec.high:
+        return Rejection(
+            "out_of_range", f"values must lie in [{spec.low}, {spec.high}], got [{low:g}, {high:g}]"
+        )
+    return None
+
+
+class Oracle:
+    """Black-box access to a defended victim under a server-enforced budget."""
+
+    def __init__(self, endpoint: OracleEndpoint, attacker_id: str) -> None:
+        self._endpoint = endpoint
+        self._attacker_id = attacker_id
+        self._next_query = 0
+        self.input_spec, self.output_spec = endpoint.public_spec()
+        status = endpoint.account_status(attacker_id)
+        self._budget, self._used = status.budget, status.used
+
+    @property
+    def budget(self) -> int:
+        return self._budget
+
+    @property
+    def used(self) -> int:
+        return self._used
+
+    @property
+    def remaining(self) -> int:
+        return self._budget - self._used
+
+    @property
+    def num_classes(self) -> int:
+        return self.output_spec.num_classes
+
+    def query(self, x: torch.Tensor) -> torch.Tensor:
+        """Answer a batch ``[B, *input_shape]``; raises InvalidQuery or BudgetExhausted, uncharged."""
+        payload: Any = x
+        if isinstance(x, torch.Tensor):
+            payload = x.detach().cpu().contiguous().numpy() if x.dtype.is_floating_point else x
+        query_id = f"q{self._next_query}"
+        result = self._endpoint.answer(self._attacker_id, query_id, payload)
+        if isinstance(result, Rejection):
+            raise result.to_error()
+        self._next_query += 1
+        self._used = result.used
+        return torch.from_numpy(np.array(result.outputs, dtype=np.float32, copy=True))
+
+    def query_all(self, x: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+        """Query ``x`` in batches of at most the service's ``max_batch``."""
+        size = min(batch_size or self.input_spec.max_batch, self.input_spec.max_batch)
+        chunks = [self.query(x[i : i + size]) for i in range(0, int(x.shape[0]), size)]
+        return torch.cat(chunks) if chunks else torch.empty(0, self.num_classes)
+
+    def __repr__(self) -> str:
+        return f"Oracle(attacker={self._attacker_id!r}, used={self.used}/{self.budget})"

@@ -1,0 +1,184 @@
+"""The referee: plays one match and returns its flat, typed record (DESIGN §3, §6).
+
+``play_match`` runs everything in this process. ``referee_match`` is the shared core: it accepts
+any object with the victim-service interface, so ``orchestration`` can pass a Ray actor proxy and
+get the same record. Attackers are built by name from :data:`arena.attacker.ATTACKS` (import
+``agents`` to register the built-in attacks).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from arena.attacker import ATTACKS
+from arena.data import DataSplits, load_dataset
+from arena.defenses.chain import build_chain
+from arena.knowledge import Knowledge
+from arena.metrics import agreement, kl_divergence, l1_distance
+from arena.oracle import InputSpec, Oracle, OracleEndpoint
+from arena.registry import build_plugin, plugin_label
+from arena.service import AccountStats, ReferenceOutputs, VictimService
+from arena.specs import MatchSpec
+from arena.training import accuracy, predict_probs
+from arena.victims import load_or_train
+
+
+class MatchResult(BaseModel):
+    """One match's flat record: the only thing that crosses into tracking."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    match_key: str
+    victim_key: str
+    dataset: str
+    victim_arch: str
+    substitute_arch: str
+    defense: str
+    attack: str
+    attack_name: str
+    budget: int
+    seed: int
+    trusted: bool
+    """True: the attacker ran as trusted in-cluster code held to the oracle by contract."""
+
+    victim_accuracy: float
+    """undefended victim's test accuracy"""
+    utility: float
+    """test accuracy of the defended answers' argmax"""
+    stolen_accuracy: float
+    fidelity: float
+    """agreement of the substitute with the undefended victim on the test set"""
+    queries_used: int
+    perturbation_l1: float
+    """mean L1 between undefended and defended answers on the attacker's queries"""
+    perturbation_kl: float
+    """mean KL(defended ‖ undefended) in nats on the attacker's queries"""
+    test_perturbation_l1: float
+    test_perturbation_kl: float
+    defense_us_per_query: float
+    """defense-chain time per answered attacker query, microseconds"""
+    latency_ratio: float
+    """(model + defense) / model time per query on the test set at batch 256"""
+    attack_seconds: float
+    match_seconds: float
+
+
+class ServiceAPI(OracleEndpoint, Protocol):
+    """The victim-service interface the referee needs (query half plus the trusted half)."""
+
+    def open_account(self, attacker_id: str, budget: int) -> None: ...
+
+    def account_stats(self, attacker_id: str) -> AccountStats: ...
+
+    def reference_outputs(self, x: np.ndarray | torch.Tensor) -> ReferenceOutputs: ...
+
+
+@dataclass(frozen=True)
+class MatchData:
+    """The slices a match needs besides the victim: the attacker's pool and the test set."""
+
+    pool: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    input_shape: tuple[int, ...]
+    num_classes: int
+
+    @classmethod
+    def from_splits(cls, data: DataSplits) -> MatchData:
+        return cls(
+            data.attacker_pool.x, data.test.x, data.test.y, data.input_shape, data.num_classes
+        )
+
+
+def attacker_id(spec: MatchSpec) -> str:
+    """The ledger identity of a match's attacker: unique per match, stable across reruns."""
+    return f"{spec.attack.name}-{spec.key()}"
+
+
+def match_rng(spec: MatchSpec) -> np.random.Generator:
+    """Randomness derived from the match's identity, never from scheduling order."""
+    return np.random.default_rng(int(spec.key(), 16))
+
+
+def referee_match(
+    spec: MatchSpec, service: ServiceAPI, data: MatchData, *, trusted: bool = True
+) -> MatchResult:
+    """Open the attacker's account, let it steal, then score the substitute and the defense."""
+    started = time.perf_counter()
+    attacker = build_plugin(ATTACKS, spec.attack.name, spec.attack.params)
+    chain = build_chain(spec.defenses)
+    identity = attacker_id(spec)
+    service.open_account(identity, spec.budget)
+    knowledge = Knowledge(
+        pool=data.pool,
+        pool_name=spec.pool,
+        input_shape=data.input_shape,
+        num_classes=data.num_classes,
+        substitute_arch=spec.substitute_arch or spec.victim.arch,
+    )
+    oracle = Oracle(service, identity)
+    attack_start = time.perf_counter()
+    substitute = attacker.steal(oracle, knowledge, match_rng(spec))
+    attack_seconds = time.perf_counter() - attack_start
+
+    reference = service.reference_outputs(data.test_x)
+    undefended = torch.tensor(reference.undefended)
+    defended = torch.tensor(reference.defended)
+    stolen = predict_probs(substitute, data.test_x)
+    stats = service.account_stats(identity)
+    used = max(stats.used, 1)
+    return MatchResult(
+        match_key=spec.key(),
+        victim_key=spec.victim.key(),
+        dataset=spec.victim.dataset,
+        victim_arch=spec.victim.arch,
+        substitute_arch=knowledge.substitute_arch,
+        defense=" -> ".join(
+            plugin_label(s.name, d) for s, d in zip(spec.defenses, chain.defenses, strict=True)
+        )
+        or "none",
+        attack=plugin_label(spec.attack.name, attacker),
+        attack_name=spec.attack.name,
+        budget=spec.budget,
+        seed=spec.seed,
+        trusted=trusted,
+        victim_accuracy=accuracy(undefended, data.test_y),
+        utility=accuracy(defended, data.test_y),
+        stolen_accuracy=accuracy(stolen, data.test_y),
+        fidelity=agreement(stolen, undefended),
+        queries_used=stats.used,
+        perturbation_l1=stats.l1_sum / used,
+        perturbation_kl=stats.kl_sum / used,
+        test_perturbation_l1=float(l1_distance(undefended, defended).mean()),
+        test_perturbation_kl=float(kl_divergence(defended, undefended).mean()),
+        defense_us_per_query=1e6 * stats.defense_seconds / used,
+        latency_ratio=(reference.model_seconds + reference.defense_seconds)
+        / max(reference.model_seconds, 1e-12),
+        attack_seconds=attack_seconds,
+        match_seconds=time.perf_counter() - started,
+    )
+
+
+def build_service(
+    spec: MatchSpec, data: DataSplits, cache_dir: Path | None = None, device: str = "cpu"
+) -> VictimService:
+    """Load or train the victim and put it behind the match's defense chain, in this process."""
+    victim = load_or_train(spec.victim, data, cache_dir)
+    chain = build_chain(spec.defenses)
+    return VictimService(victim.model, chain, InputSpec(shape=data.input_shape), data.num_classes, device)
+
+
+def play_match(
+    spec: MatchSpec, data: DataSplits | None = None, cache_dir: Path | None = None
+) -> MatchResult:
+    """Play one match entirely in this process (tests, notebooks, debugging)."""
+    data = data or load_dataset(spec.victim.dataset)
+    service = build_service(spec, data, cache_dir)
+    return referee_match(spec, service, MatchData.from_splits(data))

@@ -1,0 +1,94 @@
+"""Name -> plug-in registries. Every defense, attack, architecture and dataset is looked up here."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Generic, TypeVar
+
+from arena.errors import InvalidParameters, UnknownPlugin
+
+T = TypeVar("T")
+
+
+def first_doc_line(obj: object) -> str:
+    """The one-line description shown by ``arena list``."""
+    doc = inspect.getdoc(obj) or ""
+    return doc.strip().splitlines()[0] if doc.strip() else ""
+
+
+class Registry(Generic[T]):
+    """A mapping from registered names to plug-ins of one kind (defense, attack, ...)."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._items: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        """Decorator: ``@DEFENSES.register("rounding")``. Names are unique."""
+
+        def add(item: T) -> T:
+            if name in self._items:
+                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            self._items[name] = item
+            return item
+
+        return add
+
+    def get(self, name: str) -> T:
+        try:
+            return self._items[name]
+        except KeyError:
+            raise UnknownPlugin(self.kind, name, list(self._items)) from None
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
+
+    def describe(self) -> dict[str, str]:
+        return {name: first_doc_line(self._items[name]) for name in self.names()}
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+
+def build_plugin(registry: Registry[type[T]], name: str, params: Mapping[str, Any]) -> T:
+    """Instantiate a frozen-dataclass plug-in, turning bad hyperparameters into a typed error."""
+    cls = registry.get(name)
+    if dataclasses.is_dataclass(cls):
+        accepted = {f.name for f in dataclasses.fields(cls) if f.init}
+        unknown = sorted(set(params) - accepted)
+        if unknown:
+            raise InvalidParameters(
+                f"{registry.kind} {name!r} has no parameter {', '.join(map(repr, unknown))}; "
+                f"it accepts: {', '.join(sorted(accepted)) or 'none'}"
+            )
+    try:
+        return cls(**params)
+    except InvalidParameters:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise InvalidParameters(f"{registry.kind} {name!r}: {exc}") from None
+
+
+def canonical_params(registry: Registry[type[T]], name: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """Every hyperparameter with defaults filled in, so equal plug-ins get equal match keys."""
+    plugin = build_plugin(registry, name, params)
+    if dataclasses.is_dataclass(plugin):
+        return {f.name: getattr(plugin, f.name) for f in dataclasses.fields(plugin) if f.init}
+    return dict(params)
+
+
+def plugin_label(name: str, plugin: object) -> str:
+    """``name`` plus the hyperparameters that differ from the defaults, e.g. ``rounding(decimals=1)``."""
+    if not dataclasses.is_dataclass(plugin):
+        return name
+    changed = [
+        f"{f.name}={getattr(plugin, f.name)}"
+        for f in dataclasses.fields(plugin)
+        if f.init and f.default is not dataclasses.MISSING and getattr(plugin, f.name) != f.default
+    ]
+    return f"{name}({','.join(changed)})" if changed else name

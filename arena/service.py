@@ -1,0 +1,184 @@
+"""The victim service: one victim model behind its defense chain, owning every attacker's ledger.
+
+It is a plain class so a match can run in one process; ``orchestration`` hosts the same class in a
+Ray actor. The query half (``answer``, ``account_status``, ``public_spec``) is what an
+:class:`~arena.oracle.Oracle` talks to; the rest (opening accounts, per-account statistics,
+reference outputs on the test set) is for the referee only.
+
+Charging rules: a batch is validated and checked against the remaining budget *before* the model
+runs; a rejected batch charges nothing; a replayed ``(attacker, query id)`` returns the recorded
+answer without charging again.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from arena.defenses.chain import DefenseChain
+from arena.metrics import kl_divergence, l1_distance
+from arena.oracle import AccountStatus, Answer, InputSpec, OutputSpec, Rejection, validate_query
+
+
+@dataclass
+class AccountStats:
+    """Everything the service measured while serving one attacker."""
+
+    budget: int
+    used: int = 0
+    batches: int = 0
+    l1_sum: float = 0.0
+    kl_sum: float = 0.0
+    model_seconds: float = 0.0
+    defense_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class ReferenceOutputs:
+    """The victim's answers on evaluation data, undefended and defended, and what they cost."""
+
+    undefended: np.ndarray
+    defended: np.ndarray
+    model_seconds: float
+    defense_seconds: float
+
+
+REFERENCE_BATCH = 256
+
+
+@dataclass
+class _Account:
+    stats: AccountStats
+    defense_states: list[Any]
+    answered: dict[str, Answer] = field(default_factory=dict)
+
+
+class VictimService:
+    """Serves one victim behind one defense chain to any number of metered attackers."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        chain: DefenseChain,
+        input_spec: InputSpec,
+        num_classes: int,
+        device: str = "cpu",
+    ) -> None:
+        self._device = torch.device(device)
+        self._model = model.to(self._device).eval()
+        self._chain = chain
+        self._input_spec = input_spec
+        label_only = bool(chain.defenses) and chain.defenses[-1].answers_labels_only
+        self._output_spec = OutputSpec(num_classes=num_classes, label_only=label_only)
+        self._accounts: dict[str, _Account] = {}
+        self._lock = threading.Lock()
+
+    # ---- referee side -------------------------------------------------------------------------
+
+    def open_account(self, attacker_id: str, budget: int) -> None:
+        """Create an attacker's ledger. Re-opening with the same budget is a no-op."""
+        if budget < 0:
+            raise ValueError(f"budget must be >= 0, got {budget}")
+        with self._lock:
+            account = self._accounts.get(attacker_id)
+            if account is None:
+                self._accounts[attacker_id] = _Account(AccountStats(budget), self._chain.new_states())
+            elif account.stats.budget != budget:
+                raise ValueError(
+                    f"attacker {attacker_id!r} already has budget {account.stats.budget}, not {budget}"
+                )
+
+    def account_stats(self, attacker_id: str) -> AccountStats:
+        with self._lock:
+            stats = self._accounts[attacker_id].stats
+            return AccountStats(**vars(stats))
+
+    def reference_outputs(self, x: np.ndarray | torch.Tensor) -> ReferenceOutputs:
+        """Undefended and defended outputs on trusted evaluation data, with a fresh defense state.
+
+        Timed in batches of :data:`REFERENCE_BATCH` so every defense's latency is measured at the
+        same batch size.
+        """
+        inputs = _as_tensor(x)
+        undefended, defended = [], []
+        model_seconds = defense_seconds = 0.0
+        states = self._chain.new_states()
+        for start in range(0, int(inputs.shape[0]), REFERENCE_BATCH):
+            batch = inputs[start : start + REFERENCE_BATCH]
+            begin = time.perf_counter()
+            probs = self._forward(batch)
+            model_seconds += time.perf_counter() - begin
+            answer, times = self._chain.respond(probs, batch, states)
+            defense_seconds += sum(times)
+            undefended.append(probs.numpy())
+            defended.append(answer.numpy())
+        return ReferenceOutputs(
+            np.concatenate(undefended), np.concatenate(defended), model_seconds, defense_seconds
+        )
+
+    # ---- oracle side --------------------------------------------------------------------------
+
+    def public_spec(self) -> tuple[InputSpec, OutputSpec]:
+        return self._input_spec, self._output_spec
+
+    def account_status(self, attacker_id: str) -> AccountStatus:
+        with self._lock:
+            account = self._accounts.get(attacker_id)
+            if account is None:
+                return AccountStatus(budget=0, used=0)
+            return AccountStatus(account.stats.budget, account.stats.used)
+
+    def answer(self, attacker_id: str, query_id: str, x: Any) -> Answer | Rejection:
+        """Validate, charge and answer one batch; every refusal is returned, never raised."""
+        with self._lock:
+            account = self._accounts.get(attacker_id)
+            if account is None:
+                return Rejection("unknown_attacker", f"no account for attacker {attacker_id!r}")
+            if query_id in account.answered:
+                return account.answered[query_id]
+            rejection = validate_query(x, self._input_spec)
+            if rejection is not None:
+                return rejection
+            stats = account.stats
+            batch = int(x.shape[0])
+            remaining = stats.budget - stats.used
+            if batch > remaining:
+                return Rejection(
+                    "budget_exhausted",
+                    f"batch of {batch} exceeds the remaining budget {remaining}",
+                    requested=batch,
+                    remaining=remaining,
+                )
+            inputs = _as_tensor(x)
+            start = time.perf_counter()
+            probs = self._forward(inputs)
+            model_seconds = time.perf_counter() - start
+            defended, defense_seconds = self._chain.respond(probs, inputs, account.defense_states)
+
+            stats.used += batch
+            stats.batches += 1
+            stats.model_seconds += model_seconds
+            stats.defense_seconds += sum(defense_seconds)
+            stats.l1_sum += float(l1_distance(probs, defended).sum())
+            stats.kl_sum += float(kl_divergence(defended, probs).sum())
+            result = Answer(defended.numpy(), used=stats.used, remaining=stats.budget - stats.used)
+            account.answered[query_id] = result
+            return result
+
+    @torch.no_grad()
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self._model(x.to(self._device))
+        return torch.softmax(logits.float(), dim=1).cpu()
+
+
+def _as_tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """A tensor view of a validated batch (arrays from Ray's object store are read-only: copy)."""
+    if isinstance(x, torch.Tensor):
+        return x
+    return torch.from_numpy(x if x.flags.writeable else x.copy())

@@ -1,0 +1,87 @@
+"""Deterministic mini-batch training and batched inference shared by victims and thieves.
+
+Tensors stay in memory and batches are drawn by index (no DataLoader): on a 2-core machine the
+DataLoader's worker and collation overhead costs more than the model itself.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class TrainRecipe:
+    """How a classifier is fitted."""
+
+    epochs: int = 10
+    """passes over the training set"""
+    lr: float = 1e-3
+    """Adam learning rate"""
+    batch_size: int = 128
+    """mini-batch size"""
+    weight_decay: float = 0.0
+    """Adam weight decay"""
+    cosine: bool = True
+    """anneal the learning rate to zero over the run (steadier final accuracy than a constant rate)"""
+
+
+def train_classifier(
+    model: nn.Module,
+    x: torch.Tensor,
+    targets: torch.Tensor,
+    recipe: TrainRecipe,
+    seed: int,
+    device: torch.device | str = "cpu",
+) -> nn.Module:
+    """Fit ``model`` on ``x``. ``targets`` are int labels ``[N]`` or probability rows ``[N, C]``.
+
+    Soft targets use the cross-entropy against the given distribution, which is what a thief
+    trained on returned probabilities minimises; one-hot rows reduce it to the usual loss.
+    """
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    model.to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    n = int(x.shape[0])
+    steps = recipe.epochs * -(-n // recipe.batch_size)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / steps)) if recipe.cosine else 1.0
+    )
+    soft = targets.dim() == 2
+    for _ in range(recipe.epochs):
+        order = torch.randperm(n, generator=generator)
+        for start in range(0, n, recipe.batch_size):
+            idx = order[start : start + recipe.batch_size]
+            xb, tb = x[idx].to(device), targets[idx].to(device)
+            logits = model(xb)
+            if soft:
+                loss = -(tb * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+            else:
+                loss = F.cross_entropy(logits, tb)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+    model.eval()
+    return model
+
+
+@torch.no_grad()
+def predict_probs(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """Softmax outputs for ``x`` on the model's device, returned on the CPU."""
+    model.eval()
+    device = next(model.parameters()).device
+    outs = [
+        torch.softmax(model(x[i : i + batch_size].to(device)), dim=1).cpu()
+        for i in range(0, int(x.shape[0]), batch_size)
+    ]
+    return torch.cat(outs) if outs else torch.empty(0)
+
+
+def accuracy(probs: torch.Tensor, labels: torch.Tensor) -> float:
+    return float((probs.argmax(dim=1) == labels).float().mean())

@@ -1,0 +1,93 @@
+"""Victims: trained deterministically from their spec and cached on disk by the spec's hash."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from arena.data import DataSplits, arena_home
+from arena.models import build_model
+from arena.specs import VictimSpec
+from arena.training import TrainRecipe, accuracy, predict_probs, train_classifier
+
+
+@dataclass(frozen=True)
+class TrainedVictim:
+    """A victim model with the figures measured when it was trained."""
+
+    spec: VictimSpec
+    model: nn.Module
+    test_accuracy: float
+    train_seconds: float
+    from_cache: bool
+
+
+def default_victim_cache() -> Path:
+    return arena_home() / "victims"
+
+
+def cache_path(spec: VictimSpec, cache_dir: Path) -> Path:
+    return cache_dir / f"{spec.dataset}-{spec.arch}-{spec.key()}.pt"
+
+
+def build_victim_model(
+    spec: VictimSpec, input_shape: tuple[int, ...], num_classes: int, state: dict[str, torch.Tensor]
+) -> nn.Module:
+    """Rebuild a victim's module from its weights (used wherever the victim is served)."""
+    model = build_model(spec.arch, input_shape, num_classes)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def load_cached(spec: VictimSpec, data: DataSplits, cache_dir: Path) -> TrainedVictim | None:
+    path = cache_path(spec, cache_dir)
+    if not path.is_file():
+        return None
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    model = build_victim_model(spec, data.input_shape, data.num_classes, saved["state_dict"])
+    return TrainedVictim(spec, model, float(saved["test_accuracy"]), 0.0, from_cache=True)
+
+
+def train_victim(spec: VictimSpec, data: DataSplits) -> TrainedVictim:
+    """Train the victim from scratch; the same spec always gives the same weights on one setup."""
+    model = build_model(spec.arch, data.input_shape, data.num_classes, seed=spec.seed)
+    x, y = data.victim_train.x, data.victim_train.y
+    if spec.train_size is not None:
+        x, y = x[: spec.train_size], y[: spec.train_size]
+    start = time.perf_counter()
+    recipe = TrainRecipe(epochs=spec.epochs, lr=spec.lr, batch_size=spec.batch_size)
+    train_classifier(model, x, y, recipe, seed=spec.seed)
+    seconds = time.perf_counter() - start
+    test_accuracy = accuracy(predict_probs(model, data.test.x), data.test.y)
+    return TrainedVictim(spec, model, test_accuracy, seconds, from_cache=False)
+
+
+def save_victim(victim: TrainedVictim, cache_dir: Path) -> Path:
+    """Write atomically (temp file + rename) so a killed run never leaves a torn cache entry."""
+    path = cache_path(victim.spec, cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    payload = {
+        "state_dict": victim.model.state_dict(),
+        "test_accuracy": victim.test_accuracy,
+        "spec": victim.spec.model_dump(mode="json"),
+    }
+    torch.save(payload, tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_or_train(spec: VictimSpec, data: DataSplits, cache_dir: Path | None = None) -> TrainedVictim:
+    """Load the cached victim for ``spec`` or train and cache it."""
+    cache_dir = cache_dir or default_victim_cache()
+    cached = load_cached(spec, data, cache_dir)
+    if cached is not None:
+        return cached
+    victim = train_victim(spec, data)
+    save_victim(victim, cache_dir)
+    return victim
