@@ -35,7 +35,9 @@ class HostedVictimService(VictimService):
         torch.set_num_threads(max(1, threads))
         gpus = ray.get_gpu_ids()
         device = "cuda" if gpus and torch.cuda.is_available() else "cpu"
-        model = build_victim_model(victim, input_shape=input_spec.shape, num_classes=num_classes, state=state)
+        model = build_victim_model(
+            victim, input_shape=input_spec.shape, num_classes=num_classes, state=state
+        )
         super().__init__(model, build_chain(defenses), input_spec, num_classes, device=device)
         self.device = device
 

@@ -1,0 +1,203 @@
+"""Tournament configs: YAML validated into typed models before anything starts.
+
+Every problem is reported at once, each by its dotted path (``defenses.2.params.beta: ...``), and
+nothing (Ray, MLflow, caches) is touched until the config is valid.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+)
+
+import agents  # noqa: F401  (registers the built-in attacks)
+from arena.attacker import ATTACKS
+from arena.data import DATASETS
+from arena.defenses import DEFENSES
+from arena.errors import ArenaError
+from arena.models import ARCHITECTURES
+from arena.registry import Registry, canonical_params
+from arena.specs import MatchSpec, PluginSpec, VictimSpec
+
+
+class ConfigError(ArenaError):
+    """A config that cannot run; ``problems`` lists ``(dotted path, message)`` pairs."""
+
+    def __init__(self, source: str, problems: list[tuple[str, str]]) -> None:
+        self.source = source
+        self.problems = problems
+        lines = "\n".join(f"  {path or '<root>'}: {msg}" for path, msg in problems)
+        super().__init__(f"{source}: {len(problems)} problem(s)\n{lines}")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _plugin_entry(value: Any) -> Any:
+    """Allow ``- none`` as shorthand for ``- {name: none}``."""
+    return {"name": value} if isinstance(value, str) else value
+
+
+class RaySettings(_Strict):
+    """Where matches run."""
+
+    address: str | None = None
+    """existing cluster (``ray://…`` or ``auto``); ``None`` starts a local Ray"""
+    cpus_per_match: PositiveInt = 1
+    """CPUs (and torch threads) per match task"""
+    cpus_per_victim: NonNegativeFloat = 0
+    """CPUs reserved by each victim-service actor (0: it shares the match CPUs)"""
+    gpus_per_victim: NonNegativeFloat = 0
+    """GPUs per victim-service actor; the victim runs on CUDA when given one"""
+    object_store_mb: PositiveInt | None = None
+    """object store size for a local Ray (``None``: Ray's default)"""
+
+
+class TrackingSettings(_Strict):
+    """Where results go."""
+
+    experiment: str = Field(default="model-stealing-arena", min_length=1)
+
+
+class TournamentConfig(_Strict):
+    """Victims × defense chains × attacks × budgets × seeds, all played as matches."""
+
+    name: str = Field(min_length=1)
+    victims: list[VictimSpec] = Field(min_length=1)
+    defenses: list[list[PluginSpec]] = Field(min_length=1)
+    """each entry is one defense chain; a single defense may be written without the list"""
+    attacks: list[PluginSpec] = Field(min_length=1)
+    budgets: list[PositiveInt] = Field(min_length=1)
+    seeds: list[NonNegativeInt] = Field(default=[0], min_length=1)
+    substitute_arch: str | None = None
+    ray: RaySettings = RaySettings()
+    tracking: TrackingSettings = TrackingSettings()
+
+    @field_validator("defenses", mode="before")
+    @classmethod
+    def _chains(cls, value: Any) -> Any:
+        if not isinstance(value, list):
+            return value
+        return [
+            [_plugin_entry(v) for v in entry] if isinstance(entry, list) else [_plugin_entry(entry)]
+            for entry in value
+        ]
+
+    @field_validator("attacks", mode="before")
+    @classmethod
+    def _attacks(cls, value: Any) -> Any:
+        return [_plugin_entry(v) for v in value] if isinstance(value, list) else value
+
+    def matches(self) -> list[MatchSpec]:
+        """Every match of the tournament, plug-in parameters canonicalised, duplicates dropped."""
+        chains = [
+            tuple(
+                PluginSpec(name=p.name, params=canonical_params(DEFENSES, p.name, p.params))
+                for p in chain
+            )
+            for chain in self.defenses
+        ]
+        attacks = [
+            PluginSpec(name=a.name, params=canonical_params(ATTACKS, a.name, a.params))
+            for a in self.attacks
+        ]
+        specs = {
+            (
+                s := MatchSpec(
+                    victim=victim,
+                    defenses=chain,
+                    attack=attack,
+                    budget=budget,
+                    seed=seed,
+                    substitute_arch=self.substitute_arch,
+                )
+            ).key(): s
+            for victim in self.victims
+            for chain in chains
+            for attack in attacks
+            for budget in self.budgets
+            for seed in self.seeds
+        }
+        return list(specs.values())
+
+
+def _plugin_problems(registry: Registry[Any], path: str, spec: PluginSpec) -> list[tuple[str, str]]:
+    try:
+        canonical_params(registry, spec.name, spec.params)
+    except ArenaError as exc:
+        where = f"{path}.name" if spec.name not in registry else f"{path}.params"
+        return [(where, str(exc))]
+    return []
+
+
+def _semantic_problems(config: TournamentConfig) -> list[tuple[str, str]]:
+    """Checks pydantic cannot do alone: registered names and plug-in hyperparameters."""
+    problems: list[tuple[str, str]] = []
+    for i, victim in enumerate(config.victims):
+        for field, registry in (("dataset", DATASETS), ("arch", ARCHITECTURES)):
+            name = getattr(victim, field)
+            if name not in registry:
+                known = ", ".join(registry.names())
+                problems.append(
+                    (f"victims.{i}.{field}", f"unknown {registry.kind} {name!r}; known: {known}")
+                )
+        if not math.isfinite(victim.lr):
+            problems.append((f"victims.{i}.lr", f"must be finite, got {victim.lr}"))
+    if config.substitute_arch is not None and config.substitute_arch not in ARCHITECTURES:
+        known = ", ".join(ARCHITECTURES.names())
+        problems.append(
+            ("substitute_arch", f"unknown architecture {config.substitute_arch!r}; known: {known}")
+        )
+    for i, chain in enumerate(config.defenses):
+        if not chain:
+            problems.append(
+                (f"defenses.{i}", "a defense chain needs at least one defense (use `none`)")
+            )
+        for j, spec in enumerate(chain):
+            problems += _plugin_problems(DEFENSES, f"defenses.{i}.{j}", spec)
+    for i, spec in enumerate(config.attacks):
+        problems += _plugin_problems(ATTACKS, f"attacks.{i}", spec)
+    return problems
+
+
+def parse_config(raw: Any, source: str = "<config>") -> TournamentConfig:
+    """Validate an already-parsed YAML document; raises ConfigError listing every problem."""
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            source, [("", f"expected a mapping at the top level, got {type(raw).__name__}")]
+        )
+    try:
+        config = TournamentConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = [
+            (".".join(str(part) for part in err["loc"]), err["msg"]) for err in exc.errors()
+        ]
+        raise ConfigError(source, problems) from None
+    problems = _semantic_problems(config)
+    if problems:
+        raise ConfigError(source, problems)
+    return config
+
+
+def load_config(path: Path) -> TournamentConfig:
+    """Read and validate a tournament YAML file."""
+    if not path.is_file():
+        raise ConfigError(str(path), [("", "file not found")])
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(str(path), [("", f"not valid YAML: {exc}")]) from None
+    return parse_config(raw, str(path))

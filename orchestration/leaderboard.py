@@ -1,0 +1,203 @@
+"""The leaderboard: each defended victim ranked by its strongest adversary (DESIGN §1, §6).
+
+Seeds are averaged first (per defense, attack and budget); the strongest adversary is then the
+attack and budget with the highest mean stolen accuracy; protection = 1 - that accuracy.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from arena.referee import MatchResult
+
+
+@dataclass(frozen=True)
+class LeaderboardRow:
+    """One defended victim's standing."""
+
+    rank: int
+    victim: str
+    defense: str
+    victim_accuracy: float
+    utility: float
+    strongest_attack: str
+    strongest_budget: int
+    stolen_accuracy: float
+    stolen_std: float
+    fidelity: float
+    protection: float
+    perturbation_kl: float
+    latency_ratio: float
+    stolen_by_budget: dict[int, float]
+    matches: int
+
+
+def _mean(values: list[float]) -> float:
+    return statistics.fmean(values) if values else float("nan")
+
+
+def build_leaderboard(results: list[MatchResult]) -> list[LeaderboardRow]:
+    """Rank defenses: highest protection first, utility breaking ties."""
+    by_defense: dict[tuple[str, str], list[MatchResult]] = defaultdict(list)
+    for r in results:
+        by_defense[(r.victim_key, r.defense)].append(r)
+
+    rows: list[LeaderboardRow] = []
+    for (_victim, defense), group in by_defense.items():
+        cells: dict[tuple[str, int], list[MatchResult]] = defaultdict(list)
+        for r in group:
+            cells[(r.attack, r.budget)].append(r)
+        mean_stolen = {cell: _mean([r.stolen_accuracy for r in rs]) for cell, rs in cells.items()}
+        (attack, budget), stolen = max(mean_stolen.items(), key=lambda item: (item[1], -item[0][1]))
+        strongest = cells[(attack, budget)]
+        by_budget: dict[int, float] = {}
+        for (_, b), value in mean_stolen.items():
+            by_budget[b] = max(by_budget.get(b, 0.0), value)
+        first = group[0]
+        rows.append(
+            LeaderboardRow(
+                rank=0,
+                victim=f"{first.dataset}/{first.victim_arch}",
+                defense=defense,
+                victim_accuracy=_mean([r.victim_accuracy for r in group]),
+                utility=_mean([r.utility for r in group]),
+                strongest_attack=attack,
+                strongest_budget=budget,
+                stolen_accuracy=stolen,
+                stolen_std=statistics.pstdev([r.stolen_accuracy for r in strongest]),
+                fidelity=_mean([r.fidelity for r in strongest]),
+                protection=1.0 - stolen,
+                perturbation_kl=_mean([r.perturbation_kl for r in group]),
+                latency_ratio=_mean([r.latency_ratio for r in group]),
+                stolen_by_budget=dict(sorted(by_budget.items())),
+                matches=len(group),
+            )
+        )
+    rows.sort(key=lambda row: (-row.protection, -row.utility, row.defense))
+    return [LeaderboardRow(**{**asdict(row), "rank": i + 1}) for i, row in enumerate(rows)]
+
+
+def _budgets(rows: list[LeaderboardRow]) -> list[int]:
+    return sorted({b for row in rows for b in row.stolen_by_budget})
+
+
+def rich_table(rows: list[LeaderboardRow], title: str) -> Table:
+    """The leaderboard as a terminal table."""
+    budgets = _budgets(rows)
+    victims = {row.victim for row in rows}
+    caption = f"victim {next(iter(victims))}" if len(victims) == 1 else None
+    table = Table(title=title, caption=caption, header_style="bold")
+    left = ("victim", "defense", "strongest attack")
+    names = [
+        "#",
+        *(["victim"] if caption is None else []),
+        "defense",
+        "utility",
+        "undefended",
+        "strongest attack",
+        "stolen acc",
+        "fidelity",
+        "protection",
+        *[f"stolen@{b}" for b in budgets],
+        "KL nats",
+        "latency×",
+    ]
+    for name in names:
+        table.add_column(name, justify="left" if name in left else "right")
+    for row in rows:
+        table.add_row(
+            str(row.rank),
+            *([row.victim] if caption is None else []),
+            row.defense,
+            f"{row.utility:.4f}",
+            f"{row.victim_accuracy:.4f}",
+            f"{row.strongest_attack} @{row.strongest_budget}",
+            f"{row.stolen_accuracy:.4f}",
+            f"{row.fidelity:.4f}",
+            f"{row.protection:.4f}",
+            *[
+                f"{row.stolen_by_budget[b]:.4f}" if b in row.stolen_by_budget else "—"
+                for b in budgets
+            ],
+            f"{row.perturbation_kl:.3f}",
+            f"{row.latency_ratio:.2f}",
+        )
+    return table
+
+
+def markdown_table(rows: list[LeaderboardRow]) -> str:
+    """The leaderboard as Markdown (logged to MLflow and pasted into docs)."""
+    budgets = _budgets(rows)
+    header = [
+        "#",
+        "victim",
+        "defense",
+        "utility",
+        "undefended",
+        "strongest attack",
+        "stolen acc",
+        "fidelity",
+        "protection",
+        *[f"max stolen @{b}" for b in budgets],
+        "KL nats",
+        "latency ×",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [
+            str(row.rank),
+            row.victim,
+            row.defense,
+            f"{row.utility:.4f}",
+            f"{row.victim_accuracy:.4f}",
+            f"{row.strongest_attack} @{row.strongest_budget}",
+            f"{row.stolen_accuracy:.4f} ± {row.stolen_std:.4f}",
+            f"{row.fidelity:.4f}",
+            f"{row.protection:.4f}",
+            *[
+                f"{row.stolen_by_budget[b]:.4f}" if b in row.stolen_by_budget else "—"
+                for b in budgets
+            ],
+            f"{row.perturbation_kl:.3f}",
+            f"{row.latency_ratio:.2f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def leaderboard_dict(rows: list[LeaderboardRow]) -> dict[str, Any]:
+    return {"rows": [asdict(row) for row in rows]}
+
+
+def protection_utility_plot(rows: list[LeaderboardRow], path: Path, title: str) -> Path:
+    """Scatter of protection against utility, one labelled point per defended victim."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5), dpi=120)
+    for row in rows:
+        ax.scatter(row.utility, row.protection, s=60)
+        ax.annotate(
+            row.defense,
+            (row.utility, row.protection),
+            textcoords="offset points",
+            xytext=(6, 4),
+            fontsize=8,
+        )
+    ax.set_xlabel("utility (defended test accuracy)")
+    ax.set_ylabel("protection (1 − strongest stolen accuracy)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -1,0 +1,264 @@
+"""Run a tournament on Ray: victims trained (or loaded from cache) once, one victim-service actor
+per defended victim shared by all its attackers, one Ray task per match, and the driver as the
+single MLflow writer. Matches already FINISHED in MLflow are skipped, so rerunning the same
+command only plays what is missing.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import ray
+import torch
+
+from arena.data import DataSplits, load_dataset
+from arena.oracle import InputSpec
+from arena.referee import MatchData, MatchResult, referee_match
+from arena.specs import MatchSpec, VictimSpec
+from arena.victims import TrainedVictim, load_cached, save_victim, train_victim
+from orchestration.config import TournamentConfig
+from orchestration.leaderboard import (
+    LeaderboardRow,
+    build_leaderboard,
+    leaderboard_dict,
+    markdown_table,
+    protection_utility_plot,
+)
+from orchestration.ray_service import RayServiceProxy, start_victim_service
+from orchestration.tracking import Tracker, result_json
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MatchFailure:
+    """A match that raised; recorded as a FAILED run with the reason and retried on rerun."""
+
+    match_key: str
+    reason: str
+
+
+@dataclass
+class TournamentOutcome:
+    """What a tournament run produced."""
+
+    parent_run_id: str
+    results: list[MatchResult]
+    leaderboard: list[LeaderboardRow]
+    played: int
+    skipped: int
+    failures: list[MatchFailure] = field(default_factory=list)
+    victims: dict[str, TrainedVictimInfo] = field(default_factory=dict)
+    wall_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class TrainedVictimInfo:
+    spec: VictimSpec
+    test_accuracy: float
+    train_seconds: float
+    from_cache: bool
+
+
+ProgressHook = Callable[[MatchSpec, MatchResult | MatchFailure], None]
+
+
+@ray.remote
+def _train_victim_task(spec: VictimSpec, data: DataSplits, threads: int) -> TrainedVictim:
+    torch.set_num_threads(threads)
+    return train_victim(spec, data)
+
+
+@ray.remote
+def _play_match_task(
+    spec: MatchSpec, service: ray.actor.ActorHandle, data: MatchData, threads: int
+) -> MatchResult | MatchFailure:
+    torch.set_num_threads(threads)
+    try:
+        return referee_match(spec, RayServiceProxy(service), data)
+    except Exception as exc:  # reported as a value: one failing match must not sink the rest
+        detail = traceback.format_exc(limit=8)
+        return MatchFailure(spec.key(), f"{type(exc).__name__}: {exc}\n{detail}")
+
+
+def _ensure_victims(
+    config: TournamentConfig,
+    victims: list[VictimSpec],
+    data: dict[str, DataSplits],
+    data_refs: dict[str, ray.ObjectRef],
+    cache_dir: Path,
+) -> dict[str, TrainedVictim]:
+    """Load cached victims in the driver; train the others in parallel Ray tasks and cache them."""
+    ready: dict[str, TrainedVictim] = {}
+    training: dict[str, ray.ObjectRef] = {}
+    for spec in victims:
+        cached = load_cached(spec, data[spec.dataset], cache_dir)
+        if cached is not None:
+            ready[spec.key()] = cached
+        else:
+            threads = config.ray.cpus_per_match
+            task = _train_victim_task.options(num_cpus=threads)
+            training[spec.key()] = task.remote(spec, data_refs[spec.dataset], threads)
+    for key, ref in training.items():
+        victim: TrainedVictim = ray.get(ref)
+        save_victim(victim, cache_dir)
+        ready[key] = victim
+    return ready
+
+
+def _start_ray(config: TournamentConfig, address: str | None) -> bool:
+    """Connect to a cluster or start a local Ray; returns True when this call started it."""
+    if ray.is_initialized():
+        return False
+    target = address or config.ray.address
+    kwargs: dict[str, object] = {"include_dashboard": False, "logging_level": logging.ERROR}
+    if target is None and config.ray.object_store_mb:
+        kwargs["object_store_memory"] = config.ray.object_store_mb * 1024 * 1024
+    ray.init(address=target, **kwargs)
+    return True
+
+
+def run_tournament(
+    config: TournamentConfig,
+    tracker: Tracker,
+    cache_dir: Path,
+    address: str | None = None,
+    on_result: ProgressHook | None = None,
+    on_start: Callable[[int, int], None] | None = None,
+) -> TournamentOutcome:
+    """Play every missing match of ``config`` on Ray and log everything to MLflow."""
+    started = time.perf_counter()
+    specs = config.matches()
+    parent = tracker.open_tournament(config.name, config.model_dump(mode="json"))
+    done = tracker.finished_results(parent)
+    pending = [s for s in specs if s.key() not in done]
+    if on_start:
+        on_start(len(pending), len(specs) - len(pending))
+    results: dict[str, MatchResult] = {k: r for k, r in done.items()}
+    failures: list[MatchFailure] = []
+    victims_info: dict[str, TrainedVictimInfo] = {}
+    status = "FAILED"
+    started_ray = False
+    actors: list[ray.actor.ActorHandle] = []
+    try:
+        if pending:
+            started_ray = _start_ray(config, address)
+            torch.set_num_threads(config.ray.cpus_per_match)
+            datasets = {s.victim.dataset for s in pending}
+            data = {name: load_dataset(name) for name in datasets}
+            data_refs = {name: ray.put(split) for name, split in data.items()}
+            match_data = {
+                name: ray.put(MatchData.from_splits(split)) for name, split in data.items()
+            }
+            victim_specs = list({s.victim.key(): s.victim for s in pending}.values())
+            trained = _ensure_victims(config, victim_specs, data, data_refs, cache_dir)
+            victims_info = {
+                k: TrainedVictimInfo(v.spec, v.test_accuracy, v.train_seconds, v.from_cache)
+                for k, v in trained.items()
+            }
+            weights = {k: ray.put(v.model.state_dict()) for k, v in trained.items()}
+
+            services: dict[tuple[str, tuple[str, ...]], ray.actor.ActorHandle] = {}
+            running: dict[ray.ObjectRef, MatchSpec] = {}
+            for spec in pending:
+                service_key = (spec.victim.key(), tuple(d.model_dump_json() for d in spec.defenses))
+                if service_key not in services:
+                    dataset = data[spec.victim.dataset]
+                    services[service_key] = start_victim_service(
+                        spec.victim,
+                        spec.defenses,
+                        weights[spec.victim.key()],
+                        InputSpec(shape=dataset.input_shape),
+                        dataset.num_classes,
+                        num_cpus=config.ray.cpus_per_victim,
+                        num_gpus=config.ray.gpus_per_victim,
+                    )
+                    actors.append(services[service_key])
+                task = _play_match_task.options(num_cpus=config.ray.cpus_per_match)
+                ref = task.remote(
+                    spec,
+                    services[service_key],
+                    match_data[spec.victim.dataset],
+                    config.ray.cpus_per_match,
+                )
+                running[ref] = spec
+
+            while running:
+                ready, _ = ray.wait(list(running), num_returns=1)
+                spec = running.pop(ready[0])
+                try:
+                    outcome: MatchResult | MatchFailure = ray.get(ready[0])
+                except ray.exceptions.RayError as exc:
+                    outcome = MatchFailure(spec.key(), f"{type(exc).__name__}: {exc}")
+                if isinstance(outcome, MatchResult):
+                    tracker.log_match(parent, spec, outcome)
+                    results[spec.key()] = outcome
+                else:
+                    tracker.log_failure(parent, spec, outcome.reason)
+                    failures.append(outcome)
+                if on_result:
+                    on_result(spec, outcome)
+        ordered = [results[s.key()] for s in specs if s.key() in results]
+        board = build_leaderboard(ordered)
+        _log_summary(tracker, parent, config, ordered, board, len(pending), victims_info, started)
+        status = "FINISHED" if not failures else "FAILED"
+        return TournamentOutcome(
+            parent_run_id=parent,
+            results=ordered,
+            leaderboard=board,
+            played=len(pending) - len(failures),
+            skipped=len(specs) - len(pending),
+            failures=failures,
+            victims=victims_info,
+            wall_seconds=time.perf_counter() - started,
+        )
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+        if started_ray:
+            ray.shutdown()
+        tracker.close(parent, status)
+
+
+def _log_summary(
+    tracker: Tracker,
+    parent: str,
+    config: TournamentConfig,
+    results: list[MatchResult],
+    board: list[LeaderboardRow],
+    played: int,
+    victims: dict[str, TrainedVictimInfo],
+    started: float,
+) -> None:
+    metrics: dict[str, float] = {
+        "matches": len(results),
+        "matches_played_this_run": played,
+        "wall_seconds_this_run": time.perf_counter() - started,
+    }
+    for info in victims.values():
+        metrics[f"victim_accuracy.{info.spec.key()}"] = info.test_accuracy
+        if not info.from_cache:
+            metrics[f"victim_train_seconds.{info.spec.key()}"] = info.train_seconds
+    with tempfile.TemporaryDirectory() as tmp:
+        plot = protection_utility_plot(
+            board, Path(tmp) / "protection_vs_utility.png", f"{config.name}: protection vs utility"
+        )
+        tracker.log_summary(
+            parent,
+            metrics,
+            {
+                "leaderboard.md": markdown_table(board),
+                "leaderboard.json": leaderboard_dict(board),
+                "matches.json": result_json(results),
+                "plot": plot,
+            },
+        )

@@ -1,0 +1,201 @@
+"""MLflow bookkeeping. The driver is the only writer: one parent run per tournament, one nested
+child run per match (params = flattened spec, metrics = the record, tags = names).
+
+Child runs are created only when a match's record arrives and are closed at once, so a run is
+FINISHED exactly when its match finished. A rerun reopens the tournament's parent run and skips
+every match key that already has a FINISHED child.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+from arena.referee import MatchResult
+from arena.specs import MatchSpec
+
+TOURNAMENT_TAG = "arena.tournament"
+MATCH_KEY_TAG = "arena.match_key"
+KIND_TAG = "arena.kind"
+RESULT_TAG_PREFIX = "result."
+
+
+def default_tracking_uri(home: Path) -> str:
+    """An absolute SQLite URI under the arena home (DESIGN §4)."""
+    return f"sqlite:///{(home / 'mlflow.db').resolve()}"
+
+
+def flatten(value: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """``{"a": {"b": [1, 2]}}`` -> ``("a.b.0", 1), ("a.b.1", 2)``."""
+    if isinstance(value, Mapping):
+        for key, inner in value.items():
+            yield from flatten(inner, f"{prefix}{key}.")
+    elif isinstance(value, list | tuple):
+        for index, inner in enumerate(value):
+            yield from flatten(inner, f"{prefix}{index}.")
+    else:
+        yield prefix.rstrip("."), value
+
+
+def _result_fields(result: MatchResult) -> tuple[list[Metric], list[RunTag]]:
+    now = int(time.time() * 1000)
+    metrics, tags = [], []
+    for name, value in result.model_dump().items():
+        if isinstance(value, bool | str):
+            tags.append(
+                RunTag(
+                    f"{RESULT_TAG_PREFIX}{name}",
+                    str(value).lower() if isinstance(value, bool) else value,
+                )
+            )
+        else:
+            metrics.append(Metric(name, float(value), now, 0))
+    return metrics, tags
+
+
+def _result_from_run(data: Any) -> MatchResult:
+    fields: dict[str, Any] = {
+        key.removeprefix(RESULT_TAG_PREFIX): value
+        for key, value in data.tags.items()
+        if key.startswith(RESULT_TAG_PREFIX)
+    }
+    fields["trusted"] = fields.get("trusted") == "true"
+    for name, info in MatchResult.model_fields.items():
+        if name in data.metrics:
+            value = data.metrics[name]
+            fields[name] = int(value) if info.annotation is int else value
+    return MatchResult.model_validate(fields)
+
+
+class Tracker:
+    """The driver's MLflow writer for one experiment."""
+
+    def __init__(
+        self, tracking_uri: str, experiment: str, artifact_root: Path | None = None
+    ) -> None:
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.tracking_uri = tracking_uri
+        found = self.client.get_experiment_by_name(experiment)
+        if found is None:
+            location = artifact_root.resolve().as_uri() if artifact_root else None
+            self.experiment_id = self.client.create_experiment(
+                experiment, artifact_location=location
+            )
+        else:
+            self.experiment_id = found.experiment_id
+
+    def open_tournament(self, name: str, config: Mapping[str, Any]) -> str:
+        """Reopen the latest parent run of this tournament, or start one."""
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=(
+                f"tags.`{TOURNAMENT_TAG}` = '{name}' and tags.`{KIND_TAG}` = 'tournament'"
+            ),
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        if runs:
+            run_id: str = runs[0].info.run_id
+            self.client.update_run(run_id, status="RUNNING")
+        else:
+            run = self.client.create_run(
+                self.experiment_id,
+                run_name=name,
+                tags={TOURNAMENT_TAG: name, KIND_TAG: "tournament"},
+            )
+            run_id = run.info.run_id
+        self.client.log_dict(run_id, dict(config), "tournament_config.json")
+        return run_id
+
+    def _children(self, parent_id: str) -> list[Any]:
+        return list(
+            self.client.search_runs(
+                [self.experiment_id],
+                filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_id}'",
+                max_results=50000,
+            )
+        )
+
+    def finished_results(self, parent_id: str) -> dict[str, MatchResult]:
+        """Records of the matches already FINISHED under this tournament, by match key."""
+        return {
+            run.data.tags[MATCH_KEY_TAG]: _result_from_run(run.data)
+            for run in self._children(parent_id)
+            if run.info.status == "FINISHED" and MATCH_KEY_TAG in run.data.tags
+        }
+
+    def log_match(self, parent_id: str, spec: MatchSpec, result: MatchResult) -> str:
+        """One nested child run per match, created and closed in one go."""
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=f"{result.defense} × {result.attack} @ {result.budget} s{result.seed}",
+            tags=self._match_tags(parent_id, spec),
+        )
+        run_id: str = run.info.run_id
+        metrics, tags = _result_fields(result)
+        params = [Param(k, str(v)) for k, v in flatten(spec.model_dump(mode="json"))]
+        self.client.log_batch(run_id, metrics=metrics, params=params, tags=tags)
+        self.client.log_dict(run_id, result.model_dump(), "match_result.json")
+        self.client.set_terminated(run_id, status="FINISHED")
+        self._drop_failed_attempts(parent_id, spec.key(), keep=run_id)
+        return run_id
+
+    def log_failure(self, parent_id: str, spec: MatchSpec, reason: str) -> str:
+        """A FAILED child run carrying the reason; the next rerun retries the match."""
+        tags = self._match_tags(parent_id, spec)
+        tags["arena.failure"] = reason[:5000]
+        run = self.client.create_run(self.experiment_id, run_name=f"FAILED {spec.key()}", tags=tags)
+        params = [Param(k, str(v)) for k, v in flatten(spec.model_dump(mode="json"))]
+        self.client.log_batch(run.info.run_id, params=params)
+        self.client.set_terminated(run.info.run_id, status="FAILED")
+        return str(run.info.run_id)
+
+    def _match_tags(self, parent_id: str, spec: MatchSpec) -> dict[str, str]:
+        return {
+            MLFLOW_PARENT_RUN_ID: parent_id,
+            MATCH_KEY_TAG: spec.key(),
+            KIND_TAG: "match",
+            "arena.attack": spec.attack.name,
+            "arena.defense": " -> ".join(d.name for d in spec.defenses),
+            "arena.victim": spec.victim.key(),
+        }
+
+    def _drop_failed_attempts(self, parent_id: str, match_key: str, keep: str) -> None:
+        """Once a retried match finishes, earlier FAILED runs of the same key are removed."""
+        for run in self._children(parent_id):
+            same = run.data.tags.get(MATCH_KEY_TAG) == match_key
+            if same and run.info.run_id != keep and run.info.status != "FINISHED":
+                self.client.delete_run(run.info.run_id)
+
+    def log_summary(
+        self,
+        parent_id: str,
+        metrics: Mapping[str, float],
+        artifacts: Mapping[str, str | dict[str, Any] | Path],
+    ) -> None:
+        """Tournament-level figures and the leaderboard/plot artifacts on the parent run."""
+        now = int(time.time() * 1000)
+        self.client.log_batch(
+            parent_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()]
+        )
+        for name, content in artifacts.items():
+            if isinstance(content, Path):
+                self.client.log_artifact(parent_id, str(content))
+            elif isinstance(content, dict):
+                self.client.log_dict(parent_id, content, name)
+            else:
+                self.client.log_text(parent_id, content, name)
+
+    def close(self, parent_id: str, status: str) -> None:
+        self.client.set_terminated(parent_id, status=status)
+
+
+def result_json(results: list[MatchResult]) -> dict[str, Any]:
+    return {"matches": [json.loads(r.model_dump_json()) for r in results]}
