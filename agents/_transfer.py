@@ -59,6 +59,7 @@ def query_random_subset(
     """
     n = oracle.remaining
     orders = [rng.permutation(len(pool)) for _ in range(-(-n // len(pool)))]
-    indices = torch.from_numpy(np.concatenate(orders)[:n] if orders else np.empty(0, dtype=np.int64))
+    flat = np.concatenate(orders)[:n] if orders else np.empty(0, dtype=np.int64)
+    indices = torch.from_numpy(flat)
     queries = pool[indices]
     return queries, oracle.query_all(queries, batch_size=batch_size)

@@ -32,7 +32,8 @@ class Attacker:
     def steal(self, oracle: Oracle, knowledge: Knowledge, rng: np.random.Generator) -> nn.Module:
         """Spend (some of) the oracle's budget and return a substitute model in eval mode."""
         if self.needs_pool and knowledge.pool is None:
-            raise MissingKnowledge(f"{type(self).__name__} needs a query pool; the threat model grants none")
+            name = type(self).__name__
+            raise MissingKnowledge(f"{name} needs a query pool; the threat model grants none")
         model = self._steal(oracle, knowledge, rng)
         return model.eval()
 

@@ -22,10 +22,12 @@ ARCHITECTURES: Registry[ArchFactory] = Registry("architecture")
 
 @ARCHITECTURES.register("lenet5")
 def lenet5(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    """LeNet-5 with ReLU and max-pooling (two 5x5 convs, three dense layers); needs inputs >= 12 px."""
+    """LeNet-5 with ReLU and max-pooling (two 5x5 convs, three dense layers); inputs >= 12 px."""
     channels, height, width = input_shape
     if min(height, width) < 12:
-        raise InvalidParameters(f"lenet5 needs images of at least 12x12 pixels, got {height}x{width}")
+        raise InvalidParameters(
+            f"lenet5 needs images of at least 12x12 pixels, not {height}x{width}"
+        )
     # conv(5, pad 2) keeps size, pool halves, conv(5) loses 4, pool halves.
     out_h, out_w = (height // 2 - 4) // 2, (width // 2 - 4) // 2
     return nn.Sequential(

@@ -83,7 +83,8 @@ class OracleEndpoint(Protocol):
 def validate_query(x: Any, spec: InputSpec) -> Rejection | None:
     """Check a batch against the input spec without copying it; cheap checks come first."""
     if not isinstance(x, np.ndarray | torch.Tensor):
-        return Rejection("not_array", f"expected a numpy array or torch tensor, got {type(x).__name__}")
+        kind = type(x).__name__
+        return Rejection("not_array", f"expected a numpy array or torch tensor, got {kind}")
     dtype = str(x.dtype).removeprefix("torch.")
     if dtype != spec.dtype:
         return Rejection("dtype", f"expected dtype {spec.dtype}, got {dtype}")
@@ -96,7 +97,8 @@ def validate_query(x: Any, spec: InputSpec) -> Rejection | None:
     if batch == 0:
         return Rejection("empty", "the batch is empty")
     if batch > spec.max_batch:
-        return Rejection("batch_too_large", f"batch of {batch} exceeds the maximum {spec.max_batch}")
+        message = f"batch of {batch} exceeds the maximum {spec.max_batch}"
+        return Rejection("batch_too_large", message)
     if tuple(int(s) for s in x.shape[1:]) != spec.shape:
         return Rejection(
             "shape", f"expected shape [B, {', '.join(map(str, spec.shape))}], got {list(x.shape)}"
@@ -140,7 +142,7 @@ class Oracle:
         return self.output_spec.num_classes
 
     def query(self, x: torch.Tensor) -> torch.Tensor:
-        """Answer a batch ``[B, *input_shape]``; raises InvalidQuery or BudgetExhausted, uncharged."""
+        """Answer a batch ``[B, *input_shape]``; InvalidQuery or BudgetExhausted charge nothing."""
         payload: Any = x
         if isinstance(x, torch.Tensor):
             payload = x.detach().cpu().contiguous().numpy() if x.dtype.is_floating_point else x

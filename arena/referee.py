@@ -172,7 +172,8 @@ def build_service(
     """Load or train the victim and put it behind the match's defense chain, in this process."""
     victim = load_or_train(spec.victim, data, cache_dir)
     chain = build_chain(spec.defenses)
-    return VictimService(victim.model, chain, InputSpec(shape=data.input_shape), data.num_classes, device)
+    input_spec = InputSpec(shape=data.input_shape)
+    return VictimService(victim.model, chain, input_spec, data.num_classes, device)
 
 
 def play_match(

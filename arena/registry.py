@@ -74,7 +74,9 @@ def build_plugin(registry: Registry[type[T]], name: str, params: Mapping[str, An
         raise InvalidParameters(f"{registry.kind} {name!r}: {exc}") from None
 
 
-def canonical_params(registry: Registry[type[T]], name: str, params: Mapping[str, Any]) -> dict[str, Any]:
+def canonical_params(
+    registry: Registry[type[T]], name: str, params: Mapping[str, Any]
+) -> dict[str, Any]:
     """Every hyperparameter with defaults filled in, so equal plug-ins get equal match keys."""
     plugin = build_plugin(registry, name, params)
     if dataclasses.is_dataclass(plugin):
@@ -83,7 +85,7 @@ def canonical_params(registry: Registry[type[T]], name: str, params: Mapping[str
 
 
 def plugin_label(name: str, plugin: object) -> str:
-    """``name`` plus the hyperparameters that differ from the defaults, e.g. ``rounding(decimals=1)``."""
+    """``name`` plus the hyperparameters that differ from defaults: ``rounding(decimals=1)``."""
     if not dataclasses.is_dataclass(plugin):
         return name
     changed = [

@@ -88,10 +88,12 @@ class VictimService:
         with self._lock:
             account = self._accounts.get(attacker_id)
             if account is None:
-                self._accounts[attacker_id] = _Account(AccountStats(budget), self._chain.new_states())
+                states = self._chain.new_states()
+                self._accounts[attacker_id] = _Account(AccountStats(budget), states)
             elif account.stats.budget != budget:
+                held = account.stats.budget
                 raise ValueError(
-                    f"attacker {attacker_id!r} already has budget {account.stats.budget}, not {budget}"
+                    f"attacker {attacker_id!r} already has budget {held}, not {budget}"
                 )
 
     def account_stats(self, attacker_id: str) -> AccountStats:

@@ -1,4 +1,4 @@
-"""Typed, hashable specs: what a victim is, which plug-in with which hyperparameters, what a match is.
+"""Typed, hashable specs: what a victim is, which plug-in with which settings, what a match is.
 
 Specs are pydantic models so configs validate with dotted error paths, and canonical JSON gives
 stable keys: the same spec always hashes to the same key on every machine.

@@ -27,7 +27,7 @@ class TrainRecipe:
     weight_decay: float = 0.0
     """Adam weight decay"""
     cosine: bool = True
-    """anneal the learning rate to zero over the run (steadier final accuracy than a constant rate)"""
+    """anneal the learning rate to zero over the run (steadier final accuracy than a constant)"""
 
 
 def train_classifier(
@@ -49,9 +49,11 @@ def train_classifier(
     optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     n = int(x.shape[0])
     steps = recipe.epochs * -(-n // recipe.batch_size)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / steps)) if recipe.cosine else 1.0
-    )
+
+    def rate(step: int) -> float:
+        return 0.5 * (1 + math.cos(math.pi * step / steps)) if recipe.cosine else 1.0
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, rate)
     soft = targets.dim() == 2
     for _ in range(recipe.epochs):
         order = torch.randperm(n, generator=generator)

@@ -82,7 +82,9 @@ def save_victim(victim: TrainedVictim, cache_dir: Path) -> Path:
     return path
 
 
-def load_or_train(spec: VictimSpec, data: DataSplits, cache_dir: Path | None = None) -> TrainedVictim:
+def load_or_train(
+    spec: VictimSpec, data: DataSplits, cache_dir: Path | None = None
+) -> TrainedVictim:
     """Load the cached victim for ``spec`` or train and cache it."""
     cache_dir = cache_dir or default_victim_cache()
     cached = load_cached(spec, data, cache_dir)

@@ -7,6 +7,7 @@ has been validated.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -92,6 +93,8 @@ def _run(config: object, address: str | None, tracking_uri: str | None, home: Pa
     from orchestration.tracking import Tracker, default_tracking_uri
 
     assert isinstance(config, TournamentConfig)
+    for noisy in ("mlflow", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     home.mkdir(parents=True, exist_ok=True)
     uri = tracking_uri or default_tracking_uri(home)
     console.print(f"[bold]{config.name}[/]: tracking at {uri}")
@@ -188,3 +191,7 @@ def main() -> None:
             highlight=False,
         )
         sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

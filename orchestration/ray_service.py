@@ -12,12 +12,16 @@ from typing import Any
 import numpy as np
 import ray
 import torch
+from ray.actor import ActorHandle
 
 from arena.defenses.chain import build_chain
 from arena.oracle import AccountStatus, Answer, InputSpec, OutputSpec, Rejection
 from arena.service import AccountStats, ReferenceOutputs, VictimService
 from arena.specs import PluginSpec, VictimSpec
 from arena.victims import build_victim_model
+
+SERVICE_NAMESPACE = "model-stealing-arena"
+"""Ray namespace of named victim-service actors (find leftovers with ``list_named_actors``)."""
 
 
 class HostedVictimService(VictimService):
@@ -54,23 +58,27 @@ def start_victim_service(
     num_cpus: float = 0,
     num_gpus: float = 0,
     name: str | None = None,
-) -> ray.actor.ActorHandle:
+) -> ActorHandle[Any]:
     """Start one victim-service actor; ``state`` may be an ObjectRef to the weights."""
-    actor_cls = ray.remote(HostedVictimService).options(  # type: ignore[attr-defined]
+    actor_cls: Any = ray.remote(HostedVictimService)
+    actor_cls = actor_cls.options(
         num_cpus=num_cpus,
         num_gpus=num_gpus,
         max_concurrency=1,
         name=name,
-        namespace="model-stealing-arena" if name else None,
+        namespace=SERVICE_NAMESPACE if name else None,
     )
     threads = max(1, int(num_cpus)) if num_cpus else 1
-    return actor_cls.remote(victim, defenses, state, input_spec, num_classes, threads)
+    handle: ActorHandle[Any] = actor_cls.remote(
+        victim, defenses, state, input_spec, num_classes, threads
+    )
+    return handle
 
 
 class RayServiceProxy:
     """Implements the referee's service interface by calling a victim-service actor."""
 
-    def __init__(self, handle: ray.actor.ActorHandle, timeout_s: float = 300.0) -> None:
+    def __init__(self, handle: ActorHandle[Any], timeout_s: float = 300.0) -> None:
         self._handle = handle
         self._timeout = timeout_s
         self._spec: tuple[InputSpec, OutputSpec] | None = None

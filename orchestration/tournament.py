@@ -13,9 +13,12 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import ray
 import torch
+from ray import ObjectRef
+from ray.actor import ActorHandle
 
 from arena.data import DataSplits, load_dataset
 from arena.oracle import InputSpec
@@ -77,7 +80,7 @@ def _train_victim_task(spec: VictimSpec, data: DataSplits, threads: int) -> Trai
 
 @ray.remote
 def _play_match_task(
-    spec: MatchSpec, service: ray.actor.ActorHandle, data: MatchData, threads: int
+    spec: MatchSpec, service: ActorHandle[Any], data: MatchData, threads: int
 ) -> MatchResult | MatchFailure:
     torch.set_num_threads(threads)
     try:
@@ -91,12 +94,12 @@ def _ensure_victims(
     config: TournamentConfig,
     victims: list[VictimSpec],
     data: dict[str, DataSplits],
-    data_refs: dict[str, ray.ObjectRef],
+    data_refs: dict[str, ObjectRef[Any]],
     cache_dir: Path,
 ) -> dict[str, TrainedVictim]:
     """Load cached victims in the driver; train the others in parallel Ray tasks and cache them."""
     ready: dict[str, TrainedVictim] = {}
-    training: dict[str, ray.ObjectRef] = {}
+    training: dict[str, ObjectRef[Any]] = {}
     for spec in victims:
         cached = load_cached(spec, data[spec.dataset], cache_dir)
         if cached is not None:
@@ -117,10 +120,13 @@ def _start_ray(config: TournamentConfig, address: str | None) -> bool:
     if ray.is_initialized():
         return False
     target = address or config.ray.address
-    kwargs: dict[str, object] = {"include_dashboard": False, "logging_level": logging.ERROR}
-    if target is None and config.ray.object_store_mb:
-        kwargs["object_store_memory"] = config.ray.object_store_mb * 1024 * 1024
-    ray.init(address=target, **kwargs)
+    store = config.ray.object_store_mb
+    ray.init(
+        address=target,
+        include_dashboard=False,
+        logging_level=logging.ERROR,
+        object_store_memory=store * 1024 * 1024 if store and target is None else None,
+    )
     return True
 
 
@@ -145,7 +151,7 @@ def run_tournament(
     victims_info: dict[str, TrainedVictimInfo] = {}
     status = "FAILED"
     started_ray = False
-    actors: list[ray.actor.ActorHandle] = []
+    actors: list[ActorHandle[Any]] = []
     try:
         if pending:
             started_ray = _start_ray(config, address)
@@ -164,8 +170,8 @@ def run_tournament(
             }
             weights = {k: ray.put(v.model.state_dict()) for k, v in trained.items()}
 
-            services: dict[tuple[str, tuple[str, ...]], ray.actor.ActorHandle] = {}
-            running: dict[ray.ObjectRef, MatchSpec] = {}
+            services: dict[tuple[str, tuple[str, ...]], ActorHandle[Any]] = {}
+            running: dict[ObjectRef[Any], MatchSpec] = {}
             for spec in pending:
                 service_key = (spec.victim.key(), tuple(d.model_dump_json() for d in spec.defenses))
                 if service_key not in services:
@@ -178,6 +184,7 @@ def run_tournament(
                         dataset.num_classes,
                         num_cpus=config.ray.cpus_per_victim,
                         num_gpus=config.ray.gpus_per_victim,
+                        name=f"victim-{parent[:8]}-{len(services)}",
                     )
                     actors.append(services[service_key])
                 task = _play_match_task.options(num_cpus=config.ray.cpus_per_match)

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
-from arena.defenses.base import Defense, FloatRange, renormalise
+from arena.defenses.base import Defense, FloatRange, ParamSpace, renormalise
 from arena.defenses.registry import DEFENSES
 
 _CLIP = 1e-9
@@ -24,14 +24,17 @@ _CLIP = 1e-9
 @DEFENSES.register("reverse_sigmoid")
 @dataclass(frozen=True)
 class ReverseSigmoid(Defense):
-    """Deceptive perturbation y - beta*(sigmoid(gamma*logit(y)) - 1/2), renormalised (Lee et al. 2019)."""
+    """Deceptive perturbation y - beta*(sigmoid(gamma*logit(y)) - 1/2), renormalised (Lee 2019)."""
 
     beta: float = 1.0
     """perturbation magnitude (> 0)"""
     gamma: float = 0.1
     """convergence parameter (> 0); smaller flattens the inverse sigmoid more"""
 
-    search_space = {"beta": FloatRange(0.05, 2.0, log=True), "gamma": FloatRange(0.01, 1.0, log=True)}
+    search_space: ClassVar[dict[str, ParamSpace]] = {
+        "beta": FloatRange(0.05, 2.0, log=True),
+        "gamma": FloatRange(0.01, 1.0, log=True),
+    }
 
     def __post_init__(self) -> None:
         for name in ("beta", "gamma"):

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
-from arena.defenses.base import Defense, IntRange, renormalise
+from arena.defenses.base import Defense, IntRange, ParamSpace, renormalise
 from arena.defenses.registry import DEFENSES
 
 
@@ -19,7 +19,7 @@ class Rounding(Defense):
     decimals: int = 2
     """decimal places kept (1 = coarsest useful setting)"""
 
-    search_space = {"decimals": IntRange(1, 4)}
+    search_space: ClassVar[dict[str, ParamSpace]] = {"decimals": IntRange(1, 4)}
 
     def __post_init__(self) -> None:
         if isinstance(self.decimals, bool) or not isinstance(self.decimals, int):

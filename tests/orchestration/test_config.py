@@ -1,0 +1,148 @@
+"""C1/C2: bad configs fail at load with every problem listed by dotted path, and nothing else."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from orchestration.config import ConfigError, load_config, parse_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_are_valid(path: Path) -> None:
+    config = load_config(path)
+    assert config.matches(), "a shipped config must expand to at least one match"
+
+
+def test_default_config_is_at_least_4_defenses_2_attacks_2_budgets() -> None:
+    config = load_config(REPO / "configs" / "fashion_mnist.yaml")
+    assert len(config.defenses) >= 4 and len(config.attacks) >= 2 and len(config.budgets) >= 2
+    assert len(config.matches()) == len(config.defenses) * len(config.attacks) * len(config.budgets)
+
+
+def _problems(raw: Any) -> dict[str, str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw)
+    return dict(info.value.problems)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "path"),
+    [
+        (lambda c: c.update(budgets=[-5]), "budgets.0"),
+        (lambda c: c.update(budgets=[]), "budgets"),
+        (lambda c: c.update(attacks=[]), "attacks"),
+        (lambda c: c.update(defenses=[]), "defenses"),
+        (lambda c: c.update(seeds=["x"]), "seeds.0"),
+        (lambda c: c.update(budgte=[1]), "budgte"),
+        (lambda c: c["victims"][0].update(epoch=3), "victims.0.epoch"),
+        (lambda c: c["victims"][0].update(dataset="cifar1000"), "victims.0.dataset"),
+        (lambda c: c["victims"][0].update(arch="resnet9000"), "victims.0.arch"),
+        (lambda c: c["victims"][0].update(lr=math.nan), "victims.0.lr"),
+        (lambda c: c["defenses"][1].update(params={"beta": math.nan}), "defenses.1.0.params"),
+        (lambda c: c["defenses"][1].update(params={"beta": -1.0}), "defenses.1.0.params"),
+        (lambda c: c["defenses"][2].update(params={"decimal": 1}), "defenses.2.0.params"),
+        (lambda c: c["defenses"].append("reverse_sigmod"), "defenses.4.0.name"),
+        (lambda c: c["attacks"].append("knockof"), "attacks.2.name"),
+        (lambda c: c["attacks"][0].update(params={"epochs": 0}), "attacks.0.params"),
+        (lambda c: c.update(ray={"gpus_per_victim": -1}), "ray.gpus_per_victim"),
+        (lambda c: c.update(substitute_arch="vgg"), "substitute_arch"),
+    ],
+)
+def test_bad_config_names_the_dotted_path(
+    smoke_config_dict: dict[str, Any], mutate: Any, path: str
+) -> None:
+    mutate(smoke_config_dict)
+    problems = _problems(smoke_config_dict)
+    assert path in problems, problems
+
+
+def test_every_problem_is_listed_at_once(smoke_config_dict: dict[str, Any]) -> None:
+    smoke_config_dict["budgets"] = [0]
+    smoke_config_dict["attacks"].append("nope")
+    smoke_config_dict["defenses"].append({"name": "rounding", "params": {"decimals": -3}})
+    problems = _problems(smoke_config_dict)
+    assert "budgets.0" in problems
+    # pydantic errors come first; registry checks run only on a structurally valid config
+    smoke_config_dict["budgets"] = [10]
+    problems = _problems(smoke_config_dict)
+    assert {"attacks.2.name", "defenses.4.0.params"} <= set(problems)
+
+
+def test_unknown_name_lists_known_names(smoke_config_dict: dict[str, Any]) -> None:
+    smoke_config_dict["attacks"] = ["knockof"]
+    message = _problems(smoke_config_dict)["attacks.0.name"]
+    assert "knockoff" in message and "copycat" in message
+
+
+def test_top_level_must_be_a_mapping() -> None:
+    assert "" in _problems([1, 2, 3])
+
+
+def test_yaml_syntax_error_and_missing_file(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(broken)
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_equal_plugins_get_equal_match_keys(smoke_config_dict: dict[str, Any]) -> None:
+    explicit = copy.deepcopy(smoke_config_dict)
+    explicit["attacks"] = [{"name": "knockoff", "params": {"epochs": 20, "lr": 0.001}}]
+    implicit = copy.deepcopy(smoke_config_dict)
+    implicit["attacks"] = ["knockoff"]
+    keys = {m.key() for m in parse_config(explicit).matches()}
+    assert keys == {m.key() for m in parse_config(implicit).matches()}
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-5, 5)
+    | st.floats(allow_nan=True)
+    | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=10,
+)
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    key=st.sampled_from(
+        [
+            "name",
+            "victims",
+            "defenses",
+            "attacks",
+            "budgets",
+            "seeds",
+            "ray",
+            "tracking",
+            "substitute_arch",
+            "extra",
+        ]
+    ),
+    value=json_values,
+)
+def test_C2_config_fuzz_raises_only_config_errors(
+    smoke_config_dict: dict[str, Any], key: str, value: Any
+) -> None:
+    raw = copy.deepcopy(smoke_config_dict)
+    raw[key] = value
+    with contextlib.suppress(ConfigError):  # any other exception fails the test
+        parse_config(raw).matches()

@@ -1,0 +1,137 @@
+"""A real (tiny) tournament on the session's Ray with a real MLflow SQLite store: parent and child
+runs, leaderboard and plot artifacts, rerun skips finished matches (D5), a failing match is
+recorded FAILED with its reason while the others finish (F2), and no actor is left (F4)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ray
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+from orchestration.config import parse_config
+from orchestration.ray_service import SERVICE_NAMESPACE
+from orchestration.tournament import run_tournament
+from orchestration.tracking import MATCH_KEY_TAG, Tracker, default_tracking_uri
+
+pytestmark = pytest.mark.ray
+
+
+def _small(raw: dict[str, Any]) -> dict[str, Any]:
+    raw["victims"][0]["epochs"] = 10
+    raw["defenses"] = raw["defenses"][:3]
+    raw["attacks"] = [{"name": a["name"], "params": {"epochs": 3}} for a in raw["attacks"]]
+    raw["budgets"] = [100, 200]
+    return raw
+
+
+def _children(client: MlflowClient, experiment_id: str, parent: str) -> list[Any]:
+    return list(
+        client.search_runs(
+            [experiment_id], filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent}'"
+        )
+    )
+
+
+def _live_project_actors() -> list[Any]:
+    """Named victim-service actors still alive (ray.kill is asynchronous: allow it 10 s)."""
+    deadline = time.monotonic() + 10
+    while True:
+        live = [
+            a
+            for a in ray.util.list_named_actors(all_namespaces=True)
+            if a["namespace"] == SERVICE_NAMESPACE
+        ]
+        if not live or time.monotonic() > deadline:
+            return live
+        time.sleep(0.2)
+
+
+def test_tournament_logs_runs_and_resumes_without_duplicates(
+    ray_session: None, tmp_path: Path, smoke_config_dict: dict[str, Any]
+) -> None:
+    config = parse_config(_small(smoke_config_dict))
+    uri = default_tracking_uri(tmp_path)
+    tracker = Tracker(uri, "t-resume", artifact_root=tmp_path / "artifacts")
+    cache = tmp_path / "victims"
+
+    first = run_tournament(config, tracker, cache_dir=cache)
+    expected = len(config.matches())
+    assert expected == 3 * 2 * 2
+    assert first.played == expected and first.skipped == 0 and not first.failures
+
+    client = MlflowClient(uri)
+    parent = client.get_run(first.parent_run_id)
+    assert parent.info.status == "FINISHED"
+    children = _children(client, tracker.experiment_id, first.parent_run_id)
+    assert len(children) == expected
+    assert all(c.info.status == "FINISHED" for c in children)
+    child = children[0]
+    assert {"stolen_accuracy", "fidelity", "utility", "perturbation_kl"} <= set(child.data.metrics)
+    assert "attack.name" in child.data.params and "budget" in child.data.params
+    artifacts = {a.path for a in client.list_artifacts(first.parent_run_id)}
+    assert {"leaderboard.md", "leaderboard.json", "protection_vs_utility.png"} <= artifacts
+
+    board = first.leaderboard
+    assert len(board) == 3 and [row.rank for row in board] == [1, 2, 3]
+    for row in board:  # protection is 1 - the strongest attacker's stolen accuracy
+        mine = [r for r in first.results if r.defense == row.defense]
+        assert row.stolen_accuracy == max(r.stolen_accuracy for r in mine)
+        assert row.protection == pytest.approx(1 - row.stolen_accuracy)
+    assert board[0].protection >= board[-1].protection
+    assert _live_project_actors() == []  # F4: victim services are gone
+
+    second = run_tournament(config, tracker, cache_dir=cache)
+    assert second.played == 0 and second.skipped == expected
+    assert len(_children(client, tracker.experiment_id, first.parent_run_id)) == expected
+    assert second.parent_run_id == first.parent_run_id
+    # the record read back from MLflow is the record that was logged
+    by_key = {r.match_key: r for r in first.results}
+    for r in second.results:
+        assert r == by_key[r.match_key]
+
+
+def test_F2_failing_match_is_recorded_failed_and_others_finish(
+    ray_session: None, tmp_path: Path, smoke_config_dict: dict[str, Any]
+) -> None:
+    raw = _small(smoke_config_dict)
+    raw["defenses"] = ["none"]
+    raw["budgets"] = [100]
+    # lenet5 needs >= 12 px images: a substitute of that arch fails inside the match on 8x8 digits
+    raw["attacks"] = [
+        {"name": "knockoff", "params": {"epochs": 2}},
+        {"name": "copycat", "params": {"epochs": 2}},
+    ]
+    config = parse_config(raw)
+    broken = config.model_copy(update={"substitute_arch": "lenet5"})
+    uri = default_tracking_uri(tmp_path)
+    tracker = Tracker(uri, "t-fail", artifact_root=tmp_path / "artifacts")
+    outcome = run_tournament(broken, tracker, cache_dir=tmp_path / "victims")
+    assert len(outcome.failures) == 2 and outcome.played == 0
+    assert "12x12" in outcome.failures[0].reason
+    client = MlflowClient(uri)
+    runs = _children(client, tracker.experiment_id, outcome.parent_run_id)
+    assert sorted(r.info.status for r in runs) == ["FAILED", "FAILED"]
+    assert all("arena.failure" in r.data.tags for r in runs)
+    assert client.get_run(outcome.parent_run_id).info.status == "FAILED"
+    assert _live_project_actors() == []
+
+    # the fixed config (a separate tournament name) plays both matches
+    fixed = parse_config({**raw, "name": "digits-fixed"})
+    good = run_tournament(fixed, tracker, cache_dir=tmp_path / "victims")
+    assert good.played == 2 and not good.failures
+    keys = [
+        r.data.tags[MATCH_KEY_TAG]
+        for r in _children(client, tracker.experiment_id, good.parent_run_id)
+    ]
+    assert len(keys) == len(set(keys)) == 2
+    summary = json.loads(
+        (Path(client.download_artifacts(good.parent_run_id, "leaderboard.json"))).read_text()
+    )
+    assert summary["rows"][0]["defense"] == "none"
+    assert ray.is_initialized()  # the tournament did not shut down a Ray it did not start
