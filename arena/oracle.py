@@ -8,6 +8,8 @@ back as values (cheaper than raising through Ray) and are raised here as typed e
 
 from __future__ import annotations
 
+import itertools
+import threading
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -82,7 +84,8 @@ class OracleEndpoint(Protocol):
 
 def validate_query(x: Any, spec: InputSpec) -> Rejection | None:
     """Check a batch against the input spec without copying it; cheap checks come first."""
-    if not isinstance(x, np.ndarray | torch.Tensor):
+    if not (type(x) is np.ndarray or isinstance(x, torch.Tensor)):
+        # ndarray subclasses are refused too: a masked array would hide NaNs from the checks
         kind = type(x).__name__
         return Rejection("not_array", f"expected a numpy array or torch tensor, got {kind}")
     dtype = str(x.dtype).removeprefix("torch.")
@@ -103,7 +106,7 @@ def validate_query(x: Any, spec: InputSpec) -> Rejection | None:
         return Rejection(
             "shape", f"expected shape [B, {', '.join(map(str, spec.shape))}], got {list(x.shape)}"
         )
-    array = x.numpy() if isinstance(x, torch.Tensor) else x
+    array = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x
     if not np.isfinite(array).all():
         return Rejection("non_finite", "the batch contains NaN or infinite values")
     low, high = float(array.min()), float(array.max())
@@ -120,7 +123,8 @@ class Oracle:
     def __init__(self, endpoint: OracleEndpoint, attacker_id: str) -> None:
         self._endpoint = endpoint
         self._attacker_id = attacker_id
-        self._next_query = 0
+        self._query_ids = itertools.count()
+        self._lock = threading.Lock()
         self.input_spec, self.output_spec = endpoint.public_spec()
         status = endpoint.account_status(attacker_id)
         self._budget, self._used = status.budget, status.used
@@ -145,13 +149,15 @@ class Oracle:
         """Answer a batch ``[B, *input_shape]``; InvalidQuery or BudgetExhausted charge nothing."""
         payload: Any = x
         if isinstance(x, torch.Tensor):
-            payload = x.detach().cpu().contiguous().numpy() if x.dtype.is_floating_point else x
-        query_id = f"q{self._next_query}"
+            # numpy travels through Ray without a copy; other dtypes go as they are and are refused
+            tensor = x.detach().cpu()
+            payload = tensor.contiguous().numpy() if tensor.dtype == torch.float32 else tensor
+        query_id = f"q{next(self._query_ids)}"  # itertools.count: safe when threads share us
         result = self._endpoint.answer(self._attacker_id, query_id, payload)
         if isinstance(result, Rejection):
             raise result.to_error()
-        self._next_query += 1
-        self._used = result.used
+        with self._lock:
+            self._used = max(self._used, result.used)
         return torch.from_numpy(np.array(result.outputs, dtype=np.float32, copy=True))
 
     def query_all(self, x: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:

@@ -182,5 +182,5 @@ class VictimService:
 def _as_tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:
     """A tensor view of a validated batch (arrays from Ray's object store are read-only: copy)."""
     if isinstance(x, torch.Tensor):
-        return x
+        return x.detach()
     return torch.from_numpy(x if x.flags.writeable else x.copy())

@@ -48,6 +48,8 @@ def train_classifier(
     model.to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     n = int(x.shape[0])
+    if n == 0:  # e.g. a thief whose budget was already spent: keep the initial weights
+        return model.eval()
     steps = recipe.epochs * -(-n // recipe.batch_size)
 
     def rate(step: int) -> float:

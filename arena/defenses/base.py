@@ -57,7 +57,6 @@ class Defense:
     """True when ``prepare`` changes the victim's weights (training-time defense)."""
     answers_labels_only: ClassVar[bool] = False
     """True when the answers are one-hot labels (attackers are told through the output spec)."""
-    """True when ``prepare`` changes the victim's weights (training-time defense)."""
     search_space: ClassVar[dict[str, ParamSpace]] = {}
     """Tunable hyperparameters and their ranges."""
 

@@ -1,0 +1,41 @@
+"""Helpers shared by the arena/agents tests (importable because pytest puts tests/ on sys.path)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TypeAlias
+
+from arena.oracle import Oracle
+from arena.service import VictimService
+from arena.specs import MatchSpec, PluginSpec, VictimSpec
+
+DefenseArg: TypeAlias = str | PluginSpec
+ServiceFactory: TypeAlias = Callable[..., VictimService]
+"""``make_service(defenses=(), max_batch=None)`` (the conftest fixture)."""
+
+
+def as_plugin_specs(defenses: Sequence[DefenseArg]) -> tuple[PluginSpec, ...]:
+    return tuple(d if isinstance(d, PluginSpec) else PluginSpec(name=d) for d in defenses)
+
+
+def match_spec(
+    victim: VictimSpec,
+    defenses: Sequence[DefenseArg] = (),
+    attack: str = "knockoff",
+    attack_params: dict[str, object] | None = None,
+    budget: int = 300,
+    seed: int = 0,
+) -> MatchSpec:
+    return MatchSpec(
+        victim=victim,
+        defenses=as_plugin_specs(defenses),
+        attack=PluginSpec(name=attack, params=attack_params or {}),
+        budget=budget,
+        seed=seed,
+    )
+
+
+def open_oracle(service: VictimService, attacker_id: str, budget: int) -> Oracle:
+    """Open ``attacker_id``'s account with ``budget`` and return the attacker's oracle."""
+    service.open_account(attacker_id, budget)
+    return Oracle(service, attacker_id)
