@@ -20,6 +20,7 @@ class QueryErrorCode(StrEnum):
     NON_FINITE = "non_finite"
     OUT_OF_RANGE = "out_of_range"
     UNKNOWN_ATTACKER = "unknown_attacker"
+    QUERY_ID_REUSED = "query_id_reused"
 
 
 class InvalidQuery(ArenaError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import uuid
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -123,6 +124,7 @@ class Oracle:
     def __init__(self, endpoint: OracleEndpoint, attacker_id: str) -> None:
         self._endpoint = endpoint
         self._attacker_id = attacker_id
+        self._session = uuid.uuid4().hex[:12]
         self._query_ids = itertools.count()
         self._lock = threading.Lock()
         self.input_spec, self.output_spec = endpoint.public_spec()
@@ -152,7 +154,9 @@ class Oracle:
             # numpy travels through Ray without a copy; other dtypes go as they are and are refused
             tensor = x.detach().cpu()
             payload = tensor.contiguous().numpy() if tensor.dtype == torch.float32 else tensor
-        query_id = f"q{next(self._query_ids)}"  # itertools.count: safe when threads share us
+        # unique per oracle (a second oracle of the same attacker never collides); the counter is
+        # itertools.count, safe when threads share one oracle
+        query_id = f"{self._session}-{next(self._query_ids)}"
         result = self._endpoint.answer(self._attacker_id, query_id, payload)
         if isinstance(result, Rejection):
             raise result.to_error()

@@ -12,8 +12,10 @@ answer without charging again.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,13 +52,16 @@ class ReferenceOutputs:
 
 
 REFERENCE_BATCH = 256
+REPLAY_WINDOW = 64
+"""how many recent answers per attacker are kept for retried calls"""
 
 
 @dataclass
 class _Account:
     stats: AccountStats
     defense_states: list[Any]
-    answered: dict[str, Answer] = field(default_factory=dict)
+    recent: OrderedDict[str, tuple[str, Answer]] = field(default_factory=OrderedDict)
+    """the last :data:`REPLAY_WINDOW` answers by query id, with the digest of their input"""
 
 
 class VictimService:
@@ -142,11 +147,17 @@ class VictimService:
             account = self._accounts.get(attacker_id)
             if account is None:
                 return Rejection("unknown_attacker", f"no account for attacker {attacker_id!r}")
-            if query_id in account.answered:
-                return account.answered[query_id]
             rejection = validate_query(x, self._input_spec)
             if rejection is not None:
                 return rejection
+            digest = _digest(x)
+            if query_id in account.recent:
+                seen_digest, seen = account.recent[query_id]
+                if seen_digest == digest:
+                    return seen  # a retried call: same answer, charged once
+                return Rejection(
+                    "query_id_reused", f"query id {query_id!r} was used for other inputs"
+                )
             stats = account.stats
             batch = int(x.shape[0])
             remaining = stats.budget - stats.used
@@ -170,13 +181,21 @@ class VictimService:
             stats.l1_sum += float(l1_distance(probs, defended).sum())
             stats.kl_sum += float(kl_divergence(defended, probs).sum())
             result = Answer(defended.numpy(), used=stats.used, remaining=stats.budget - stats.used)
-            account.answered[query_id] = result
+            account.recent[query_id] = (digest, result)
+            if len(account.recent) > REPLAY_WINDOW:
+                account.recent.popitem(last=False)
             return result
 
     @torch.no_grad()
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self._model(x.to(self._device))
         return torch.softmax(logits.float(), dim=1).cpu()
+
+
+def _digest(x: np.ndarray | torch.Tensor) -> str:
+    """Content hash of a validated batch, so a reused query id with other inputs is caught."""
+    array = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x
+    return hashlib.blake2b(np.ascontiguousarray(array).data, digest_size=16).hexdigest()
 
 
 def _as_tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:

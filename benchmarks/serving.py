@@ -1,4 +1,4 @@
-"""Serving throughput: the victim's raw forward pass against the victim service, in process and on Ray.
+"""Serving throughput: the raw forward pass against the victim service, in process and on Ray.
 
 Five ways of getting probabilities out of the same victim, each measured at batch sizes 1, 64
 and 256 in queries (images) per second:
@@ -122,9 +122,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         help="a 1-epoch victim and short measurements (a smoke test, not a result)",
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results file")
-    parser.add_argument(
-        "--markdown", action="store_true", help="also print the table as Markdown"
-    )
+    parser.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
     args = parser.parse_args(argv)
     seconds = args.seconds if args.seconds is not None else (0.5 if args.quick else 3.0)
     rounds = args.rounds if args.rounds is not None else (3 if args.quick else 5)
@@ -166,9 +164,8 @@ def defenses_for(name: str) -> tuple[PluginSpec, ...]:
 
 
 def in_process_variant(model: nn.Module, data: DataSplits, defense: str) -> Variant:
-    service = VictimService(
-        model, build_chain(defenses_for(defense)), InputSpec(shape=data.input_shape), data.num_classes
-    )
+    chain = build_chain(defenses_for(defense))
+    service = VictimService(model, chain, InputSpec(shape=data.input_shape), data.num_classes)
     service.open_account(ATTACKER, BUDGET)
     oracle = Oracle(service, ATTACKER)
     return Variant(
@@ -182,7 +179,10 @@ def in_process_variant(model: nn.Module, data: DataSplits, defense: str) -> Vari
 
 
 def ray_variant(
-    victim: TrainedVictim, state: ray.ObjectRef, data: DataSplits, defense: str
+    victim: TrainedVictim,
+    state: ray.ObjectRef[dict[str, torch.Tensor]],
+    data: DataSplits,
+    defense: str,
 ) -> Variant:
     handle = start_victim_service(
         victim.spec,
@@ -235,9 +235,10 @@ def check_outputs(variants: Sequence[Variant], data: DataSplits) -> dict[str, An
         out = variant.query(x)
         variant.sent += int(x.shape[0])
         max_diff = float((out - reference).abs().max())
+        ones = torch.ones(len(out))
         checks[variant.key] = {
             "max_abs_diff_vs_raw": max_diff,
-            "rows_sum_to_one": bool(torch.allclose(out.sum(dim=1), torch.ones(len(out)), atol=1e-4)),
+            "rows_sum_to_one": bool(torch.allclose(out.sum(dim=1), ones, atol=1e-4)),
             "argmax_agreement_vs_raw": float((out.argmax(1) == reference.argmax(1)).float().mean()),
         }
         if variant.defense == "none" and max_diff > 1e-5:
@@ -245,7 +246,9 @@ def check_outputs(variants: Sequence[Variant], data: DataSplits) -> dict[str, An
     return checks
 
 
-def measure(variants: Sequence[Variant], data: DataSplits, settings: Settings, console: Console) -> None:
+def measure(
+    variants: Sequence[Variant], data: DataSplits, settings: Settings, console: Console
+) -> None:
     batches = {b: input_batches(data, b) for b in BATCH_SIZES}
     for b in BATCH_SIZES:
         for variant in variants:
@@ -313,7 +316,7 @@ def ledgers(variants: Sequence[Variant]) -> dict[str, dict[str, int | bool]]:
     return report
 
 
-def machine_info() -> dict[str, Any]:
+def machine_info(loadavg_start: tuple[float, float, float]) -> dict[str, Any]:
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     return {
         "cpu_count": os.cpu_count(),
@@ -325,7 +328,8 @@ def machine_info() -> dict[str, Any]:
         "torch_threads_driver": torch.get_num_threads(),
         "ray": ray.__version__,
         "numpy": np.__version__,
-        "loadavg_start": list(os.getloadavg()),
+        "loadavg_start": list(loadavg_start),
+        "loadavg_end": list(os.getloadavg()),
     }
 
 
@@ -383,6 +387,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console() if sys.stdout.isatty() else Console(width=160)
     torch.set_num_threads(1)
     started = datetime.now(UTC)
+    loadavg_start = os.getloadavg()
 
     spec = victim_spec(settings)
     data = load_dataset(spec.dataset)
@@ -420,8 +425,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ray.shutdown()
 
     summary = summarise(variants)
-    machine = machine_info()
-    machine["loadavg_end"] = list(os.getloadavg())
+    machine = machine_info(loadavg_start)
     result = {
         "benchmark": "serving",
         "date": started.isoformat(timespec="seconds"),

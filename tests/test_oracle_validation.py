@@ -242,6 +242,32 @@ def test_malformed_query_with_no_budget_left_is_still_invalid(service: VictimSer
     assert service.account_stats("alice").used == 0
 
 
+def test_reused_query_id_with_other_inputs_is_refused_uncharged(service: VictimService) -> None:
+    service.open_account("alice", 10)
+    assert isinstance(service.answer("alice", "q0", valid(2)), Answer)
+    reused = service.answer("alice", "q0", valid(2, seed=7))
+    assert isinstance(reused, Rejection) and reused.code == QueryErrorCode.QUERY_ID_REUSED
+    assert service.account_stats("alice").used == 2
+
+
+def test_two_oracles_of_one_attacker_never_share_answers(service: VictimService) -> None:
+    first = open_oracle(service, "alice", 10)
+    second = Oracle(service, "alice")
+    a = first.query(torch.from_numpy(valid(2)))
+    b = second.query(torch.from_numpy(valid(2, seed=3)))
+    assert not torch.equal(a, b)
+    assert service.account_stats("alice").used == 4
+
+
+def test_replay_record_is_bounded(service: VictimService) -> None:
+    from arena.service import REPLAY_WINDOW
+
+    oracle = open_oracle(service, "alice", 5 * REPLAY_WINDOW)
+    for seed in range(2 * REPLAY_WINDOW):
+        oracle.query(torch.from_numpy(valid(1, seed=seed)))
+    assert len(service._accounts["alice"].recent) == REPLAY_WINDOW
+
+
 def test_replayed_query_id_answered_from_ledger_and_charged_once(service: VictimService) -> None:
     service.open_account("alice", 10)
     x = valid(4)
