@@ -87,16 +87,12 @@ def _budgets(rows: list[LeaderboardRow]) -> list[int]:
     return sorted({b for row in rows for b in row.stolen_by_budget})
 
 
-def rich_table(rows: list[LeaderboardRow], title: str) -> Table:
-    """The leaderboard as a terminal table."""
+def _grid(rows: list[LeaderboardRow], with_victim: bool) -> tuple[list[str], list[list[str]]]:
+    """Header and formatted cells shared by the terminal and Markdown tables."""
     budgets = _budgets(rows)
-    victims = {row.victim for row in rows}
-    caption = f"victim {next(iter(victims))}" if len(victims) == 1 else None
-    table = Table(title=title, caption=caption, header_style="bold")
-    left = ("victim", "defense", "strongest attack")
-    names = [
+    header = [
         "#",
-        *(["victim"] if caption is None else []),
+        *(["victim"] if with_victim else []),
         "defense",
         "utility",
         "undefended",
@@ -108,51 +104,10 @@ def rich_table(rows: list[LeaderboardRow], title: str) -> Table:
         "KL nats",
         "latency×",
     ]
-    for name in names:
-        table.add_column(name, justify="left" if name in left else "right")
-    for row in rows:
-        table.add_row(
+    cells = [
+        [
             str(row.rank),
-            *([row.victim] if caption is None else []),
-            row.defense,
-            f"{row.utility:.4f}",
-            f"{row.victim_accuracy:.4f}",
-            f"{row.strongest_attack} @{row.strongest_budget}",
-            f"{row.stolen_accuracy:.4f}",
-            f"{row.fidelity:.4f}",
-            f"{row.protection:.4f}",
-            *[
-                f"{row.stolen_by_budget[b]:.4f}" if b in row.stolen_by_budget else "—"
-                for b in budgets
-            ],
-            f"{row.perturbation_kl:.3f}",
-            f"{row.latency_ratio:.2f}",
-        )
-    return table
-
-
-def markdown_table(rows: list[LeaderboardRow]) -> str:
-    """The leaderboard as Markdown (logged to MLflow and pasted into docs)."""
-    budgets = _budgets(rows)
-    header = [
-        "#",
-        "victim",
-        "defense",
-        "utility",
-        "undefended",
-        "strongest attack",
-        "stolen acc",
-        "fidelity",
-        "protection",
-        *[f"max stolen @{b}" for b in budgets],
-        "KL nats",
-        "latency ×",
-    ]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows:
-        cells = [
-            str(row.rank),
-            row.victim,
+            *([row.victim] if with_victim else []),
             row.defense,
             f"{row.utility:.4f}",
             f"{row.victim_accuracy:.4f}",
@@ -167,7 +122,30 @@ def markdown_table(rows: list[LeaderboardRow]) -> str:
             f"{row.perturbation_kl:.3f}",
             f"{row.latency_ratio:.2f}",
         ]
-        lines.append("| " + " | ".join(cells) + " |")
+        for row in rows
+    ]
+    return header, cells
+
+
+def rich_table(rows: list[LeaderboardRow], title: str) -> Table:
+    """The leaderboard as a terminal table (the victim as caption when there is only one)."""
+    victims = {row.victim for row in rows}
+    caption = f"victim {next(iter(victims))}" if len(victims) == 1 else None
+    table = Table(title=title, caption=caption, header_style="bold")
+    header, cells = _grid(rows, with_victim=caption is None)
+    for name in header:
+        left = name in ("victim", "defense", "strongest attack")
+        table.add_column(name, justify="left" if left else "right")
+    for line in cells:
+        table.add_row(*line)
+    return table
+
+
+def markdown_table(rows: list[LeaderboardRow]) -> str:
+    """The leaderboard as Markdown (logged to MLflow and pasted into docs)."""
+    header, cells = _grid(rows, with_victim=True)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(line) + " |" for line in cells]
     return "\n".join(lines) + "\n"
 
 

@@ -154,10 +154,10 @@ def run_tournament(
     actors: list[ActorHandle[Any]] = []
     try:
         if pending:
-            started_ray = _start_ray(config, address)
             torch.set_num_threads(config.ray.cpus_per_match)
-            datasets = {s.victim.dataset for s in pending}
-            data = {name: load_dataset(name) for name in datasets}
+            # data first: a missing dataset is reported before any Ray process starts
+            data = {name: load_dataset(name) for name in {s.victim.dataset for s in pending}}
+            started_ray = _start_ray(config, address)
             data_refs = {name: ray.put(split) for name, split in data.items()}
             match_data = {
                 name: ray.put(MatchData.from_splits(split)) for name, split in data.items()
