@@ -102,9 +102,15 @@ def attacker_id(spec: MatchSpec) -> str:
     return f"{spec.attack.name}-{spec.key()}"
 
 
-def match_rng(spec: MatchSpec) -> np.random.Generator:
-    """Randomness derived from the match's identity, never from scheduling order."""
-    return np.random.default_rng(int(spec.key(), 16))
+def attacker_rng(spec: MatchSpec) -> np.random.Generator:
+    """The attacker's randomness, derived from its identity, never from scheduling order.
+
+    It depends on the victim, the attack, the budget and the seed but not on the defenses, so
+    every defense of a victim faces the same draws (common random numbers): a difference between
+    two defenses in one tournament is the defenses' doing, not a luckier sample of queries.
+    """
+    identity = spec.model_copy(update={"defenses": ()}).key()
+    return np.random.default_rng(int(identity, 16))
 
 
 def referee_match(
@@ -125,7 +131,7 @@ def referee_match(
     )
     oracle = Oracle(service, identity)
     attack_start = time.perf_counter()
-    substitute = attacker.steal(oracle, knowledge, match_rng(spec))
+    substitute = attacker.steal(oracle, knowledge, attacker_rng(spec))
     attack_seconds = time.perf_counter() - attack_start
 
     reference = service.reference_outputs(data.test_x)

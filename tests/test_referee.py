@@ -11,8 +11,8 @@ from arena_testkit import match_spec
 
 from arena.data import DataSplits
 from arena.defenses import DEFENSES
-from arena.referee import MatchResult, build_service, play_match
-from arena.specs import VictimSpec
+from arena.referee import MatchResult, attacker_rng, build_service, play_match
+from arena.specs import MatchSpec, PluginSpec, VictimSpec
 from arena.victims import cache_path, load_or_train, train_victim
 
 BUDGET = 300
@@ -156,3 +156,25 @@ def test_training_is_bitwise_reproducible(
     assert a.test_accuracy == b.test_accuracy
     c = train_victim(spec.model_copy(update={"seed": 1}), digits_data)
     assert not state_dicts_equal(a.model, c.model)
+
+
+def test_attacker_draws_depend_on_attack_and_seed_but_not_on_defenses(
+    digits_victim_spec: VictimSpec,
+) -> None:
+    def spec(defense: str, seed: int) -> MatchSpec:
+        return MatchSpec(
+            victim=digits_victim_spec,
+            defenses=(PluginSpec(name=defense),),
+            attack=PluginSpec(name="knockoff"),
+            budget=300,
+            seed=seed,
+        )
+
+    draws = {
+        (d, s): attacker_rng(spec(d, s)).integers(0, 2**31, size=8).tolist()
+        for d in ("none", "label_only")
+        for s in (0, 1)
+    }
+    assert spec("none", 0).key() != spec("label_only", 0).key()
+    assert draws[("none", 0)] == draws[("label_only", 0)]  # common random numbers
+    assert draws[("none", 0)] != draws[("none", 1)]
