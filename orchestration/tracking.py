@@ -14,10 +14,13 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import requests
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
+from arena.errors import ArenaError
 from arena.referee import MatchResult
 from arena.specs import MatchSpec
 
@@ -74,15 +77,39 @@ def _result_from_run(data: Any) -> MatchResult:
     return MatchResult.model_validate(fields)
 
 
+class TrackingUnavailable(ArenaError):
+    """The MLflow tracking store cannot be used (unreachable server, unsupported URI)."""
+
+
+def _check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail in seconds, not minutes: MLflow's own HTTP retries take minutes to give up."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        requests.get(f"{uri.rstrip('/')}/health", timeout=timeout_s)
+    except requests.RequestException as exc:
+        raise TrackingUnavailable(
+            f"MLflow tracking server {uri} is not reachable ({type(exc).__name__}); start it "
+            "(mlflow server ...) or drop --tracking-uri to use the local SQLite store"
+        ) from None
+
+
 class Tracker:
     """The driver's MLflow writer for one experiment."""
 
     def __init__(
         self, tracking_uri: str, experiment: str, artifact_root: Path | None = None
     ) -> None:
-        self.client = MlflowClient(tracking_uri=tracking_uri)
+        _check_reachable(tracking_uri)
+        try:
+            self.client = MlflowClient(tracking_uri=tracking_uri)
+            found = self.client.get_experiment_by_name(experiment)
+        except MlflowException as exc:
+            first = str(exc.message).strip().splitlines()[0]
+            raise TrackingUnavailable(
+                f"cannot use tracking URI {tracking_uri!r}: {first}"
+            ) from None
         self.tracking_uri = tracking_uri
-        found = self.client.get_experiment_by_name(experiment)
         if found is None:
             location = artifact_root.resolve().as_uri() if artifact_root else None
             self.experiment_id = self.client.create_experiment(

@@ -74,3 +74,31 @@ def test_missing_config_file_is_one_clear_line(tmp_path: Path) -> None:
     result = run_arena("tournament", str(tmp_path / "nope.yaml"), "--home", str(tmp_path / "h"))
     assert result.returncode == 2
     assert "file not found" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_unreachable_tracking_server_is_one_clear_line(tmp_path: Path) -> None:
+    # port 9 (discard) on loopback: nothing listens there
+    result = run_arena(
+        "tournament",
+        "configs/digits_smoke.yaml",
+        "--tracking-uri",
+        "http://127.0.0.1:9",
+        "--home",
+        str(tmp_path / "h"),
+    )
+    assert result.returncode == 1
+    assert "not reachable" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_unsupported_tracking_uri_is_one_clear_line(tmp_path: Path) -> None:
+    result = run_arena(
+        "tournament",
+        "configs/digits_smoke.yaml",
+        "--tracking-uri",
+        "foo://bar",
+        "--home",
+        str(tmp_path),
+    )
+    assert result.returncode == 1
+    assert "cannot use tracking URI 'foo://bar'" in result.stderr
+    assert "Traceback" not in result.stderr
