@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -71,6 +72,9 @@ def tournament(
 
     home = home.expanduser().resolve()
     os.environ["ARENA_HOME"] = str(home)
+    # SIGTERM (e.g. from a scheduler) ends the run like Ctrl-C: parent run marked KILLED,
+    # victim services stopped, finished matches kept for the rerun
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         _run(config, address, tracking_uri, home)
     except ArenaError as exc:
@@ -81,6 +85,10 @@ def tournament(
         raise _fail(
             "interrupted; rerun the same command to play the remaining matches", 130
         ) from None
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _run(config: object, address: str | None, tracking_uri: str | None, home: Path) -> None:

@@ -7,6 +7,7 @@ command only plays what is missing.
 from __future__ import annotations
 
 import logging
+import signal
 import tempfile
 import time
 import traceback
@@ -121,12 +122,17 @@ def _start_ray(config: TournamentConfig, address: str | None) -> bool:
         return False
     target = address or config.ray.address
     store = config.ray.object_store_mb
+    on_sigterm = signal.getsignal(signal.SIGTERM)
     ray.init(
         address=target,
         include_dashboard=False,
         logging_level=logging.ERROR,
         object_store_memory=store * 1024 * 1024 if store and target is None else None,
     )
+    # ray.init installs its own SIGTERM handler (log and abort); keep the caller's, which lets
+    # the driver close its MLflow runs and stop its victim services first
+    if callable(on_sigterm):
+        signal.signal(signal.SIGTERM, on_sigterm)
     return True
 
 

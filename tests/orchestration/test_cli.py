@@ -4,6 +4,7 @@ nothing created and no Ray started before the config is valid."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -102,3 +103,47 @@ def test_unsupported_tracking_uri_is_one_clear_line(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "cannot use tracking URI 'foo://bar'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_sigterm_mid_tournament_loses_nothing_and_rerun_completes(tmp_path: Path) -> None:
+    """D4/D5 at the command line: SIGTERM during a run marks the parent KILLED and keeps every
+    finished match; the same command then plays only the rest, one run per match key."""
+    from mlflow.tracking import MlflowClient
+
+    from orchestration.tracking import MATCH_KEY_TAG, default_tracking_uri
+
+    home = tmp_path / "home"
+    env = dict(os.environ, ARENA_HOME=str(home))
+    env.pop("RAY_ADDRESS", None)
+    command = [sys.executable, "-m", "orchestration", "tournament", "configs/digits_smoke.yaml"]
+    proc = subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    assert proc.stdout is not None
+    finished_before_kill = 0
+    for line in proc.stdout:  # wait for two matches to finish, then stop the run
+        finished_before_kill += "stolen" in line
+        if finished_before_kill == 2:
+            proc.send_signal(signal.SIGTERM)
+            break
+    rest = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130, rest
+    assert "interrupted" in rest and "Traceback" not in rest
+
+    client = MlflowClient(default_tracking_uri(home))
+    experiment = client.get_experiment_by_name("digits-smoke")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("arena.kind") == "tournament"]
+    matches = [r for r in runs if r.data.tags.get("arena.kind") == "match"]
+    assert [p.info.status for p in parents] == ["KILLED"]
+    assert 2 <= len(matches) < 16 and all(m.info.status == "FINISHED" for m in matches)
+
+    again = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert f"{16 - len(matches)} match(es) to play, {len(matches)} already finished" in again.stdout
+    runs = client.search_runs([experiment.experiment_id])
+    keys = [r.data.tags[MATCH_KEY_TAG] for r in runs if r.data.tags.get("arena.kind") == "match"]
+    assert len(keys) == len(set(keys)) == 16
+    parent = [r for r in runs if r.data.tags.get("arena.kind") == "tournament"]
+    assert [p.info.status for p in parent] == ["FINISHED"]
