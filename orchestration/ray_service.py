@@ -43,10 +43,6 @@ class HostedVictimService(VictimService):
             victim, input_shape=input_spec.shape, num_classes=num_classes, state=state
         )
         super().__init__(model, build_chain(defenses), input_spec, num_classes, device=device)
-        self.device = device
-
-    def device_name(self) -> str:
-        return self.device
 
 
 def start_victim_service(
