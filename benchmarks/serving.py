@@ -48,6 +48,7 @@ from torch import nn
 from arena.data import DataSplits, load_dataset
 from arena.defenses.chain import build_chain
 from arena.oracle import InputSpec, Oracle
+from arena.referee import ServiceAPI
 from arena.service import VictimService
 from arena.specs import PluginSpec, VictimSpec
 from arena.victims import TrainedVictim, default_victim_cache, load_or_train
@@ -163,19 +164,25 @@ def defenses_for(name: str) -> tuple[PluginSpec, ...]:
     return (PluginSpec(name=name),)
 
 
-def in_process_variant(model: nn.Module, data: DataSplits, defense: str) -> Variant:
-    chain = build_chain(defenses_for(defense))
-    service = VictimService(model, chain, InputSpec(shape=data.input_shape), data.num_classes)
+def metered_variant(service: ServiceAPI, where: str, label: str, defense: str) -> Variant:
+    """An oracle on any victim service (in process or a Ray proxy) with the benchmark's account."""
     service.open_account(ATTACKER, BUDGET)
     oracle = Oracle(service, ATTACKER)
+    prefix = "inproc" if where == "in-process" else where
     return Variant(
-        key=f"inproc-{defense}",
-        label=f"in-process service, {defense}",
-        where="in-process",
+        key=f"{prefix}-{defense}",
+        label=f"{label}, {defense}",
+        where=where,
         defense=defense,
         query=oracle.query,
         charged=lambda: service.account_stats(ATTACKER).used,
     )
+
+
+def in_process_variant(model: nn.Module, data: DataSplits, defense: str) -> Variant:
+    chain = build_chain(defenses_for(defense))
+    service = VictimService(model, chain, InputSpec(shape=data.input_shape), data.num_classes)
+    return metered_variant(service, "in-process", "in-process service", defense)
 
 
 def ray_variant(
@@ -192,17 +199,7 @@ def ray_variant(
         data.num_classes,
         num_cpus=1,
     )
-    proxy = RayServiceProxy(handle)
-    proxy.open_account(ATTACKER, BUDGET)
-    oracle = Oracle(proxy, ATTACKER)
-    return Variant(
-        key=f"ray-{defense}",
-        label=f"Ray actor service, {defense}",
-        where="ray",
-        defense=defense,
-        query=oracle.query,
-        charged=lambda: proxy.account_stats(ATTACKER).used,
-    )
+    return metered_variant(RayServiceProxy(handle), "ray", "Ray actor service", defense)
 
 
 def input_batches(data: DataSplits, batch_size: int) -> list[torch.Tensor]:
