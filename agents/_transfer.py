@@ -55,11 +55,13 @@ def query_random_subset(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Spend the whole remaining budget on pool images drawn uniformly without replacement.
 
-    If the budget exceeds the pool, the pool is cycled in fresh random orders.
+    If the budget exceeds the pool, the pool is cycled in fresh random orders. If a detector
+    makes the victim refuse, the attack keeps what it was answered so far.
     """
     n = oracle.remaining
     orders = [rng.permutation(len(pool)) for _ in range(-(-n // len(pool)))]
     flat = np.concatenate(orders)[:n] if orders else np.empty(0, dtype=np.int64)
     indices = torch.from_numpy(flat)
     queries = pool[indices]
-    return queries, oracle.query_all(queries, batch_size=batch_size)
+    answers = oracle.query_all(queries, batch_size=batch_size, until_refused=True)
+    return queries[: len(answers)], answers

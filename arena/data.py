@@ -58,6 +58,8 @@ class DataSplits:
 
 DatasetLoader = Callable[[Path], DataSplits]
 DATASETS: Registry[DatasetLoader] = Registry("dataset")
+NUM_CLASSES: dict[str, int] = {"fashion_mnist": 10, "digits": 10}
+"""classes per registered dataset, known without loading it (configs are checked against it)"""
 
 
 def default_data_dir() -> Path:

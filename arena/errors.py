@@ -32,6 +32,14 @@ class InvalidQuery(ArenaError):
         self.message = message
 
 
+class QueryRefused(ArenaError):
+    """A detector flagged this caller and the victim refuses its queries. Nothing was charged."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"[refused] {message}")
+        self.message = message
+
+
 class BudgetExhausted(ArenaError):
     """The batch needs more queries than the attacker has left. Nothing was charged."""
 

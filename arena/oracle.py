@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from arena.errors import BudgetExhausted, InvalidQuery, QueryErrorCode
+from arena.errors import BudgetExhausted, InvalidQuery, QueryErrorCode, QueryRefused
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,8 @@ class Rejection:
     def to_error(self) -> Exception:
         if self.code == "budget_exhausted":
             return BudgetExhausted(self.requested, self.remaining)
+        if self.code == "refused":
+            return QueryRefused(self.message)
         return InvalidQuery(QueryErrorCode(self.code), self.message)
 
 
@@ -164,10 +166,23 @@ class Oracle:
             self._used = max(self._used, result.used)
         return torch.from_numpy(np.array(result.outputs, dtype=np.float32, copy=True))
 
-    def query_all(self, x: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
-        """Query ``x`` in batches of at most the service's ``max_batch``."""
+    def query_all(
+        self, x: torch.Tensor, batch_size: int | None = None, *, until_refused: bool = False
+    ) -> torch.Tensor:
+        """Query ``x`` in batches of at most the service's ``max_batch``.
+
+        With ``until_refused``, a detector's refusal ends the loop instead of raising: the answers
+        cover the first ``len(result)`` rows of ``x`` and the attacker works with those.
+        """
         size = min(batch_size or self.input_spec.max_batch, self.input_spec.max_batch)
-        chunks = [self.query(x[i : i + size]) for i in range(0, int(x.shape[0]), size)]
+        chunks: list[torch.Tensor] = []
+        for start in range(0, int(x.shape[0]), size):
+            try:
+                chunks.append(self.query(x[start : start + size]))
+            except QueryRefused:
+                if not until_refused:
+                    raise
+                break
         return torch.cat(chunks) if chunks else torch.empty(0, self.num_classes)
 
     def __repr__(self) -> str:

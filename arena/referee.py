@@ -8,6 +8,7 @@ get the same record. Attackers are built by name from :data:`arena.attacker.ATTA
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from arena.registry import build_plugin, plugin_label
 from arena.service import AccountStats, ReferenceOutputs, VictimService
 from arena.specs import MatchSpec
 from arena.training import accuracy, predict_probs
-from arena.victims import load_or_train
+from arena.victims import defended_model, load_or_train
 
 
 class MatchResult(BaseModel):
@@ -68,6 +69,18 @@ class MatchResult(BaseModel):
     """(model + defense) / model time per query on the test set at batch 256"""
     attack_seconds: float
     match_seconds: float
+    detected: bool = False
+    """a detector in the chain flagged the attacker"""
+    queries_to_detection: int | None = None
+    """queries the attacker had been answered when it was flagged"""
+    refused_batches: int = 0
+    """attacker batches refused (uncharged) after detection"""
+    benign_flagged: bool | None = None
+    """a benign caller (test images in random order, as many as the budget) was flagged too;
+    ``None`` when the chain has no detector"""
+    benign_queries_to_detection: int | None = None
+    chain_steps: str = ""
+    """per defense of the chain, in order: its time per query (us) and mean L1 change (JSON)"""
 
 
 class ServiceAPI(OracleEndpoint, Protocol):
@@ -122,6 +135,7 @@ def referee_match(
     chain = build_chain(spec.defenses)
     identity = attacker_id(spec)
     service.open_account(identity, spec.budget)
+    benign = benign_traffic(spec, service, data) if chain.stateful else None
     knowledge = Knowledge(
         pool=data.pool,
         pool_name=spec.pool,
@@ -140,6 +154,10 @@ def referee_match(
     stolen = predict_probs(substitute, data.test_x)
     stats = service.account_stats(identity)
     used = max(stats.used, 1)
+    steps = [
+        {"defense": s.name, "us_per_query": 1e6 * sec / used, "l1_per_query": l1 / used}
+        for s, sec, l1 in zip(spec.defenses, stats.step_seconds, stats.step_l1_sum, strict=True)
+    ]
     return MatchResult(
         match_key=spec.key(),
         victim_key=spec.victim.key(),
@@ -169,7 +187,33 @@ def referee_match(
         / max(reference.model_seconds, 1e-12),
         attack_seconds=attack_seconds,
         match_seconds=time.perf_counter() - started,
+        detected=stats.detected_after is not None,
+        queries_to_detection=stats.detected_after,
+        refused_batches=stats.refused_batches,
+        benign_flagged=None if benign is None else benign.detected_after is not None,
+        benign_queries_to_detection=None if benign is None else benign.detected_after,
+        chain_steps=json.dumps(steps),
     )
+
+
+BENIGN_BATCH = 256
+
+
+def benign_traffic(spec: MatchSpec, service: ServiceAPI, data: MatchData) -> AccountStats:
+    """A benign caller of the same volume as the attack: test images in random order.
+
+    It has its own account (and so its own detector state), so whether it gets flagged is the
+    detector's false-positive behaviour, independent of the thief playing the same match.
+    """
+    identity = f"benign-{spec.key()}"
+    service.open_account(identity, spec.budget)
+    rng = np.random.default_rng(int(spec.key(), 16) ^ 0xBE9167)
+    n_test = int(data.test_x.shape[0])
+    order = np.concatenate([rng.permutation(n_test) for _ in range(-(-spec.budget // n_test))])
+    Oracle(service, identity).query_all(
+        data.test_x[torch.from_numpy(order[: spec.budget])], BENIGN_BATCH, until_refused=True
+    )
+    return service.account_stats(identity)
 
 
 def build_service(
@@ -178,8 +222,9 @@ def build_service(
     """Load or train the victim and put it behind the match's defense chain, in this process."""
     victim = load_or_train(spec.victim, data, cache_dir)
     chain = build_chain(spec.defenses)
+    model = defended_model(spec.victim, victim.model, chain, data, cache_dir)
     input_spec = InputSpec(shape=data.input_shape)
-    return VictimService(victim.model, chain, input_spec, data.num_classes, device)
+    return VictimService(model, chain, input_spec, data.num_classes, device)
 
 
 def play_match(

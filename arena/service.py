@@ -5,13 +5,14 @@ Ray actor. The query half (``answer``, ``account_status``, ``public_spec``) is w
 :class:`~arena.oracle.Oracle` talks to; the rest (opening accounts, per-account statistics,
 reference outputs on the test set) is for the referee only.
 
-Charging rules: a batch is validated and checked against the remaining budget *before* the model
-runs; a rejected batch charges nothing; a replayed ``(attacker, query id)`` returns the recorded
-answer without charging again.
+Charging rules: a batch is validated, checked against a detector's refusal and against the
+remaining budget *before* the model runs; a rejected or refused batch charges nothing; a replayed
+``(attacker, query id)`` returns the recorded answer without charging again.
 """
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 import zlib
@@ -39,6 +40,14 @@ class AccountStats:
     kl_sum: float = 0.0
     model_seconds: float = 0.0
     defense_seconds: float = 0.0
+    step_seconds: list[float] = field(default_factory=list)
+    """time spent in each defense of the chain, in chain order"""
+    step_l1_sum: list[float] = field(default_factory=list)
+    """summed L1 change each defense of the chain made to the answers"""
+    detected_after: int | None = None
+    """queries answered when a detector first flagged this caller; ``None`` if never"""
+    refused_batches: int = 0
+    """batches refused (uncharged) because a detector flagged this caller"""
 
 
 @dataclass(frozen=True)
@@ -94,7 +103,9 @@ class VictimService:
             account = self._accounts.get(attacker_id)
             if account is None:
                 states = self._chain.new_states()
-                self._accounts[attacker_id] = _Account(AccountStats(budget), states)
+                steps = len(self._chain.defenses)
+                stats = AccountStats(budget, step_seconds=[0.0] * steps, step_l1_sum=[0.0] * steps)
+                self._accounts[attacker_id] = _Account(stats, states)
             elif account.stats.budget != budget:
                 held = account.stats.budget
                 raise ValueError(
@@ -104,7 +115,7 @@ class VictimService:
     def account_stats(self, attacker_id: str) -> AccountStats:
         with self._lock:
             stats = self._accounts[attacker_id].stats
-            return AccountStats(**vars(stats))
+            return copy.deepcopy(stats)
 
     def reference_outputs(self, x: np.ndarray | torch.Tensor) -> ReferenceOutputs:
         """Undefended and defended outputs on trusted evaluation data, with a fresh defense state.
@@ -121,7 +132,7 @@ class VictimService:
             begin = time.perf_counter()
             probs = self._forward(batch)
             model_seconds += time.perf_counter() - begin
-            answer, times = self._chain.respond(probs, batch, states)
+            answer, times, _ = self._chain.respond(probs, batch, states)
             defense_seconds += sum(times)
             undefended.append(probs.numpy())
             defended.append(answer.numpy())
@@ -159,6 +170,10 @@ class VictimService:
                     "query_id_reused", f"query id {query_id!r} was used for other inputs"
                 )
             stats = account.stats
+            refusal = self._chain.refusal(account.defense_states)
+            if refusal is not None:
+                stats.refused_batches += 1
+                return Rejection("refused", refusal)
             batch = int(x.shape[0])
             remaining = stats.budget - stats.used
             if batch > remaining:
@@ -172,12 +187,18 @@ class VictimService:
             start = time.perf_counter()
             probs = self._forward(inputs)
             model_seconds = time.perf_counter() - start
-            defended, defense_seconds = self._chain.respond(probs, inputs, account.defense_states)
+            states = account.defense_states
+            defended, step_seconds, step_l1 = self._chain.respond(probs, inputs, states)
 
             stats.used += batch
             stats.batches += 1
             stats.model_seconds += model_seconds
-            stats.defense_seconds += sum(defense_seconds)
+            stats.defense_seconds += sum(step_seconds)
+            for step, (seconds, l1) in enumerate(zip(step_seconds, step_l1, strict=True)):
+                stats.step_seconds[step] += seconds
+                stats.step_l1_sum[step] += l1
+            if stats.detected_after is None:
+                stats.detected_after = self._chain.detected_after(states)
             stats.l1_sum += float(l1_distance(probs, defended).sum())
             stats.kl_sum += float(kl_divergence(defended, probs).sum())
             result = Answer(defended.numpy(), used=stats.used, remaining=stats.budget - stats.used)

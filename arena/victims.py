@@ -11,6 +11,8 @@ import torch
 from torch import nn
 
 from arena.data import DataSplits, arena_home
+from arena.defenses.chain import DefenseChain
+from arena.defenses.preparation import PrepareContext
 from arena.models import build_model
 from arena.specs import VictimSpec
 from arena.training import TrainRecipe, accuracy, predict_probs, train_classifier
@@ -93,3 +95,27 @@ def load_or_train(
     victim = train_victim(spec, data)
     save_victim(victim, cache_dir)
     return victim
+
+
+def prepare_context(spec: VictimSpec, data: DataSplits, cache_dir: Path | None) -> PrepareContext:
+    """What the victim's defenses may train on: the victim's own split, cached beside it."""
+    return PrepareContext(
+        victim_key=spec.key(),
+        victim_arch=spec.arch,
+        input_shape=data.input_shape,
+        num_classes=data.num_classes,
+        train=data.victim_train,
+        seed=spec.seed,
+        cache_dir=cache_dir or default_victim_cache(),
+    )
+
+
+def defended_model(
+    spec: VictimSpec,
+    model: nn.Module,
+    chain: DefenseChain,
+    data: DataSplits,
+    cache_dir: Path | None = None,
+) -> nn.Module:
+    """The model a defended victim serves: its defenses prepared (trained or loaded from cache)."""
+    return chain.prepare(model, prepare_context(spec, data, cache_dir))

@@ -24,11 +24,11 @@ from pydantic import (
 
 import agents  # noqa: F401  (registers the built-in attacks)
 from arena.attacker import ATTACKS
-from arena.data import DATASETS
+from arena.data import DATASETS, NUM_CLASSES
 from arena.defenses import DEFENSES
 from arena.errors import ArenaError
 from arena.models import ARCHITECTURES
-from arena.registry import Registry, canonical_params
+from arena.registry import Registry, build_plugin, canonical_params
 from arena.specs import MatchSpec, PluginSpec, VictimSpec
 
 
@@ -143,6 +143,20 @@ def _plugin_problems(registry: Registry[Any], path: str, spec: PluginSpec) -> li
     return []
 
 
+def _task_problems(config: TournamentConfig, path: str, spec: PluginSpec) -> list[tuple[str, str]]:
+    """A defense whose hyperparameters don't fit a victim's task (top-k with k above C)."""
+    defense = build_plugin(DEFENSES, spec.name, spec.params)
+    problems = []
+    for victim in config.victims:
+        if (classes := NUM_CLASSES.get(victim.dataset)) is None:
+            continue
+        try:
+            defense.check_task(classes)
+        except ValueError as exc:
+            problems.append((f"{path}.params", f"defense {spec.name!r} on {victim.dataset}: {exc}"))
+    return problems
+
+
 def _semantic_problems(config: TournamentConfig) -> list[tuple[str, str]]:
     """Checks pydantic cannot do alone: registered names and plug-in hyperparameters."""
     problems: list[tuple[str, str]] = []
@@ -167,7 +181,9 @@ def _semantic_problems(config: TournamentConfig) -> list[tuple[str, str]]:
                 (f"defenses.{i}", "a defense chain needs at least one defense (use `none`)")
             )
         for j, spec in enumerate(chain):
-            problems += _plugin_problems(DEFENSES, f"defenses.{i}.{j}", spec)
+            path = f"defenses.{i}.{j}"
+            found = _plugin_problems(DEFENSES, path, spec)
+            problems += found or _task_problems(config, path, spec)
     for i, spec in enumerate(config.attacks):
         problems += _plugin_problems(ATTACKS, f"attacks.{i}", spec)
     return problems

@@ -36,6 +36,10 @@ class LeaderboardRow:
     latency_ratio: float
     stolen_by_budget: dict[int, float]
     matches: int
+    detected: int | None = None
+    """matches whose attacker a detector flagged (``None``: the chain has no detector)"""
+    benign_flagged: int | None = None
+    """matches whose benign caller was flagged too (false positives)"""
 
 
 def _mean(values: list[float]) -> float:
@@ -77,10 +81,27 @@ def build_leaderboard(results: list[MatchResult]) -> list[LeaderboardRow]:
                 latency_ratio=_mean([r.latency_ratio for r in group]),
                 stolen_by_budget=dict(sorted(by_budget.items())),
                 matches=len(group),
+                **_detection_counts(group),
             )
         )
     rows.sort(key=lambda row: (-row.protection, -row.utility, row.defense))
     return [LeaderboardRow(**{**asdict(row), "rank": i + 1}) for i, row in enumerate(rows)]
+
+
+def _detection_counts(group: list[MatchResult]) -> dict[str, int | None]:
+    watched = [r for r in group if r.benign_flagged is not None]
+    if not watched:
+        return {"detected": None, "benign_flagged": None}
+    return {
+        "detected": sum(r.detected for r in watched),
+        "benign_flagged": sum(bool(r.benign_flagged) for r in watched),
+    }
+
+
+def _detection_cell(row: LeaderboardRow) -> str:
+    if row.detected is None:
+        return "—"
+    return f"{row.detected}/{row.matches} (benign {row.benign_flagged}/{row.matches})"
 
 
 def _budgets(rows: list[LeaderboardRow]) -> list[int]:
@@ -90,6 +111,7 @@ def _budgets(rows: list[LeaderboardRow]) -> list[int]:
 def _grid(rows: list[LeaderboardRow], with_victim: bool) -> tuple[list[str], list[list[str]]]:
     """Header and formatted cells shared by the terminal and Markdown tables."""
     budgets = _budgets(rows)
+    detectors = any(row.detected is not None for row in rows)
     header = [
         "#",
         *(["victim"] if with_victim else []),
@@ -103,6 +125,7 @@ def _grid(rows: list[LeaderboardRow], with_victim: bool) -> tuple[list[str], lis
         *[f"stolen@{b}" for b in budgets],
         "KL nats",
         "latency×",
+        *(["detected"] if detectors else []),
     ]
     cells = [
         [
@@ -121,6 +144,7 @@ def _grid(rows: list[LeaderboardRow], with_victim: bool) -> tuple[list[str], lis
             ],
             f"{row.perturbation_kl:.3f}",
             f"{row.latency_ratio:.2f}",
+            *([_detection_cell(row)] if detectors else []),
         ]
         for row in rows
     ]

@@ -7,6 +7,7 @@ values (cheaper than exceptions through Ray) and the oracle raises them client-s
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,11 +15,12 @@ import ray
 import torch
 from ray.actor import ActorHandle
 
+from arena.data import DataSplits
 from arena.defenses.chain import build_chain
 from arena.oracle import AccountStatus, Answer, InputSpec, OutputSpec, Rejection
 from arena.service import AccountStats, ReferenceOutputs, VictimService
 from arena.specs import PluginSpec, VictimSpec
-from arena.victims import build_victim_model
+from arena.victims import build_victim_model, defended_model
 
 SERVICE_NAMESPACE = "model-stealing-arena"
 """Ray namespace of named victim-service actors (find leftovers with ``list_named_actors``)."""
@@ -35,6 +37,8 @@ class HostedVictimService(VictimService):
         input_spec: InputSpec,
         num_classes: int,
         threads: int = 1,
+        data: DataSplits | None = None,
+        cache_dir: Path | None = None,
     ) -> None:
         torch.set_num_threads(max(1, threads))
         gpus = ray.get_gpu_ids()
@@ -42,7 +46,12 @@ class HostedVictimService(VictimService):
         model = build_victim_model(
             victim, input_shape=input_spec.shape, num_classes=num_classes, state=state
         )
-        super().__init__(model, build_chain(defenses), input_spec, num_classes, device=device)
+        chain = build_chain(defenses)
+        if chain.needs_preparation:
+            if data is None:
+                raise ValueError("defenses that prepare models need the victim's data")
+            model = defended_model(victim, model, chain, data, cache_dir)
+        super().__init__(model, chain, input_spec, num_classes, device=device)
 
 
 def start_victim_service(
@@ -54,8 +63,11 @@ def start_victim_service(
     num_cpus: float = 0,
     num_gpus: float = 0,
     name: str | None = None,
+    data: Any = None,
+    cache_dir: Path | None = None,
 ) -> ActorHandle[Any]:
-    """Start one victim-service actor; ``state`` may be an ObjectRef to the weights."""
+    """Start one victim-service actor; ``state`` (and ``data``, needed only by defenses that
+    prepare models) may be ObjectRefs."""
     actor_cls: Any = ray.remote(HostedVictimService)
     actor_cls = actor_cls.options(
         num_cpus=num_cpus,
@@ -66,7 +78,7 @@ def start_victim_service(
     )
     threads = max(1, int(num_cpus)) if num_cpus else 1
     handle: ActorHandle[Any] = actor_cls.remote(
-        victim, defenses, state, input_spec, num_classes, threads
+        victim, defenses, state, input_spec, num_classes, threads, data, cache_dir
     )
     return handle
 

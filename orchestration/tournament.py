@@ -22,10 +22,18 @@ from ray import ObjectRef
 from ray.actor import ActorHandle
 
 from arena.data import DataSplits, load_dataset
+from arena.defenses.chain import build_chain
 from arena.oracle import InputSpec
 from arena.referee import MatchData, MatchResult, referee_match
 from arena.specs import MatchSpec, VictimSpec
-from arena.victims import TrainedVictim, load_cached, save_victim, train_victim
+from arena.victims import (
+    TrainedVictim,
+    build_victim_model,
+    defended_model,
+    load_cached,
+    save_victim,
+    train_victim,
+)
 from orchestration.config import TournamentConfig
 from orchestration.leaderboard import (
     LeaderboardRow,
@@ -77,6 +85,47 @@ ProgressHook = Callable[[MatchSpec, MatchResult | MatchFailure], None]
 def _train_victim_task(spec: VictimSpec, data: DataSplits, threads: int) -> TrainedVictim:
     torch.set_num_threads(threads)
     return train_victim(spec, data)
+
+
+@ray.remote
+def _prepare_defenses_task(
+    spec: MatchSpec, state: dict[str, torch.Tensor], data: DataSplits, cache_dir: Path, threads: int
+) -> None:
+    """Train (and cache) what a defended victim's defenses need, once, before serving starts."""
+    torch.set_num_threads(threads)
+    model = build_victim_model(spec.victim, data.input_shape, data.num_classes, state)
+    defended_model(spec.victim, model, build_chain(spec.defenses), data, cache_dir)
+
+
+def _prepare_defenses(
+    config: TournamentConfig,
+    pending: list[MatchSpec],
+    weights: dict[str, ObjectRef[Any]],
+    data_refs: dict[str, ObjectRef[Any]],
+    cache_dir: Path,
+) -> None:
+    """Run training-time defense preparation in parallel Ray tasks, one per victim and set of
+    training defenses, so the victim-service actors only load from the cache.
+
+    Chains that differ only in serving parameters (say two thresholds) share one task; the others
+    load what it cached when their actors start.
+    """
+    first: dict[tuple[str, tuple[str, ...]], MatchSpec] = {}
+    for spec in pending:
+        chain = build_chain(spec.defenses)
+        if chain.needs_training:
+            pairs = zip(spec.defenses, chain.defenses, strict=True)
+            names = tuple(s.name for s, d in pairs if d.needs_training)
+            first.setdefault((spec.victim.key(), names), spec)
+    threads = config.ray.cpus_per_match
+    task = _prepare_defenses_task.options(num_cpus=threads)
+    refs = [
+        task.remote(
+            spec, weights[spec.victim.key()], data_refs[spec.victim.dataset], cache_dir, threads
+        )
+        for spec in first.values()
+    ]
+    ray.get(refs)
 
 
 @ray.remote
@@ -175,6 +224,7 @@ def run_tournament(
                 for k, v in trained.items()
             }
             weights = {k: ray.put(v.model.state_dict()) for k, v in trained.items()}
+            _prepare_defenses(config, pending, weights, data_refs, cache_dir)
 
             services: dict[tuple[str, tuple[str, ...]], ActorHandle[Any]] = {}
             running: dict[ObjectRef[Any], MatchSpec] = {}
@@ -191,6 +241,12 @@ def run_tournament(
                         num_cpus=config.ray.cpus_per_victim,
                         num_gpus=config.ray.gpus_per_victim,
                         name=f"victim-{parent[:8]}-{len(services)}",
+                        data=(
+                            data_refs[spec.victim.dataset]
+                            if build_chain(spec.defenses).needs_preparation
+                            else None
+                        ),
+                        cache_dir=cache_dir,
                     )
                     actors.append(services[service_key])
                 task = _play_match_task.options(num_cpus=config.ray.cpus_per_match)

@@ -51,6 +51,8 @@ def _result_fields(result: MatchResult) -> tuple[list[Metric], list[RunTag]]:
     now = int(time.time() * 1000)
     metrics, tags = [], []
     for name, value in result.model_dump().items():
+        if value is None:
+            continue  # absent means None when the record is rebuilt
         if isinstance(value, bool | str):
             tags.append(
                 RunTag(

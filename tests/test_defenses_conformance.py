@@ -12,7 +12,17 @@ import numpy as np
 import pytest
 import torch
 
-from arena.defenses import DEFENSES, Choice, Defense, FloatRange, IntRange, build_chain
+from arena.data import Split
+from arena.defenses import (
+    DEFENSES,
+    Choice,
+    Defense,
+    DefenseChain,
+    FloatRange,
+    IntRange,
+    build_chain,
+)
+from arena.defenses.preparation import PrepareContext
 from arena.errors import InvalidParameters, UnknownPlugin
 from arena.registry import build_plugin
 from arena.specs import PluginSpec
@@ -67,8 +77,26 @@ def assert_probability_rows(out: torch.Tensor, n: int) -> None:
     torch.testing.assert_close(out.sum(dim=1), torch.ones(n), atol=1e-5, rtol=0)
 
 
-def respond(defense: Defense, probs: torch.Tensor) -> torch.Tensor:
-    return defense.respond(probs.clone(), inputs_for(probs), defense.new_state())
+def tiny_context() -> PrepareContext:
+    """A small task of 1x8x8 inputs for defenses that train or build models in ``prepare``."""
+    generator = torch.Generator().manual_seed(1)
+    x = torch.rand(256, 1, 8, 8, generator=generator)
+    y = torch.randint(0, C, (256,), generator=generator)
+    return PrepareContext("tiny", "mlp", (1, 8, 8), C, Split(x, y), seed=0)
+
+
+def prepared(defense: Defense) -> Defense:
+    """The defense after its ``prepare`` hook, as the service would serve it."""
+    context = tiny_context()
+    defense.prepare(context.new_model(), context)
+    return defense
+
+
+def respond(defense: Defense, probs: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+    if not defense.models and DefenseChain((defense,)).needs_preparation:
+        prepared(defense)
+    inputs = inputs_for(probs) if x is None else x
+    return defense.respond(probs.clone(), inputs, defense.new_state())
 
 
 def init_fields(cls: type) -> set[str]:
@@ -95,7 +123,9 @@ def test_respond_is_vectorised_and_deterministic(name: str) -> None:
     whole = respond(defense, probs)
     torch.testing.assert_close(respond(defense, probs), whole, atol=0, rtol=0)
     if not type(defense).stateful:
-        halves = torch.cat([respond(defense, probs[:17]), respond(defense, probs[17:])])
+        x = inputs_for(probs)
+        first, second = respond(defense, probs[:17], x[:17]), respond(defense, probs[17:], x[17:])
+        halves = torch.cat([first, second])
         torch.testing.assert_close(halves, whole, atol=1e-7, rtol=0)
 
 
@@ -189,8 +219,10 @@ def test_every_search_space_bound_builds_a_working_defense(
 
 def test_chain_of_every_defense_gives_probability_rows() -> None:
     chain = build_chain([PluginSpec(name=n) for n in NAMES])
+    context = tiny_context()
+    chain.prepare(context.new_model(), context)
     probs = extreme_probs()
-    out, seconds = chain.respond(probs, inputs_for(probs), chain.new_states())
+    out, seconds, _ = chain.respond(probs, inputs_for(probs), chain.new_states())
     assert_probability_rows(out, len(probs))
     assert len(seconds) == len(NAMES) and all(s >= 0 for s in seconds)
     assert chain.preserves_argmax == all(DEFENSES.get(n).preserves_argmax for n in NAMES)
@@ -199,7 +231,7 @@ def test_chain_of_every_defense_gives_probability_rows() -> None:
 def test_empty_chain_returns_raw_probabilities() -> None:
     chain = build_chain([])
     probs = softmax_rows(8, 2.0, seed=0)
-    out, seconds = chain.respond(probs, inputs_for(probs), chain.new_states())
+    out, seconds, _ = chain.respond(probs, inputs_for(probs), chain.new_states())
     assert torch.equal(out, probs) and seconds == []
     assert chain.preserves_argmax
 

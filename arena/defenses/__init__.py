@@ -1,6 +1,14 @@
 """Defenses: one module per defense, each registered in :data:`DEFENSES` by name."""
 
-from arena.defenses import label_only, none, reverse_sigmoid, rounding
+from arena.defenses import (
+    high_confidence,
+    label_only,
+    none,
+    random_noise,
+    reverse_sigmoid,
+    rounding,
+    top_k,
+)
 from arena.defenses.base import Choice, Defense, FloatRange, IntRange, ParamSpace
 from arena.defenses.chain import DefenseChain, build_chain
 from arena.defenses.registry import DEFENSES
@@ -14,8 +22,11 @@ __all__ = [
     "IntRange",
     "ParamSpace",
     "build_chain",
+    "high_confidence",
     "label_only",
     "none",
+    "random_noise",
     "reverse_sigmoid",
     "rounding",
+    "top_k",
 ]

@@ -1,21 +1,23 @@
 """The Defense contract (DESIGN §3): a frozen dataclass of hyperparameters with optional hooks.
 
-Output-side defenses implement :meth:`Defense.respond`, vectorised over the batch. Training-time
-defenses implement :meth:`Defense.prepare`. Detectors keep per-attacker state from
-:meth:`Defense.new_state`. Tunable hyperparameters are declared in ``search_space`` as plain data
-(Optuna reads it in the orchestration layer; defenses never import Optuna).
+Output-side defenses implement :meth:`Defense.respond`, vectorised over the batch. Defenses that
+train or build models (a new victim, a surrogate, a misinformation model) implement
+:meth:`Defense.prepare`, which the service calls once before serving; auxiliary models live in the
+defense's ``models`` dict, never in its hyperparameters. Detectors keep per-attacker state from
+:meth:`Defense.new_state` and may refuse a flagged caller through :meth:`Defense.refusal`.
+Tunable hyperparameters are declared in ``search_space`` as plain data (Optuna reads it in the
+orchestration layer; defenses never import Optuna).
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from arena.data import Split
+from arena.defenses.preparation import PrepareContext
 
 
 @dataclass(frozen=True)
@@ -60,21 +62,40 @@ class Defense:
     search_space: ClassVar[dict[str, ParamSpace]] = {}
     """Tunable hyperparameters and their ranges."""
 
-    def prepare(self, model: nn.Module, train_data: Split) -> nn.Module:
-        """Training-time hook: return the model the service should serve."""
+    models: dict[str, nn.Module] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+    """auxiliary models built by :meth:`prepare` (surrogates, misinformation models)"""
+
+    def prepare(self, model: nn.Module, context: PrepareContext) -> nn.Module:
+        """Called once before serving: return the model to serve, filling ``self.models`` with
+        whatever ``respond`` needs. Expensive artefacts go through ``context.cached_model``."""
         return model
 
     def new_state(self) -> Any:
         """Per-attacker state for detectors; ``None`` for stateless defenses."""
         return None
 
+    def refusal(self, state: Any) -> str | None:
+        """Why this caller's next batch is refused before the model runs (nothing is charged);
+        ``None`` to answer it. Only detectors that block a flagged caller override this."""
+        return None
+
+    def detected_after(self, state: Any) -> int | None:
+        """Queries this caller had sent when a detector flagged it; ``None`` if never flagged."""
+        return None
+
     def respond(self, probs: torch.Tensor, x: torch.Tensor, state: Any) -> torch.Tensor:
         """Output hook: map the ``[B, C]`` probabilities the model gave for ``x`` to answers."""
         return probs
 
+    def check_task(self, num_classes: int) -> None:
+        """Raise ValueError when these hyperparameters cannot serve a ``num_classes`` task (say
+        top-k with k above C); called at config load, where the dataset is known."""
+
     def params(self) -> dict[str, Any]:
         """Hyperparameters as a plain dict (for labels, hashing and tracking)."""
-        return dataclasses.asdict(self)
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.init}
 
 
 def renormalise(rows: torch.Tensor) -> torch.Tensor:
@@ -88,3 +109,17 @@ def renormalise(rows: torch.Tensor) -> torch.Tensor:
 def one_hot_argmax(probs: torch.Tensor) -> torch.Tensor:
     """One-hot rows at each row's argmax."""
     return torch.nn.functional.one_hot(probs.argmax(dim=1), probs.shape[1]).to(probs.dtype)
+
+
+def project_to_simplex(rows: torch.Tensor) -> torch.Tensor:
+    """Euclidean projection of each row onto the probability simplex (sort-based, vectorised).
+
+    Unlike :func:`renormalise`, it moves mass additively, so small additive noise stays small.
+    """
+    sorted_rows, _ = rows.sort(dim=1, descending=True)
+    cumulative = sorted_rows.cumsum(dim=1) - 1.0
+    ranks = torch.arange(1, rows.shape[1] + 1, dtype=rows.dtype, device=rows.device)
+    positive = sorted_rows - cumulative / ranks > 0
+    count = positive.sum(dim=1, keepdim=True).clamp_min(1)
+    theta = cumulative.gather(1, count - 1) / count.to(rows.dtype)
+    return renormalise((rows - theta).clamp_min(0.0))

@@ -8,8 +8,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 
 from arena.defenses.base import Defense
+from arena.defenses.preparation import PrepareContext
 from arena.defenses.registry import DEFENSES
 from arena.registry import build_plugin
 from arena.specs import PluginSpec
@@ -25,19 +27,60 @@ class DefenseChain:
     def preserves_argmax(self) -> bool:
         return all(d.preserves_argmax for d in self.defenses)
 
+    @property
+    def needs_preparation(self) -> bool:
+        """True when some defense overrides ``prepare`` (builds or trains models)."""
+        return any(type(d).prepare is not Defense.prepare for d in self.defenses)
+
+    @property
+    def needs_training(self) -> bool:
+        """True when preparing trains models (worth doing once, ahead of serving)."""
+        return any(type(d).needs_training for d in self.defenses)
+
+    @property
+    def stateful(self) -> bool:
+        return any(type(d).stateful for d in self.defenses)
+
+    def prepare(self, model: nn.Module, context: PrepareContext) -> nn.Module:
+        """Let each defense, in order, train what it needs and replace the served model."""
+        for defense in self.defenses:
+            model = defense.prepare(model, context).eval()
+        return model
+
     def new_states(self) -> list[Any]:
         return [d.new_state() for d in self.defenses]
 
+    def refusal(self, states: Sequence[Any]) -> str | None:
+        """The first defense's reason to refuse this caller, if any defense refuses."""
+        for defense, state in zip(self.defenses, states, strict=True):
+            reason = defense.refusal(state)
+            if reason is not None:
+                return reason
+        return None
+
+    def detected_after(self, states: Sequence[Any]) -> int | None:
+        """Queries the caller had sent when the first of the chain's detectors flagged it."""
+        flagged = [
+            n
+            for d, s in zip(self.defenses, states, strict=True)
+            if (n := d.detected_after(s)) is not None
+        ]
+        return min(flagged) if flagged else None
+
     def respond(
         self, probs: torch.Tensor, x: torch.Tensor, states: Sequence[Any]
-    ) -> tuple[torch.Tensor, list[float]]:
-        """Apply each defense in order; also return the seconds each one took."""
+    ) -> tuple[torch.Tensor, list[float], list[float]]:
+        """Apply each defense in order; also return the seconds each one took and the summed L1
+        change each one made to the batch (so a chain's cost and perturbation are accounted)."""
         seconds: list[float] = []
+        changes: list[float] = []
         for defense, state in zip(self.defenses, states, strict=True):
             start = time.perf_counter()
-            probs = defense.respond(probs, x, state)
+            answered = defense.respond(probs, x, state)
             seconds.append(time.perf_counter() - start)
-        return probs, seconds
+            changes.append(float((answered - probs).abs().sum()))
+            probs = answered
+        return probs, seconds, changes
 
 
 def build_chain(specs: Sequence[PluginSpec]) -> DefenseChain:
