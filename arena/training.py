@@ -7,11 +7,15 @@ DataLoader's worker and collation overhead costs more than the model itself.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""``loss(logits, targets)`` for a mini-batch, a scalar to minimise"""
 
 
 @dataclass(frozen=True)
@@ -37,11 +41,13 @@ def train_classifier(
     recipe: TrainRecipe,
     seed: int,
     device: torch.device | str = "cpu",
+    loss_fn: LossFn | None = None,
 ) -> nn.Module:
     """Fit ``model`` on ``x``. ``targets`` are int labels ``[N]`` or probability rows ``[N, C]``.
 
     Soft targets use the cross-entropy against the given distribution, which is what a thief
     trained on returned probabilities minimises; one-hot rows reduce it to the usual loss.
+    ``loss_fn`` replaces the cross-entropy (defenses that train models with other objectives).
     """
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -63,7 +69,9 @@ def train_classifier(
             idx = order[start : start + recipe.batch_size]
             xb, tb = x[idx].to(device), targets[idx].to(device)
             logits = model(xb)
-            if soft:
+            if loss_fn is not None:
+                loss = loss_fn(logits, tb)
+            elif soft:
                 loss = -(tb * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
             else:
                 loss = F.cross_entropy(logits, tb)

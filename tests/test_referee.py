@@ -55,7 +55,8 @@ def test_match_record_in_range(
     for value in (r.victim_accuracy, r.utility, r.stolen_accuracy, r.fidelity):
         assert 0.0 <= value <= 1.0
     assert r.victim_accuracy > 0.9  # the MLP victim learns digits
-    assert r.stolen_accuracy > 0.3  # every attack here steals something
+    if r.utility > 0.5:  # a defense that answers benign users truthfully leaks something
+        assert r.stolen_accuracy > 0.3
     assert r.queries_used == BUDGET
     assert (r.benign_flagged is not None) == DEFENSES.get(defense).stateful
     assert r.detected == (r.queries_to_detection is not None)

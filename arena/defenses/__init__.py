@@ -1,8 +1,11 @@
 """Defenses: one module per defense, each registered in :data:`DEFENSES` by name."""
 
 from arena.defenses import (
+    adaptive_misinformation,
+    gradient_redirection,
     high_confidence,
     label_only,
+    mad,
     none,
     prada,
     random_noise,
@@ -22,9 +25,12 @@ __all__ = [
     "FloatRange",
     "IntRange",
     "ParamSpace",
+    "adaptive_misinformation",
     "build_chain",
+    "gradient_redirection",
     "high_confidence",
     "label_only",
+    "mad",
     "none",
     "prada",
     "random_noise",

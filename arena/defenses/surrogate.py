@@ -1,0 +1,67 @@
+"""The shared half of MAD and GRAD²: a surrogate of the thief's model and its per-query Gram.
+
+Both defenses perturb an answer by reasoning about the gradient a thief would take from it. The
+defender does not know the thief's model, so it stands in a surrogate: by default a randomly
+initialised network of the victim's architecture (Orekondy et al. 2020 find a random surrogate
+about as effective as a trained one), or the victim itself.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from arena.defenses.base import Defense
+from arena.defenses.jacobians import per_sample_gram
+from arena.defenses.preparation import PrepareContext
+from arena.models import ARCHITECTURES
+
+SURROGATES = ("random", "victim")
+
+
+@dataclass(frozen=True)
+class SurrogateGradientDefense(Defense):
+    """Base for defenses that need the thief's per-query gradient geometry (not registered)."""
+
+    epsilon: float = 0.5
+    """perturbation budget: the largest allowed distance between the true and returned answer"""
+    surrogate: str = "random"
+    """"random": a freshly initialised surrogate of ``surrogate_arch``; "victim": the victim"""
+    surrogate_arch: str | None = None
+    """architecture of a random surrogate; ``None`` uses the victim's"""
+    seed: int = 0
+    """initialisation seed of a random surrogate"""
+
+    def __post_init__(self) -> None:
+        value = self.epsilon
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"epsilon must be a number, got {value!r}")
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(f"epsilon must be a finite number > 0, got {value}")
+        if self.surrogate not in SURROGATES:
+            known = ", ".join(SURROGATES)
+            raise ValueError(f"surrogate must be one of {known}, got {self.surrogate!r}")
+        if self.surrogate_arch is not None and self.surrogate_arch not in ARCHITECTURES.names():
+            known = ", ".join(ARCHITECTURES.names())
+            raise ValueError(f"surrogate_arch must be one of {known}, got {self.surrogate_arch!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
+
+    def prepare(self, model: nn.Module, context: PrepareContext) -> nn.Module:
+        if self.surrogate == "victim":
+            stand_in = copy.deepcopy(model)
+        else:
+            stand_in = context.new_model(self.surrogate_arch, self.seed)
+        for parameter in stand_in.parameters():
+            parameter.requires_grad_(False)
+        self.models["surrogate"] = stand_in.eval()
+        return model
+
+    def gram(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, C, C]`` inner products of the surrogate's per-class log-probability gradients,
+        in float64 so the choices made from them do not depend on how a batch is split."""
+        return per_sample_gram(self.models["surrogate"], x).to(torch.float64)
