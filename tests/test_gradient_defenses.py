@@ -10,11 +10,16 @@ import numpy as np
 import pytest
 import torch
 from scipy.optimize import linprog
+from torch import nn
 
 from arena.data import Split
 from arena.defenses import DEFENSES
 from arena.defenses.base import Defense
-from arena.defenses.jacobians import per_sample_gram, per_sample_gram_loop
+from arena.defenses.jacobians import (
+    per_sample_gram,
+    per_sample_gram_func,
+    per_sample_gram_loop,
+)
 from arena.defenses.preparation import PrepareContext
 from arena.errors import InvalidParameters
 from arena.models import build_model
@@ -67,16 +72,63 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 # ---- the Jacobian machinery -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("arch", ["lenet5", "mlp"])
-def test_batched_gram_equals_per_sample_loop(arch: str) -> None:
+class SharedLayer(nn.Module):
+    """Applies one linear layer twice: the layer-wise shortcut must notice and fall back."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flatten = nn.Flatten()
+        self.square = nn.Linear(144, 144)
+        self.head = nn.Linear(144, C)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = self.square(torch.tanh(self.square(self.flatten(x))))
+        return self.head(hidden)
+
+
+def unusual_models() -> list[nn.Module]:
+    """Layers the layer-wise shortcut does not cover (strided, dilated, grouped, normalised)."""
+    torch.manual_seed(5)
+    strided = nn.Sequential(
+        nn.Conv2d(1, 4, 3, stride=2, padding=1, dilation=2),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3, groups=2, bias=False),
+        nn.BatchNorm2d(4),
+        nn.Flatten(),
+        nn.LazyLinear(C),
+    )
+    strided(torch.zeros(1, *SHAPE))  # materialise the lazy layer
+    plain_strided = nn.Sequential(
+        nn.Conv2d(1, 3, 3, stride=2, padding=1, dilation=2), nn.Flatten(), nn.LazyLinear(C)
+    )
+    plain_strided(torch.zeros(1, *SHAPE))
+    return [strided, plain_strided, SharedLayer()]
+
+
+@pytest.mark.parametrize("arch", ["lenet5", "mlp", "softmax_regression"])
+@pytest.mark.parametrize("method", ["layerwise", "func"])
+def test_batched_gram_equals_per_sample_loop(arch: str, method: str) -> None:
     model = build_model(arch, SHAPE, C, seed=1)
     x = torch.rand(11, *SHAPE, generator=torch.Generator().manual_seed(2))
-    batched = per_sample_gram(model, x, chunk_size=4)  # chunks of 4, 4 and 3
+    if method == "layerwise":
+        batched = per_sample_gram(model, x, chunk_size=4)  # chunks of 4, 4 and 3
+    else:
+        batched = per_sample_gram_func(model, x, chunk_size=4)
     reference = per_sample_gram_loop(model, x)
     assert batched.shape == (11, C, C)
-    torch.testing.assert_close(batched, reference, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(batched, reference, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(batched, batched.transpose(1, 2))
-    assert (torch.linalg.eigvalsh(batched.double()) > -1e-5).all()  # a Gram matrix is PSD
+    assert (torch.linalg.eigvalsh(batched.double()) > -1e-4).all()  # a Gram matrix is PSD
+
+
+@pytest.mark.parametrize("index", range(3))
+def test_other_layers_get_the_same_gram(index: int) -> None:
+    model = unusual_models()[index]
+    x = torch.rand(6, *SHAPE, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(
+        per_sample_gram(model, x), per_sample_gram_loop(model, x), rtol=1e-4, atol=1e-5
+    )
+    assert model.training  # the mode is restored
 
 
 def test_gram_of_an_empty_batch_is_empty() -> None:
