@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from machine import machine_info
 from rich.console import Console
 from rich.table import Table
 from torch import nn
@@ -119,15 +119,14 @@ def print_table(results: dict[str, Any], console: Console) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
+    loadavg_start = os.getloadavg()
     results = run(args)
     print_table(results, Console())
     record = {
         "benchmark": "mad_jacobian",
         "command": shlex.join([sys.executable, *sys.argv]),
         "finished": datetime.now(UTC).isoformat(),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-        "load_average": os.getloadavg(),
-        "torch": torch.__version__,
+        "machine": machine_info(loadavg_start),
         "batch": args.batch,
         "rounds": args.rounds,
         "results": results,

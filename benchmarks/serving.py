@@ -27,7 +27,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -38,9 +37,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import ray
 import torch
+from machine import machine_info
 from rich.console import Console
 from rich.table import Table
 from torch import nn
@@ -311,23 +310,6 @@ def ledgers(variants: Sequence[Variant]) -> dict[str, dict[str, int | bool]]:
         charged = v.charged()
         report[v.key] = {"sent": v.sent, "charged": charged, "exact": charged == v.sent}
     return report
-
-
-def machine_info(loadavg_start: tuple[float, float, float]) -> dict[str, Any]:
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpus_available": affinity,
-        "processor": platform.processor() or platform.machine(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_threads_driver": torch.get_num_threads(),
-        "ray": ray.__version__,
-        "numpy": np.__version__,
-        "loadavg_start": list(loadavg_start),
-        "loadavg_end": list(os.getloadavg()),
-    }
 
 
 def format_qps(qps: float) -> str:
