@@ -1,4 +1,5 @@
-"""The ``arena`` command line: ``arena tournament CONFIG`` and ``arena list``.
+"""The ``arena`` command line: ``arena tournament CONFIG``, ``arena tune CONFIG``,
+``arena frontier STUDY...`` and ``arena list``.
 
 User mistakes (bad configs, unknown names, missing datasets) print one line each and exit
 non-zero without a traceback; ``--debug`` shows the traceback. Ray starts only once the config
@@ -11,8 +12,9 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
 from rich.console import Console
@@ -26,6 +28,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+T = TypeVar("T")
 console = Console(width=None if sys.stdout.isatty() else 200)
 errors = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
@@ -35,41 +38,38 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+AddressOption = Annotated[
+    str | None,
+    typer.Option(
+        "--address", envvar="RAY_ADDRESS", help="Ray cluster address (default: local Ray)"
+    ),
+]
+TrackingOption = Annotated[
+    str | None,
+    typer.Option(
+        "--tracking-uri",
+        envvar="MLFLOW_TRACKING_URI",
+        help="MLflow tracking URI (default: sqlite under --home)",
+    ),
+]
+HomeOption = Annotated[
+    Path, typer.Option("--home", envvar="ARENA_HOME", help="caches and local results")
+]
+
+
 @app.command()
 def tournament(
     config_path: Annotated[Path, typer.Argument(metavar="CONFIG", help="tournament YAML file")],
-    address: Annotated[
-        str | None,
-        typer.Option(
-            "--address", envvar="RAY_ADDRESS", help="Ray cluster address (default: local Ray)"
-        ),
-    ] = None,
-    tracking_uri: Annotated[
-        str | None,
-        typer.Option(
-            "--tracking-uri",
-            envvar="MLFLOW_TRACKING_URI",
-            help="MLflow tracking URI (default: sqlite under --home)",
-        ),
-    ] = None,
-    home: Annotated[
-        Path,
-        typer.Option("--home", envvar="ARENA_HOME", help="caches and local results"),
-    ] = Path(".arena"),
+    address: AddressOption = None,
+    tracking_uri: TrackingOption = None,
+    home: HomeOption = Path(".arena"),
     debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False,
 ) -> None:
     """Play every defense × attack × budget × seed of CONFIG on Ray and log it to MLflow."""
     from arena.errors import ArenaError
-    from orchestration.config import ConfigError, load_config
+    from orchestration.config import load_config
 
-    try:
-        config = load_config(config_path)
-    except ConfigError as exc:
-        errors.print(f"[bold red]invalid config[/] {exc.source}:", highlight=False)
-        for path, message in exc.problems:
-            errors.print(f"  {path or '<root>'}: {message}", highlight=False)
-        raise typer.Exit(2) from None
-
+    config = _validated(load_config, config_path)
     home = home.expanduser().resolve()
     os.environ["ARENA_HOME"] = str(home)
     # SIGTERM (e.g. from a scheduler) ends the run like Ctrl-C: parent run marked KILLED,
@@ -89,6 +89,176 @@ def tournament(
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
+
+
+def _validated(loader: Callable[[Path], T], path: Path) -> T:
+    """Load a config; every problem is printed by its dotted path and the exit status is 2."""
+    from orchestration.config import ConfigError
+
+    try:
+        return loader(path)
+    except ConfigError as exc:
+        errors.print(f"[bold red]invalid config[/] {exc.source}:", highlight=False)
+        for where, message in exc.problems:
+            errors.print(f"  {where or '<root>'}: {message}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def tune(
+    config_path: Annotated[Path, typer.Argument(metavar="CONFIG", help="tuning-study YAML file")],
+    address: AddressOption = None,
+    tracking_uri: TrackingOption = None,
+    home: HomeOption = Path(".arena"),
+    debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False,
+) -> None:
+    """Tune one defense's hyperparameters with Optuna against the worst case of an attack suite;
+    the same command resumes an interrupted study."""
+    from arena.errors import ArenaError
+    from orchestration.tune_config import load_tune_config
+
+    config = _validated(load_tune_config, config_path)
+    home = home.expanduser().resolve()
+    os.environ["ARENA_HOME"] = str(home)
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        _tune(config, address, tracking_uri, home)
+    except ArenaError as exc:
+        if debug:
+            raise
+        raise _fail(str(exc)) from None
+    except KeyboardInterrupt:
+        raise _fail("interrupted; rerun the same command to finish the study", 130) from None
+
+
+def _tune(config: object, address: str | None, tracking_uri: str | None, home: Path) -> None:
+    from arena.victims import default_victim_cache
+    from orchestration.frontier import dominated_by_frontier, frontier_table
+    from orchestration.tracking import Tracker, default_tracking_uri
+    from orchestration.tune_config import TuneConfig
+    from orchestration.tuning import Scores, run_study
+
+    assert isinstance(config, TuneConfig)
+    for noisy in ("mlflow", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    home.mkdir(parents=True, exist_ok=True)
+    uri = tracking_uri or default_tracking_uri(home)
+    console.print(f"[bold]{config.name}[/]: {config.defense} over {', '.join(config.space())}")
+    tracker = Tracker(uri, config.tracking.experiment, artifact_root=home / "mlartifacts")
+
+    def on_trial(label: str, params: dict[str, object], scores: Scores | None) -> None:
+        if scores is None:
+            console.print(f"  [red]{label} failed[/] {params}")
+            return
+        flag = "" if scores.feasible else " [yellow](below the utility floor)[/]"
+        console.print(
+            f"  {label} {params}: utility {scores.utility:.4f}, protection "
+            f"{scores.protection:.4f} (strongest: {scores.strongest_attack}){flag}",
+            highlight=False,
+        )
+
+    outcome = run_study(
+        config, tracker, default_victim_cache(), home, address=address, on_trial=on_trial
+    )
+    view = outcome.view
+    if outcome.reaped:
+        console.print(f"{outcome.reaped} interrupted trial(s) were retried")
+    console.print(
+        f"victim accuracy {view.victim_accuracy:.4f}, utility floor "
+        f"{view.victim_accuracy - outcome.floor:.4f}; {len(view.points)} trials, "
+        f"{outcome.evaluated_now} evaluated by this run"
+    )
+    console.print(frontier_table(view), markup=False, highlight=False)
+    for default in view.defaults:
+        beaten = dominated_by_frontier(view, default)
+        verdict = f"dominated by {beaten.label}" if beaten else "not dominated by the frontier"
+        console.print(f"literature default {default.params}: {verdict}", highlight=False)
+    console.print(
+        f"frontier plot: {outcome.artifacts['png']} and {outcome.artifacts['html']}\n"
+        f"MLflow parent run {outcome.parent_run_id}: mlflow ui --backend-store-uri {uri}\n"
+        f"Optuna dashboard: optuna-dashboard {_dashboard_target(config, home)}"
+    )
+
+
+def _dashboard_target(config: object, home: Path) -> str:
+    from orchestration.tune_config import TuneConfig
+
+    assert isinstance(config, TuneConfig)
+    if config.storage and "://" in config.storage:
+        return config.storage
+    path = Path(config.storage) if config.storage else home / "optuna" / f"{config.name}.journal"
+    return str(path.expanduser().resolve())
+
+
+@app.command()
+def frontier(
+    studies: Annotated[
+        list[str], typer.Argument(metavar="STUDY...", help="study names in the storage")
+    ],
+    storage: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--storage",
+            help="journal file or RDB URL holding the studies (repeat it: one per study, or one "
+            "for all); default: each study's journal under --home",
+        ),
+    ] = None,
+    floor: Annotated[
+        float, typer.Option("--floor", help="utility drop allowed below each undefended victim")
+    ] = 0.01,
+    out: Annotated[Path, typer.Option("--out", help="folder for the overlay plot")] = Path(
+        "frontier"
+    ),
+    home: HomeOption = Path(".arena"),
+) -> None:
+    """Overlay the frontiers of several studies and name the defense that protects best at a
+    utility floor."""
+    import optuna
+
+    from orchestration.frontier import best_at_floor, plot_html, plot_png, study_view
+
+    if storage and len(storage) not in (1, len(studies)):
+        raise _fail(f"give one --storage, or one per study ({len(studies)}), not {len(storage)}", 2)
+    if not 0 <= floor <= 1:
+        raise _fail(f"--floor must be between 0 and 1, got {floor}", 2)
+    home = home.expanduser().resolve()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    views = []
+    for i, name in enumerate(studies):
+        target = (storage[i] if len(storage) > 1 else storage[0]) if storage else None
+        where = target or str(home / "optuna" / f"{name}.journal")
+        if "://" not in where and not Path(where).is_file():
+            raise _fail(f"no study storage at {where}; run `arena tune` first or pass --storage", 2)
+        backend = (
+            where
+            if "://" in where
+            else optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(where))
+        )
+        try:
+            views.append(study_view(optuna.load_study(study_name=name, storage=backend)))
+        except KeyError:
+            raise _fail(f"no study named {name!r} in {where}", 2) from None
+    out.mkdir(parents=True, exist_ok=True)
+    png = plot_png(views, out / "frontiers.png", floor)
+    html = plot_html(views, out / "frontiers.html")
+    for view in views:
+        best = max((p.protection for p in view.frontier), default=float("nan"))
+        console.print(
+            f"{view.name}: {len(view.points)} trials, {len(view.frontier)} on the frontier, "
+            f"best feasible protection {best:.4f}",
+            highlight=False,
+        )
+    winner = best_at_floor(views, floor)
+    if winner is None:
+        console.print(f"no study has a setting within {floor} of its undefended victim")
+    else:
+        name, point = winner
+        console.print(
+            f"best protection within {floor} utility of the undefended victim: {name} "
+            f"{point.params} (utility {point.utility:.4f}, protection {point.protection:.4f})",
+            highlight=False,
+        )
+    console.print(f"overlay: {png} and {html}")
 
 
 def _run(config: object, address: str | None, tracking_uri: str | None, home: Path) -> None:

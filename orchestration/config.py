@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import (
@@ -31,6 +31,8 @@ from arena.models import ARCHITECTURES
 from arena.registry import Registry, build_plugin, canonical_params
 from arena.specs import MatchSpec, PluginSpec, VictimSpec
 
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
 
 class ConfigError(ArenaError):
     """A config that cannot run; ``problems`` lists ``(dotted path, message)`` pairs."""
@@ -46,7 +48,7 @@ class _Strict(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-def _plugin_entry(value: Any) -> Any:
+def plugin_entry(value: Any) -> Any:
     """Allow ``- none`` as shorthand for ``- {name: none}``."""
     return {"name": value} if isinstance(value, str) else value
 
@@ -92,14 +94,14 @@ class TournamentConfig(_Strict):
         if not isinstance(value, list):
             return value
         return [
-            [_plugin_entry(v) for v in entry] if isinstance(entry, list) else [_plugin_entry(entry)]
+            [plugin_entry(v) for v in entry] if isinstance(entry, list) else [plugin_entry(entry)]
             for entry in value
         ]
 
     @field_validator("attacks", mode="before")
     @classmethod
     def _attacks(cls, value: Any) -> Any:
-        return [_plugin_entry(v) for v in value] if isinstance(value, list) else value
+        return [plugin_entry(v) for v in value] if isinstance(value, list) else value
 
     def matches(self) -> list[MatchSpec]:
         """Every match of the tournament, plug-in parameters canonicalised, duplicates dropped."""
@@ -134,7 +136,7 @@ class TournamentConfig(_Strict):
         return list(specs.values())
 
 
-def _plugin_problems(registry: Registry[Any], path: str, spec: PluginSpec) -> list[tuple[str, str]]:
+def plugin_problems(registry: Registry[Any], path: str, spec: PluginSpec) -> list[tuple[str, str]]:
     try:
         canonical_params(registry, spec.name, spec.params)
     except ArenaError as exc:
@@ -157,19 +159,26 @@ def _task_problems(config: TournamentConfig, path: str, spec: PluginSpec) -> lis
     return problems
 
 
+def victim_problems(victim: VictimSpec, path: str) -> list[tuple[str, str]]:
+    """Unknown dataset or architecture names and a non-finite learning rate."""
+    problems = []
+    for field, registry in (("dataset", DATASETS), ("arch", ARCHITECTURES)):
+        name = getattr(victim, field)
+        if name not in registry:
+            known = ", ".join(registry.names())
+            problems.append(
+                (f"{path}.{field}", f"unknown {registry.kind} {name!r}; known: {known}")
+            )
+    if not math.isfinite(victim.lr):
+        problems.append((f"{path}.lr", f"must be finite, got {victim.lr}"))
+    return problems
+
+
 def _semantic_problems(config: TournamentConfig) -> list[tuple[str, str]]:
     """Checks pydantic cannot do alone: registered names and plug-in hyperparameters."""
     problems: list[tuple[str, str]] = []
     for i, victim in enumerate(config.victims):
-        for field, registry in (("dataset", DATASETS), ("arch", ARCHITECTURES)):
-            name = getattr(victim, field)
-            if name not in registry:
-                known = ", ".join(registry.names())
-                problems.append(
-                    (f"victims.{i}.{field}", f"unknown {registry.kind} {name!r}; known: {known}")
-                )
-        if not math.isfinite(victim.lr):
-            problems.append((f"victims.{i}.lr", f"must be finite, got {victim.lr}"))
+        problems += victim_problems(victim, f"victims.{i}")
     if config.substitute_arch is not None and config.substitute_arch not in ARCHITECTURES:
         known = ", ".join(ARCHITECTURES.names())
         problems.append(
@@ -182,26 +191,16 @@ def _semantic_problems(config: TournamentConfig) -> list[tuple[str, str]]:
             )
         for j, spec in enumerate(chain):
             path = f"defenses.{i}.{j}"
-            found = _plugin_problems(DEFENSES, path, spec)
+            found = plugin_problems(DEFENSES, path, spec)
             problems += found or _task_problems(config, path, spec)
     for i, spec in enumerate(config.attacks):
-        problems += _plugin_problems(ATTACKS, f"attacks.{i}", spec)
+        problems += plugin_problems(ATTACKS, f"attacks.{i}", spec)
     return problems
 
 
 def parse_config(raw: Any, source: str = "<config>") -> TournamentConfig:
     """Validate an already-parsed YAML document; raises ConfigError listing every problem."""
-    if not isinstance(raw, dict):
-        raise ConfigError(
-            source, [("", f"expected a mapping at the top level, got {type(raw).__name__}")]
-        )
-    try:
-        config = TournamentConfig.model_validate(raw)
-    except ValidationError as exc:
-        problems = [
-            (".".join(str(part) for part in err["loc"]), err["msg"]) for err in exc.errors()
-        ]
-        raise ConfigError(source, problems) from None
+    config = validate_model(TournamentConfig, raw, source)
     problems = _semantic_problems(config)
     if problems:
         raise ConfigError(source, problems)
@@ -210,10 +209,29 @@ def parse_config(raw: Any, source: str = "<config>") -> TournamentConfig:
 
 def load_config(path: Path) -> TournamentConfig:
     """Read and validate a tournament YAML file."""
+    return parse_config(read_yaml(path), str(path))
+
+
+def read_yaml(path: Path) -> Any:
+    """A YAML file's document; a missing file or bad YAML is a ConfigError."""
     if not path.is_file():
         raise ConfigError(str(path), [("", "file not found")])
     try:
-        raw = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(str(path), [("", f"not valid YAML: {exc}")]) from None
-    return parse_config(raw, str(path))
+
+
+def validate_model(model: type[ModelT], raw: Any, source: str) -> ModelT:
+    """A top-level mapping validated into ``model``; every pydantic problem by dotted path."""
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            source, [("", f"expected a mapping at the top level, got {type(raw).__name__}")]
+        )
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        problems = [
+            (".".join(str(part) for part in err["loc"]), err["msg"]) for err in exc.errors()
+        ]
+        raise ConfigError(source, problems) from None

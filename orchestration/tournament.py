@@ -34,7 +34,7 @@ from arena.victims import (
     save_victim,
     train_victim,
 )
-from orchestration.config import TournamentConfig
+from orchestration.config import RaySettings, TournamentConfig
 from orchestration.leaderboard import (
     LeaderboardRow,
     build_leaderboard,
@@ -97,8 +97,8 @@ def _prepare_defenses_task(
     defended_model(spec.victim, model, build_chain(spec.defenses), data, cache_dir)
 
 
-def _prepare_defenses(
-    config: TournamentConfig,
+def prepare_defenses(
+    ray_settings: RaySettings,
     pending: list[MatchSpec],
     weights: dict[str, ObjectRef[Any]],
     data_refs: dict[str, ObjectRef[Any]],
@@ -117,7 +117,7 @@ def _prepare_defenses(
             pairs = zip(spec.defenses, chain.defenses, strict=True)
             names = tuple(s.name for s, d in pairs if d.needs_training)
             first.setdefault((spec.victim.key(), names), spec)
-    threads = config.ray.cpus_per_match
+    threads = ray_settings.cpus_per_match
     task = _prepare_defenses_task.options(num_cpus=threads)
     refs = [
         task.remote(
@@ -129,7 +129,7 @@ def _prepare_defenses(
 
 
 @ray.remote
-def _play_match_task(
+def play_match_task(
     spec: MatchSpec, service: ActorHandle[Any], data: MatchData, threads: int
 ) -> MatchResult | MatchFailure:
     torch.set_num_threads(threads)
@@ -140,8 +140,33 @@ def _play_match_task(
         return MatchFailure(spec.key(), f"{type(exc).__name__}: {exc}\n{detail}")
 
 
-def _ensure_victims(
-    config: TournamentConfig,
+def service_for(
+    spec: MatchSpec,
+    ray_settings: RaySettings,
+    weights: ObjectRef[Any],
+    dataset: DataSplits,
+    data_ref: ObjectRef[Any],
+    cache_dir: Path,
+    name: str | None = None,
+) -> ActorHandle[Any]:
+    """Start the victim-service actor for a match's victim and defense chain (the data goes to
+    the actor only when the chain prepares something)."""
+    return start_victim_service(
+        spec.victim,
+        spec.defenses,
+        weights,
+        InputSpec(shape=dataset.input_shape),
+        dataset.num_classes,
+        num_cpus=ray_settings.cpus_per_victim,
+        num_gpus=ray_settings.gpus_per_victim,
+        name=name,
+        data=data_ref if build_chain(spec.defenses).needs_preparation else None,
+        cache_dir=cache_dir,
+    )
+
+
+def ensure_victims(
+    ray_settings: RaySettings,
     victims: list[VictimSpec],
     data: dict[str, DataSplits],
     data_refs: dict[str, ObjectRef[Any]],
@@ -155,7 +180,7 @@ def _ensure_victims(
         if cached is not None:
             ready[spec.key()] = cached
         else:
-            threads = config.ray.cpus_per_match
+            threads = ray_settings.cpus_per_match
             task = _train_victim_task.options(num_cpus=threads)
             training[spec.key()] = task.remote(spec, data_refs[spec.dataset], threads)
     for key, ref in training.items():
@@ -165,12 +190,12 @@ def _ensure_victims(
     return ready
 
 
-def _start_ray(config: TournamentConfig, address: str | None) -> bool:
+def start_ray(ray_settings: RaySettings, address: str | None) -> bool:
     """Connect to a cluster or start a local Ray; returns True when this call started it."""
     if ray.is_initialized():
         return False
-    target = address or config.ray.address
-    store = config.ray.object_store_mb
+    target = address or ray_settings.address
+    store = ray_settings.object_store_mb
     on_sigterm = signal.getsignal(signal.SIGTERM)
     ray.init(
         address=target,
@@ -212,44 +237,36 @@ def run_tournament(
             torch.set_num_threads(config.ray.cpus_per_match)
             # data first: a missing dataset is reported before any Ray process starts
             data = {name: load_dataset(name) for name in {s.victim.dataset for s in pending}}
-            started_ray = _start_ray(config, address)
+            started_ray = start_ray(config.ray, address)
             data_refs = {name: ray.put(split) for name, split in data.items()}
             match_data = {
                 name: ray.put(MatchData.from_splits(split)) for name, split in data.items()
             }
             victim_specs = list({s.victim.key(): s.victim for s in pending}.values())
-            trained = _ensure_victims(config, victim_specs, data, data_refs, cache_dir)
+            trained = ensure_victims(config.ray, victim_specs, data, data_refs, cache_dir)
             victims_info = {
                 k: TrainedVictimInfo(v.spec, v.test_accuracy, v.train_seconds, v.from_cache)
                 for k, v in trained.items()
             }
             weights = {k: ray.put(v.model.state_dict()) for k, v in trained.items()}
-            _prepare_defenses(config, pending, weights, data_refs, cache_dir)
+            prepare_defenses(config.ray, pending, weights, data_refs, cache_dir)
 
             services: dict[tuple[str, tuple[str, ...]], ActorHandle[Any]] = {}
             running: dict[ObjectRef[Any], MatchSpec] = {}
             for spec in pending:
                 service_key = (spec.victim.key(), tuple(d.model_dump_json() for d in spec.defenses))
                 if service_key not in services:
-                    dataset = data[spec.victim.dataset]
-                    services[service_key] = start_victim_service(
-                        spec.victim,
-                        spec.defenses,
+                    services[service_key] = service_for(
+                        spec,
+                        config.ray,
                         weights[spec.victim.key()],
-                        InputSpec(shape=dataset.input_shape),
-                        dataset.num_classes,
-                        num_cpus=config.ray.cpus_per_victim,
-                        num_gpus=config.ray.gpus_per_victim,
+                        data[spec.victim.dataset],
+                        data_refs[spec.victim.dataset],
+                        cache_dir,
                         name=f"victim-{parent[:8]}-{len(services)}",
-                        data=(
-                            data_refs[spec.victim.dataset]
-                            if build_chain(spec.defenses).needs_preparation
-                            else None
-                        ),
-                        cache_dir=cache_dir,
                     )
                     actors.append(services[service_key])
-                task = _play_match_task.options(num_cpus=config.ray.cpus_per_match)
+                task = play_match_task.options(num_cpus=config.ray.cpus_per_match)
                 ref = task.remote(
                     spec,
                     services[service_key],

@@ -122,11 +122,15 @@ class Tracker:
 
     def open_tournament(self, name: str, config: Mapping[str, Any]) -> str:
         """Reopen the latest parent run of this tournament, or start one."""
+        return self.open_parent("tournament", name, config)
+
+    def open_parent(self, kind: str, name: str, config: Mapping[str, Any]) -> str:
+        """Reopen the latest parent run of this ``kind`` ("tournament", "study") and name, or
+        start one; the config goes with it as an artifact."""
+        name_tag = TOURNAMENT_TAG if kind == "tournament" else f"arena.{kind}"
         runs = self.client.search_runs(
             [self.experiment_id],
-            filter_string=(
-                f"tags.`{TOURNAMENT_TAG}` = '{name}' and tags.`{KIND_TAG}` = 'tournament'"
-            ),
+            filter_string=f"tags.`{name_tag}` = '{name}' and tags.`{KIND_TAG}` = '{kind}'",
             order_by=["attributes.start_time DESC"],
             max_results=1,
         )
@@ -135,13 +139,45 @@ class Tracker:
             self.client.update_run(run_id, status="RUNNING")
         else:
             run = self.client.create_run(
-                self.experiment_id,
-                run_name=name,
-                tags={TOURNAMENT_TAG: name, KIND_TAG: "tournament"},
+                self.experiment_id, run_name=name, tags={name_tag: name, KIND_TAG: kind}
             )
             run_id = run.info.run_id
-        self.client.log_dict(run_id, dict(config), "tournament_config.json")
+        self.client.log_dict(run_id, dict(config), f"{kind}_config.json")
         return run_id
+
+    def log_trial(
+        self,
+        parent_id: str,
+        label: str,
+        params: Mapping[str, Any],
+        metrics: Mapping[str, float],
+        tags: Mapping[str, str],
+        record: dict[str, Any],
+    ) -> str:
+        """One nested child run per tuning trial (or evaluated default), created and closed."""
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=label,
+            tags={MLFLOW_PARENT_RUN_ID: parent_id, KIND_TAG: "trial", **tags},
+        )
+        run_id: str = run.info.run_id
+        now = int(time.time() * 1000)
+        self.client.log_batch(
+            run_id,
+            metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+            params=[Param(k, str(v)) for k, v in params.items()],
+        )
+        self.client.log_dict(run_id, record, "trial.json")
+        self.client.set_terminated(run_id, status="FINISHED")
+        return run_id
+
+    def child_tags(self, parent_id: str, tag: str) -> set[str]:
+        """The values of ``tag`` on this parent's FINISHED children (what is already logged)."""
+        return {
+            run.data.tags[tag]
+            for run in self._children(parent_id)
+            if run.info.status == "FINISHED" and tag in run.data.tags
+        }
 
     def _children(self, parent_id: str) -> list[Any]:
         return list(

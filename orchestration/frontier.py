@@ -1,0 +1,224 @@
+"""The protection-versus-utility frontier of tuning studies: read from Optuna storage, drawn as a
+PNG (matplotlib) and an interactive HTML page (plotly), with the literature's default settings of
+the same defense on the same axes; and across studies, which defense protects best at a floor.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import optuna
+import plotly.graph_objects as go
+from optuna.trial import TrialState
+
+DEFAULTS_ATTR = "literature_defaults"
+SCORES_ATTR = "scores"
+
+
+@dataclass(frozen=True)
+class Point:
+    """One evaluated defense setting."""
+
+    label: str
+    params: dict[str, Any]
+    utility: float
+    protection: float
+    feasible: bool
+    strongest_attack: str
+
+
+@dataclass(frozen=True)
+class StudyView:
+    """What a study found, as plain data."""
+
+    name: str
+    victim_accuracy: float
+    points: list[Point]
+    frontier: list[Point]
+    """the Pareto set of feasible trials, by utility"""
+    defaults: list[Point]
+
+
+def study_view(study: optuna.Study) -> StudyView:
+    """Read a study's trials, feasible Pareto set (Optuna's own, honouring the utility
+    constraint) and evaluated literature defaults."""
+    points: dict[int, Point] = {}
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        scores = trial.user_attrs.get(SCORES_ATTR)
+        if scores is None:
+            continue
+        points[trial.number] = _point(f"trial {trial.number}", dict(trial.params), scores)
+    front = [points[t.number] for t in study.best_trials if t.number in points]
+    defaults = [
+        _point(f"default {_short(d['params'])}", d["params"], d)
+        for d in study.user_attrs.get(DEFAULTS_ATTR, [])
+    ]
+    return StudyView(
+        name=study.study_name,
+        victim_accuracy=float(study.user_attrs.get("victim_accuracy", float("nan"))),
+        points=list(points.values()),
+        frontier=sorted(front, key=lambda p: p.utility),
+        defaults=defaults,
+    )
+
+
+def _point(label: str, params: dict[str, Any], scores: dict[str, Any]) -> Point:
+    return Point(
+        label,
+        params,
+        float(scores["utility"]),
+        float(scores["protection"]),
+        bool(scores["feasible"]),
+        str(scores["strongest_attack"]),
+    )
+
+
+def _short(params: dict[str, Any]) -> str:
+    return ", ".join(
+        f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()
+    )
+
+
+def dominated_by_frontier(view: StudyView, default: Point) -> Point | None:
+    """A feasible frontier point at least as good on both axes and better on one, if any."""
+    for point in view.frontier:
+        at_least = point.utility >= default.utility and point.protection >= default.protection
+        better = point.utility > default.utility or point.protection > default.protection
+        if at_least and better:
+            return point
+    return None
+
+
+def best_at_floor(views: Sequence[StudyView], floor: float) -> tuple[str, Point] | None:
+    """The study (defense) whose frontier protects best with utility >= victim - ``floor``."""
+    best: tuple[str, Point] | None = None
+    for view in views:
+        for point in view.frontier:
+            if point.utility >= view.victim_accuracy - floor - 1e-12 and (
+                best is None or point.protection > best[1].protection
+            ):
+                best = (view.name, point)
+    return best
+
+
+def frontier_table(view: StudyView) -> str:
+    lines = [
+        "| setting | parameters | utility | protection | strongest attack | on frontier |",
+        "|---|---|---:|---:|---|---|",
+    ]
+    front = {p.label for p in view.frontier}
+    for point in sorted(view.frontier + view.defaults, key=lambda p: p.utility):
+        on = "yes" if point.label in front else "default"
+        if point in view.defaults:
+            beaten = dominated_by_frontier(view, point)
+            on = f"default, dominated by {beaten.label}" if beaten else "default, not dominated"
+        lines.append(
+            f"| {point.label} | {_short(point.params)} | {point.utility:.4f} | "
+            f"{point.protection:.4f} | {point.strongest_attack} | {on} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot_png(views: Sequence[StudyView], path: Path, floor: float | None = None) -> Path:
+    figure, axes = plt.subplots(figsize=(7, 5))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, view in enumerate(views):
+        colour = colours[i % len(colours)]
+        feasible = [p for p in view.points if p.feasible]
+        infeasible = [p for p in view.points if not p.feasible]
+        axes.scatter(
+            [p.utility for p in feasible],
+            [p.protection for p in feasible],
+            s=18,
+            color=colour,
+            alpha=0.45,
+        )
+        axes.scatter(
+            [p.utility for p in infeasible],
+            [p.protection for p in infeasible],
+            s=18,
+            color=colour,
+            alpha=0.3,
+            marker="x",
+        )
+        axes.plot(
+            [p.utility for p in view.frontier],
+            [p.protection for p in view.frontier],
+            marker="o",
+            color=colour,
+            label=f"{view.name} frontier",
+        )
+        for d in view.defaults:
+            axes.scatter(
+                [d.utility],
+                [d.protection],
+                marker="*",
+                s=160,
+                color=colour,
+                edgecolors="black",
+                zorder=5,
+            )
+            axes.annotate(
+                _short(d.params),
+                (d.utility, d.protection),
+                fontsize=7,
+                xytext=(4, 4),
+                textcoords="offset points",
+            )
+        if floor is not None and view.victim_accuracy == view.victim_accuracy:
+            axes.axvline(view.victim_accuracy - floor, color=colour, linestyle=":", linewidth=1)
+    axes.set_xlabel("utility (defended test accuracy) →")
+    axes.set_ylabel("protection (1 − strongest attacker's stolen accuracy) →")
+    axes.set_title("protection vs utility (× infeasible, ★ literature default, ⋮ utility floor)")
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def plot_html(views: Sequence[StudyView], path: Path) -> Path:
+    figure = go.Figure()
+    for view in views:
+        for name, points, style in (
+            (
+                f"{view.name}: trials",
+                view.points,
+                {"mode": "markers", "marker": {"size": 7, "opacity": 0.5}},
+            ),
+            (f"{view.name}: frontier", view.frontier, {"mode": "lines+markers"}),
+            (
+                f"{view.name}: literature defaults",
+                view.defaults,
+                {"mode": "markers", "marker": {"symbol": "star", "size": 14}},
+            ),
+        ):
+            figure.add_trace(
+                go.Scatter(
+                    x=[p.utility for p in points],
+                    y=[p.protection for p in points],
+                    name=name,
+                    text=[
+                        f"{p.label}: {json.dumps(p.params)}<br>strongest: {p.strongest_attack}"
+                        f"{'' if p.feasible else ' (below the utility floor)'}"
+                        for p in points
+                    ],
+                    hoverinfo="text+x+y",
+                    **style,
+                )
+            )
+    figure.update_layout(
+        xaxis_title="utility (defended test accuracy)",
+        yaxis_title="protection (1 − strongest attacker's stolen accuracy)",
+        title="Protection vs utility",
+    )
+    figure.write_html(path, include_plotlyjs=True)
+    return path

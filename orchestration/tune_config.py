@@ -1,0 +1,222 @@
+"""Tuning-study configs: one defense family, its search space, an attack suite and a utility
+floor, validated completely (every problem at once, by dotted path) before anything starts."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt
+
+import agents  # noqa: F401  (registers the built-in attacks)
+from arena.attacker import ATTACKS
+from arena.defenses import DEFENSES, Choice, FloatRange, IntRange, ParamSpace
+from arena.errors import ArenaError
+from arena.registry import build_plugin
+from arena.specs import MatchSpec, PluginSpec, VictimSpec
+from orchestration.config import (
+    ConfigError,
+    RaySettings,
+    TrackingSettings,
+    plugin_entry,
+    plugin_problems,
+    read_yaml,
+    validate_model,
+    victim_problems,
+)
+
+STORAGE_SCHEMES = ("sqlite", "postgresql", "mysql")
+"""RDB URLs Optuna accepts; anything else must be a journal file path"""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class RangeOverride(_Strict):
+    """Narrow (or widen) one declared hyperparameter: numeric bounds, or categorical options."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool | None = None
+    options: list[Any] | None = None
+
+
+class TuneConfig(_Strict):
+    """A multi-objective study over one defense's hyperparameters against an attack suite."""
+
+    name: str = Field(min_length=1)
+    """the study's name (in the Optuna storage and the MLflow parent run)"""
+    victim: VictimSpec
+    defense: str = Field(min_length=1)
+    fixed: dict[str, Any] = {}
+    """hyperparameters held fixed (not searched)"""
+    search_space: dict[str, RangeOverride] = {}
+    """overrides of the ranges the defense declares; a declared name left out keeps its range"""
+    attacks: list[PluginSpec] = Field(min_length=1)
+    """the suite: protection is the worst case over these"""
+    budget: PositiveInt
+    seed: NonNegativeInt = 0
+    trials: PositiveInt = 12
+    concurrency: PositiveInt = 2
+    """trials in flight at once (each plays every attack in parallel)"""
+    utility_floor: float = Field(default=0.01, ge=0, le=1)
+    """largest utility drop below the undefended victim a setting may cost to count"""
+    cost: Literal["latency", "kl"] | None = None
+    """optional third objective (minimised): latency ratio or test-set KL in nats"""
+    defaults: list[dict[str, Any]] = []
+    """the literature's settings, evaluated under the same suite and drawn on the frontier plot"""
+    storage: str | None = None
+    """Optuna storage: a journal file path or an RDB URL; ``None``: a journal under ARENA_HOME"""
+    sampler_seed: NonNegativeInt = 0
+    substitute_arch: str | None = None
+    ray: RaySettings = RaySettings()
+    tracking: TrackingSettings = TrackingSettings(experiment="arena-tuning")
+
+    def specs_for(self, params: dict[str, Any]) -> list[MatchSpec]:
+        """The suite's matches against this defense with ``params`` (plus the fixed ones)."""
+        chain = (PluginSpec(name=self.defense, params={**self.fixed, **params}),)
+        return [
+            MatchSpec(
+                victim=self.victim,
+                defenses=chain,
+                attack=attack,
+                budget=self.budget,
+                seed=self.seed,
+                substitute_arch=self.substitute_arch,
+            )
+            for attack in self.attacks
+        ]
+
+    def space(self) -> dict[str, ParamSpace]:
+        """The searched hyperparameters: the declared space with overrides applied, minus fixed."""
+        declared = dict(DEFENSES.get(self.defense).search_space)
+        space: dict[str, ParamSpace] = {}
+        for name, declared_range in declared.items():
+            if name in self.fixed:
+                continue
+            override = self.search_space.get(name)
+            space[name] = _apply(declared_range, override) if override else declared_range
+        return space
+
+
+def _apply(declared: ParamSpace, override: RangeOverride) -> ParamSpace:
+    if isinstance(declared, Choice):
+        return Choice(tuple(override.options)) if override.options is not None else declared
+    low = declared.low if override.low is None else override.low
+    high = declared.high if override.high is None else override.high
+    if isinstance(declared, IntRange):
+        return IntRange(int(low), int(high))
+    log = declared.log if override.log is None else override.log
+    return FloatRange(float(low), float(high), log)
+
+
+def _range_problems(config: TuneConfig) -> list[tuple[str, str]]:
+    cls = DEFENSES.get(config.defense)
+    declared = cls.search_space
+    problems: list[tuple[str, str]] = []
+    for name, override in config.search_space.items():
+        path = f"search_space.{name}"
+        if name not in declared:
+            known = ", ".join(declared) or "none"
+            problems.append(
+                (path, f"{config.defense!r} declares no tunable {name!r}; it has: {known}")
+            )
+            continue
+        kind = declared[name]
+        if isinstance(kind, Choice):
+            if override.low is not None or override.high is not None or override.log is not None:
+                problems.append((path, f"{name!r} is categorical: give `options`, not bounds"))
+            elif override.options is not None and not override.options:
+                problems.append((path, "options must not be empty"))
+            continue
+        if override.options is not None:
+            problems.append((path, f"{name!r} is numeric: give `low`/`high`, not `options`"))
+            continue
+        bounded = _apply(kind, override)
+        assert not isinstance(bounded, Choice)
+        if not (math.isfinite(bounded.low) and math.isfinite(bounded.high)):
+            problems.append((path, "bounds must be finite"))
+        elif bounded.low >= bounded.high:
+            problems.append((path, f"low ({bounded.low}) must be below high ({bounded.high})"))
+        elif isinstance(bounded, FloatRange) and bounded.log and bounded.low <= 0:
+            problems.append((path, f"a log range needs low > 0, got {bounded.low}"))
+    if problems:
+        return problems
+    space = config.space()
+    if not space:
+        problems.append(
+            (
+                "defense",
+                f"{config.defense!r} has nothing left to tune (no declared search space, "
+                "or every tunable parameter is fixed)",
+            )
+        )
+    # every corner of the space must build a valid defense
+    for name, kind in space.items():
+        values = kind.options if isinstance(kind, Choice) else (kind.low, kind.high)
+        for value in values:
+            try:
+                build_plugin(DEFENSES, config.defense, {**config.fixed, name: value})
+            except ArenaError as exc:
+                problems.append((f"search_space.{name}", f"value {value!r} is invalid: {exc}"))
+    return problems
+
+
+def _storage_problems(storage: str | None) -> list[tuple[str, str]]:
+    if storage is None:
+        return []
+    scheme, sep, _ = storage.partition("://")
+    if sep:
+        base = scheme.split("+")[0]
+        if base not in STORAGE_SCHEMES:
+            return [
+                (
+                    "storage",
+                    f"unsupported storage URL scheme {scheme!r}: use a journal file path or an "
+                    f"RDB URL ({', '.join(s + '://' for s in STORAGE_SCHEMES)})",
+                )
+            ]
+        if base == "sqlite" and not storage.startswith("sqlite:///"):
+            return [("storage", "a SQLite URL needs three slashes: sqlite:///path/to/file.db")]
+        return []
+    parent = Path(storage).expanduser().parent
+    if parent.exists() and not parent.is_dir():
+        return [("storage", f"journal path {storage!r}: {parent} is not a directory")]
+    return []
+
+
+def _semantic_problems(config: TuneConfig) -> list[tuple[str, str]]:
+    problems = victim_problems(config.victim, "victim")
+    defense = PluginSpec(name=config.defense, params=config.fixed)
+    found = plugin_problems(DEFENSES, "defense", defense)
+    if found:
+        problems += [("fixed" if p.endswith("params") else "defense", m) for p, m in found]
+    else:
+        problems += _range_problems(config)
+        for i, params in enumerate(config.defaults):
+            found = plugin_problems(
+                DEFENSES, f"defaults.{i}", PluginSpec(name=config.defense, params=params)
+            )
+            problems += [(f"defaults.{i}", m) for _, m in found]
+    for i, spec in enumerate(config.attacks):
+        problems += plugin_problems(ATTACKS, f"attacks.{i}", spec)
+    problems += _storage_problems(config.storage)
+    return problems
+
+
+def parse_tune_config(raw: Any, source: str = "<config>") -> TuneConfig:
+    """Validate a parsed YAML document; raises ConfigError listing every problem."""
+    if isinstance(raw, dict) and isinstance(raw.get("attacks"), list):
+        raw = {**raw, "attacks": [plugin_entry(a) for a in raw["attacks"]]}
+    config = validate_model(TuneConfig, raw, source)
+    problems = _semantic_problems(config)
+    if problems:
+        raise ConfigError(source, problems)
+    return config
+
+
+def load_tune_config(path: Path) -> TuneConfig:
+    """Read and validate a tuning-study YAML file."""
+    return parse_tune_config(read_yaml(path), str(path))

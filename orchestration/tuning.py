@@ -1,0 +1,462 @@
+"""Optuna tunes one defense's hyperparameters against the worst case of an attack suite.
+
+The driver owns the study (ask/tell) and is its only writer; each trial's matches run on Ray like
+a tournament's (one victim-service actor per trial, one task per attack), several trials at once.
+Objectives: utility (maximise) and protection = 1 - the strongest attacker's stolen accuracy
+(maximise), optionally a cost (minimise). Settings that cost more utility than the floor allows
+are infeasible (an Optuna constraint), so they never enter the frontier.
+
+Resume: the storage is the source of truth. A trial left RUNNING by a killed driver is marked
+FAIL and its parameters are enqueued again, so the rerun evaluates exactly what was interrupted
+and the study ends with the configured number of COMPLETE trials. Trials are logged to MLflow
+after they are told to Optuna, and any COMPLETE trial missing from MLflow is logged on start.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import ray
+import torch
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.study import StudyDirection
+from optuna.trial import TrialState
+from ray import ObjectRef
+from ray.actor import ActorHandle
+
+from arena.data import load_dataset
+from arena.defenses import Choice, FloatRange, IntRange, ParamSpace
+from arena.errors import ArenaError
+from arena.referee import MatchData, MatchResult
+from orchestration.frontier import (
+    DEFAULTS_ATTR,
+    SCORES_ATTR,
+    StudyView,
+    dominated_by_frontier,
+    frontier_table,
+    plot_html,
+    plot_png,
+    study_view,
+)
+from orchestration.tournament import (
+    MatchFailure,
+    ensure_victims,
+    play_match_task,
+    prepare_defenses,
+    service_for,
+    start_ray,
+)
+from orchestration.tracking import Tracker
+from orchestration.tune_config import TuneConfig
+
+TRIAL_TAG = "arena.trial"
+CONSTRAINT = "utility_floor"
+
+
+class StudyError(ArenaError):
+    """A study that cannot be opened or run (bad storage, a study of another shape)."""
+
+
+@dataclass(frozen=True)
+class Scores:
+    """What one defense setting achieved against the whole suite."""
+
+    utility: float
+    protection: float
+    """1 - the strongest attacker's stolen accuracy"""
+    cost: float | None
+    strongest_attack: str
+    stolen_accuracy: dict[str, float]
+    fidelity: dict[str, float]
+    feasible: bool
+    """utility within the floor of the undefended victim"""
+
+    def values(self, with_cost: bool) -> list[float]:
+        values = [self.utility, self.protection]
+        return [*values, self.cost if self.cost is not None else math.nan] if with_cost else values
+
+
+@dataclass
+class StudyOutcome:
+    """A finished (or resumed-and-finished) study."""
+
+    study: optuna.Study
+    parent_run_id: str
+    view: StudyView
+    """trials, the feasible frontier and the evaluated literature defaults"""
+    floor: float
+    evaluated_now: int
+    """settings evaluated by this run (the rest came from the storage)"""
+    reaped: int
+    """trials a killed run had left RUNNING, now retried"""
+    artifacts: dict[str, Path] = field(default_factory=dict)
+
+
+def distributions(space: dict[str, ParamSpace]) -> dict[str, BaseDistribution]:
+    """Optuna distributions for a defense's declared (plain-data) search space."""
+    out: dict[str, BaseDistribution] = {}
+    for name, kind in space.items():
+        if isinstance(kind, Choice):
+            out[name] = CategoricalDistribution(list(kind.options))
+        elif isinstance(kind, IntRange):
+            out[name] = IntDistribution(kind.low, kind.high)
+        else:
+            assert isinstance(kind, FloatRange)
+            out[name] = FloatDistribution(kind.low, kind.high, log=kind.log)
+    return out
+
+
+def score(
+    results: Sequence[MatchResult], victim_accuracy: float, floor: float, cost: str | None
+) -> Scores:
+    """Worst case over the suite: protection from the attacker that stole the most."""
+    if not results:
+        raise ValueError("a trial needs at least one match result")
+    stolen = {r.attack: r.stolen_accuracy for r in results}
+    strongest = max(results, key=lambda r: r.stolen_accuracy)
+    utility = min(r.utility for r in results)
+    cost_value = None
+    if cost == "latency":
+        cost_value = max(r.latency_ratio for r in results)
+    elif cost == "kl":
+        cost_value = max(r.test_perturbation_kl for r in results)
+    return Scores(
+        utility=utility,
+        protection=1.0 - strongest.stolen_accuracy,
+        cost=cost_value,
+        strongest_attack=strongest.attack,
+        stolen_accuracy=stolen,
+        fidelity={r.attack: r.fidelity for r in results},
+        feasible=utility >= victim_accuracy - floor - 1e-12,
+    )
+
+
+def open_storage(config: TuneConfig, home: Path) -> BaseStorage:
+    """The configured storage, or a journal file under ``home/optuna`` (absolute path, so a stale
+    lock can be released)."""
+    target = config.storage
+    try:
+        if target is not None and "://" in target:
+            return RDBStorage(target)
+        path = Path(target) if target else home / "optuna" / f"{config.name}.journal"
+        path = path.expanduser().resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    except Exception as exc:  # optuna/sqlalchemy raise many types for a bad URL or path
+        raise StudyError(f"cannot open Optuna storage {target!r}: {exc}") from None
+
+
+def open_study(config: TuneConfig, storage: BaseStorage) -> optuna.Study:
+    directions: list[StudyDirection] = [StudyDirection.MAXIMIZE, StudyDirection.MAXIMIZE]
+    if config.cost:
+        directions.append(StudyDirection.MINIMIZE)
+    # constraints are set on each trial (Trial.set_constraint), which NSGA-II and best_trials read
+    sampler = optuna.samplers.NSGAIISampler(
+        seed=config.sampler_seed, population_size=max(4, 2 * config.concurrency)
+    )
+    try:
+        study = optuna.create_study(
+            study_name=config.name,
+            storage=storage,
+            directions=directions,
+            sampler=sampler,
+            load_if_exists=True,
+        )
+    except ValueError as exc:
+        raise StudyError(f"study {config.name!r}: {exc}") from None
+    if len(study.directions) != len(directions):
+        raise StudyError(
+            f"study {config.name!r} in this storage has {len(study.directions)} objectives, the "
+            f"config asks for {len(directions)}: use another study name or storage"
+        )
+    return study
+
+
+def reap_interrupted(study: optuna.Study) -> int:
+    """Trials left RUNNING by a killed driver: mark them FAIL and enqueue their parameters, so
+    the rerun evaluates them again. The driver is the study's only owner, so at start-up every
+    RUNNING trial is stale."""
+    reaped = 0
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study.tell(trial.number, state=TrialState.FAIL)
+        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+        reaped += 1
+    return reaped
+
+
+@dataclass
+class _Job:
+    """One defense setting being evaluated: an Optuna trial or a literature default."""
+
+    label: str
+    params: dict[str, Any]
+    trial: optuna.Trial | None
+    actor: ActorHandle[Any]
+    waiting: dict[ObjectRef[Any], str] = field(default_factory=dict)
+    results: list[MatchResult] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
+
+
+TrialHook = Callable[[str, dict[str, Any], Scores | None], None]
+
+
+def run_study(
+    config: TuneConfig,
+    tracker: Tracker,
+    cache_dir: Path,
+    home: Path,
+    address: str | None = None,
+    on_trial: TrialHook | None = None,
+) -> StudyOutcome:
+    """Run (or resume) the study until it has ``config.trials`` COMPLETE trials and every
+    literature default is evaluated; log everything to MLflow; return the frontier."""
+    storage = open_storage(config, home)
+    study = open_study(config, storage)
+    reaped = reap_interrupted(study)
+    space = config.space()
+    dists = distributions(space)
+    parent = tracker.open_parent("study", config.name, config.model_dump(mode="json"))
+    status = "FAILED"
+    started_ray = False
+    actors: list[ActorHandle[Any]] = []
+    evaluated = 0
+    try:
+        data = load_dataset(config.victim.dataset)
+        torch.set_num_threads(config.ray.cpus_per_match)
+        started_ray = start_ray(config.ray, address)
+        data_ref = ray.put(data)
+        match_data = ray.put(MatchData.from_splits(data))
+        victim = ensure_victims(
+            config.ray, [config.victim], {data.name: data}, {data.name: data_ref}, cache_dir
+        )[config.victim.key()]
+        weights = ray.put(victim.model.state_dict())
+        floor = config.utility_floor
+        study.set_user_attr("victim_accuracy", victim.test_accuracy)
+        _log_missing_trials(tracker, parent, study, config)
+
+        done_defaults = {
+            json.dumps(d["params"], sort_keys=True): d
+            for d in study.user_attrs.get(DEFAULTS_ATTR, [])
+        }
+        todo_defaults = [
+            p for p in config.defaults if json.dumps(p, sort_keys=True) not in done_defaults
+        ]
+
+        def complete() -> int:
+            return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+
+        jobs: dict[ObjectRef[Any], _Job] = {}
+        in_flight: list[_Job] = []
+        attempts = 0
+
+        def launch(label: str, params: dict[str, Any], trial: optuna.Trial | None) -> None:
+            specs = config.specs_for(params)
+            prepare_defenses(
+                config.ray,
+                specs[:1],
+                {config.victim.key(): weights},
+                {data.name: data_ref},
+                cache_dir,
+            )
+            actor = service_for(specs[0], config.ray, weights, data, data_ref, cache_dir)
+            actors.append(actor)
+            job = _Job(label, params, trial, actor)
+            task = play_match_task.options(num_cpus=config.ray.cpus_per_match)
+            for spec in specs:
+                ref = task.remote(spec, actor, match_data, config.ray.cpus_per_match)
+                job.waiting[ref] = spec.attack.name
+                jobs[ref] = job
+            in_flight.append(job)
+
+        while True:
+            while len(in_flight) < config.concurrency:
+                if todo_defaults:
+                    params = todo_defaults.pop(0)
+                    launch(f"default {params}", params, None)
+                elif complete() + sum(j.trial is not None for j in in_flight) < config.trials:
+                    if attempts >= 2 * config.trials:
+                        raise StudyError(f"{attempts} trials failed or were attempted; giving up")
+                    trial = study.ask(dists)
+                    attempts += 1
+                    launch(f"trial {trial.number}", dict(trial.params), trial)
+                else:
+                    break
+            if not in_flight:
+                break
+            ready, _ = ray.wait(list(jobs), num_returns=1)
+            job = jobs.pop(ready[0])
+            attack = job.waiting.pop(ready[0])
+            try:
+                outcome: MatchResult | MatchFailure = ray.get(ready[0])
+            except ray.exceptions.RayError as exc:
+                outcome = MatchFailure("", f"{type(exc).__name__}: {exc}")
+            if isinstance(outcome, MatchResult):
+                job.results.append(outcome)
+            else:
+                job.failures.append(f"{attack}: {outcome.reason.splitlines()[0]}")
+            if job.waiting:
+                continue
+            in_flight.remove(job)
+            ray.kill(job.actor)
+            actors.remove(job.actor)
+            evaluated += 1
+            scores = (
+                None
+                if job.failures
+                else score(job.results, victim.test_accuracy, floor, config.cost)
+            )
+            _finish(study, tracker, parent, config, job, scores, victim.test_accuracy)
+            if on_trial:
+                on_trial(job.label, job.params, scores)
+
+        view = study_view(study)
+        artifacts = _log_frontier(tracker, parent, view, config, home / "studies" / config.name)
+        status = "FINISHED"
+        return StudyOutcome(study, parent, view, floor, evaluated, reaped, artifacts)
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+        if started_ray:
+            ray.shutdown()
+        tracker.close(parent, status)
+
+
+def _finish(
+    study: optuna.Study,
+    tracker: Tracker,
+    parent: str,
+    config: TuneConfig,
+    job: _Job,
+    scores: Scores | None,
+    victim_accuracy: float,
+) -> None:
+    """Tell Optuna first (the storage is the source of truth), then log to MLflow."""
+    if job.trial is None:
+        if scores is None:
+            raise StudyError(f"literature default {job.params} failed: {'; '.join(job.failures)}")
+        entry = {"params": job.params, **asdict(scores)}
+        study.set_user_attr(DEFAULTS_ATTR, [*study.user_attrs.get(DEFAULTS_ATTR, []), entry])
+        _log(tracker, parent, config, job.label, job.params, scores, {"arena.default": "true"})
+        return
+    if scores is None:
+        job.trial.set_user_attr("failures", job.failures)
+        study.tell(job.trial, state=TrialState.FAIL)
+        return
+    record_trial(study, job.trial, scores, victim_accuracy - config.utility_floor, config.cost)
+    _log(tracker, parent, config, job.label, job.params, scores, {TRIAL_TAG: str(job.trial.number)})
+
+
+def record_trial(
+    study: optuna.Study, trial: optuna.Trial, scores: Scores, floor: float, cost: str | None
+) -> None:
+    """Tell Optuna a trial's objectives, with the utility floor as its constraint (feasible,
+    i.e. <= 0, when utility >= ``floor``) and its scores kept for the frontier."""
+    trial.set_constraint(CONSTRAINT, floor - scores.utility)
+    trial.set_user_attr(SCORES_ATTR, asdict(scores))
+    study.tell(trial, scores.values(cost is not None))
+
+
+def _log(
+    tracker: Tracker,
+    parent: str,
+    config: TuneConfig,
+    label: str,
+    params: dict[str, Any],
+    scores: Scores,
+    tags: dict[str, str],
+) -> None:
+    metrics = {
+        "utility": scores.utility,
+        "protection": scores.protection,
+        "feasible": float(scores.feasible),
+    }
+    if scores.cost is not None:
+        metrics[f"cost_{config.cost}"] = scores.cost
+    metrics |= {f"stolen_accuracy.{_metric(a)}": v for a, v in scores.stolen_accuracy.items()}
+    metrics |= {f"fidelity.{_metric(a)}": v for a, v in scores.fidelity.items()}
+    tags = {
+        **tags,
+        "arena.defense": config.defense,
+        "arena.strongest_attack": scores.strongest_attack,
+    }
+    tracker.log_trial(parent, label, params, metrics, tags, {"params": params, **asdict(scores)})
+
+
+def _metric(label: str) -> str:
+    """An attack label (``knockoff(epochs=5)``) as an MLflow metric name."""
+    return re.sub(r"[^\w\-. :/]", "_", label).strip("_")
+
+
+def _log_missing_trials(
+    tracker: Tracker, parent: str, study: optuna.Study, config: TuneConfig
+) -> None:
+    """COMPLETE trials a killed driver told Optuna about but never logged to MLflow."""
+    logged = tracker.child_tags(parent, TRIAL_TAG)
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if str(trial.number) in logged or SCORES_ATTR not in trial.user_attrs:
+            continue
+        scores = Scores(**trial.user_attrs[SCORES_ATTR])
+        _log(
+            tracker,
+            parent,
+            config,
+            f"trial {trial.number}",
+            dict(trial.params),
+            scores,
+            {TRIAL_TAG: str(trial.number)},
+        )
+
+
+def _log_frontier(
+    tracker: Tracker, parent: str, view: StudyView, config: TuneConfig, folder: Path
+) -> dict[str, Path]:
+    """The Pareto table, the frontier plot (PNG and HTML) and the comparison with each default
+    on the study's parent run; the files also stay in ``folder`` for the caller."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {
+        "png": plot_png([view], folder / "frontier.png", config.utility_floor),
+        "html": plot_html([view], folder / "frontier.html"),
+        "table": folder / "frontier.md",
+    }
+    files["table"].write_text(frontier_table(view))
+    comparison = {
+        d.label: (beaten.label if (beaten := dominated_by_frontier(view, d)) else None)
+        for d in view.defaults
+    }
+    metrics = {"frontier_size": float(len(view.frontier)), "trials": float(len(view.points))}
+    if view.frontier:
+        metrics["best_feasible_protection"] = max(p.protection for p in view.frontier)
+    tracker.log_summary(
+        parent,
+        metrics,
+        {
+            **{name: path for name, path in files.items()},
+            "frontier.json": {
+                "frontier": [asdict(p) for p in view.frontier],
+                "defaults": [asdict(p) for p in view.defaults],
+                "defaults_dominated_by": comparison,
+                "victim_accuracy": view.victim_accuracy,
+                "utility_floor": config.utility_floor,
+            },
+        },
+    )
+    return files
