@@ -35,7 +35,7 @@ from optuna.distributions import (
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.study import StudyDirection
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 from ray import ObjectRef
 from ray.actor import ActorHandle
 
@@ -165,9 +165,14 @@ def open_study(config: TuneConfig, storage: BaseStorage) -> optuna.Study:
     directions: list[StudyDirection] = [StudyDirection.MAXIMIZE, StudyDirection.MAXIMIZE]
     if config.cost:
         directions.append(StudyDirection.MINIMIZE)
-    # constraints are set on each trial (Trial.set_constraint), which NSGA-II and best_trials read
-    sampler = optuna.samplers.NSGAIISampler(
-        seed=config.sampler_seed, population_size=max(4, 2 * config.concurrency)
+    # multi-objective TPE: random start-up trials, then a model of the good region; constraints
+    # come from each trial (Trial.set_constraint), which TPE and best_trials both read; the
+    # constant liar keeps concurrent trials from being asked for the same point
+    sampler = optuna.samplers.TPESampler(
+        seed=config.sampler_seed,
+        n_startup_trials=max(4, config.trials // 3),
+        multivariate=True,
+        constant_liar=True,
     )
     try:
         study = optuna.create_study(
@@ -294,6 +299,9 @@ def run_study(
                         raise StudyError(f"{attempts} trials failed or were attempted; giving up")
                     trial = study.ask(dists)
                     attempts += 1
+                    if (twin := evaluated_twin(study, trial)) is not None:
+                        _reuse(study, tracker, parent, config, trial, twin, victim.test_accuracy)
+                        continue
                     launch(f"trial {trial.number}", dict(trial.params), trial)
                 else:
                     break
@@ -363,6 +371,31 @@ def _finish(
         return
     record_trial(study, job.trial, scores, victim_accuracy - config.utility_floor, config.cost)
     _log(tracker, parent, config, job.label, job.params, scores, {TRIAL_TAG: str(job.trial.number)})
+
+
+def evaluated_twin(study: optuna.Study, trial: optuna.Trial) -> FrozenTrial | None:
+    """A COMPLETE trial with exactly these parameters: evaluation is deterministic (seeded
+    training, common random numbers), so its scores are this trial's too."""
+    for other in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if other.params == trial.params and SCORES_ATTR in other.user_attrs:
+            return other
+    return None
+
+
+def _reuse(
+    study: optuna.Study,
+    tracker: Tracker,
+    parent: str,
+    config: TuneConfig,
+    trial: optuna.Trial,
+    twin: FrozenTrial,
+    victim_accuracy: float,
+) -> None:
+    scores = Scores(**twin.user_attrs[SCORES_ATTR])
+    trial.set_user_attr("same_as", twin.number)
+    record_trial(study, trial, scores, victim_accuracy - config.utility_floor, config.cost)
+    tags = {TRIAL_TAG: str(trial.number), "arena.same_as": str(twin.number)}
+    _log(tracker, parent, config, f"trial {trial.number}", dict(trial.params), scores, tags)
 
 
 def record_trial(

@@ -279,3 +279,19 @@ def test_killed_study_resumes_to_exactly_the_configured_trials(tmp_path: Path) -
     assert [p.info.status for p in parents] == ["FINISHED"]
     artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
     assert {"frontier.png", "frontier.html", "frontier.md", "frontier.json"} <= artifacts
+
+
+def test_a_repeated_setting_reuses_theevaluated_twin() -> None:
+    """Evaluation is deterministic, so a sampler's repeat of a finished setting is not replayed."""
+    from orchestration.tuning import evaluated_twin
+
+    study = optuna.create_study(directions=["maximize", "maximize"])
+    dists = distributions({"beta": parse_tune_config(smoke_dict()).space()["beta"]})
+    study.enqueue_trial({"beta": 0.5})
+    record_trial(study, study.ask(dists), scores(0.90, 0.30, 0.89), 0.89, None)
+    study.enqueue_trial({"beta": 0.5})
+    repeat = study.ask(dists)
+    twin = evaluated_twin(study, repeat)
+    assert twin is not None and twin.number == 0
+    study.enqueue_trial({"beta": 0.7})
+    assert evaluated_twin(study, study.ask(dists)) is None
