@@ -158,7 +158,8 @@ def open_storage(config: TuneConfig, home: Path) -> BaseStorage:
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
     except Exception as exc:  # optuna/sqlalchemy raise many types for a bad URL or path
-        raise StudyError(f"cannot open Optuna storage {target!r}: {exc}") from None
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise StudyError(f"cannot open Optuna storage {target!r}: {first}") from None
 
 
 def open_study(config: TuneConfig, storage: BaseStorage) -> optuna.Study:

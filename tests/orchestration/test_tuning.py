@@ -295,3 +295,14 @@ def test_a_repeated_setting_reuses_theevaluated_twin() -> None:
     assert twin is not None and twin.number == 0
     study.enqueue_trial({"beta": 0.7})
     assert evaluated_twin(study, study.ask(dists)) is None
+
+
+def test_unusable_storage_is_one_line_before_anything_runs(tmp_path: Path) -> None:
+    from orchestration.tuning import StudyError, open_storage
+
+    config = parse_tune_config({**smoke_dict(), "storage": "sqlite:////no/such/dir/study.db"})
+    with pytest.raises(StudyError) as caught:
+        open_storage(config, tmp_path)
+    message = str(caught.value)
+    assert message.startswith("cannot open Optuna storage 'sqlite:////no/such/dir/study.db'")
+    assert "\n" not in message
