@@ -88,8 +88,11 @@ def _short(params: dict[str, Any]) -> str:
 
 
 def dominated_by_frontier(view: StudyView, default: Point) -> Point | None:
-    """A feasible frontier point at least as good on both axes and better on one, if any."""
+    """A feasible frontier point (another setting than the default itself, which may be a seed
+    trial of the study) at least as good on both axes and better on one, if any."""
     for point in view.frontier:
+        if point.params == default.params:
+            continue
         at_least = point.utility >= default.utility and point.protection >= default.protection
         better = point.utility > default.utility or point.protection > default.protection
         if at_least and better:

@@ -65,6 +65,7 @@ from orchestration.tracking import Tracker
 from orchestration.tune_config import TuneConfig
 
 TRIAL_TAG = "arena.trial"
+DEFAULT_MARK = "literature_default"
 CONSTRAINT = "utility_floor"
 
 
@@ -200,7 +201,7 @@ def reap_interrupted(study: optuna.Study) -> int:
     reaped = 0
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         study.tell(trial.number, state=TrialState.FAIL)
-        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+        study.enqueue_trial(trial.params, user_attrs={**trial.user_attrs, "retry_of": trial.number})
         reaped += 1
     return reaped
 
@@ -256,12 +257,20 @@ def run_study(
         study.set_user_attr("victim_accuracy", victim.test_accuracy)
         _log_missing_trials(tracker, parent, study, config)
 
+        # defaults inside the search space seed the study as its first trials (the sampler
+        # learns from them, and the frontier is never worse than the literature); the others
+        # are evaluated beside the study
+        seeded = [d for d in config.defaults if _inside(d, dists)]
+        if not study.trials:
+            for params in seeded:
+                study.enqueue_trial(params, user_attrs={DEFAULT_MARK: True})
         done_defaults = {
-            json.dumps(d["params"], sort_keys=True): d
-            for d in study.user_attrs.get(DEFAULTS_ATTR, [])
+            json.dumps(d["params"], sort_keys=True) for d in study.user_attrs.get(DEFAULTS_ATTR, [])
         }
         todo_defaults = [
-            p for p in config.defaults if json.dumps(p, sort_keys=True) not in done_defaults
+            p
+            for p in config.defaults
+            if p not in seeded and json.dumps(p, sort_keys=True) not in done_defaults
         ]
 
         def complete() -> int:
@@ -362,16 +371,34 @@ def _finish(
     if job.trial is None:
         if scores is None:
             raise StudyError(f"literature default {job.params} failed: {'; '.join(job.failures)}")
-        entry = {"params": job.params, **asdict(scores)}
-        study.set_user_attr(DEFAULTS_ATTR, [*study.user_attrs.get(DEFAULTS_ATTR, []), entry])
+        _remember_default(study, job.params, scores)
         _log(tracker, parent, config, job.label, job.params, scores, {"arena.default": "true"})
         return
     if scores is None:
         job.trial.set_user_attr("failures", job.failures)
         study.tell(job.trial, state=TrialState.FAIL)
         return
+    if job.trial.user_attrs.get(DEFAULT_MARK):
+        _remember_default(study, job.params, scores)
     record_trial(study, job.trial, scores, victim_accuracy - config.utility_floor, config.cost)
-    _log(tracker, parent, config, job.label, job.params, scores, {TRIAL_TAG: str(job.trial.number)})
+    _log(tracker, parent, config, job.label, job.params, scores, _trial_tags(job.trial))
+
+
+def _inside(params: dict[str, Any], dists: dict[str, BaseDistribution]) -> bool:
+    """Whether a setting names exactly the searched parameters, each within its range."""
+    if set(params) != set(dists):
+        return False
+    for name, value in params.items():
+        dist = dists[name]
+        if isinstance(dist, CategoricalDistribution):
+            if value not in dist.choices:
+                return False
+        elif isinstance(dist, FloatDistribution | IntDistribution):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                return False
+            if not dist.low <= value <= dist.high:
+                return False
+    return True
 
 
 def evaluated_twin(study: optuna.Study, trial: optuna.Trial) -> FrozenTrial | None:
@@ -397,6 +424,20 @@ def _reuse(
     record_trial(study, trial, scores, victim_accuracy - config.utility_floor, config.cost)
     tags = {TRIAL_TAG: str(trial.number), "arena.same_as": str(twin.number)}
     _log(tracker, parent, config, f"trial {trial.number}", dict(trial.params), scores, tags)
+
+
+def _remember_default(study: optuna.Study, params: dict[str, Any], scores: Scores) -> None:
+    """Keep a literature default's scores in the study (replacing an earlier entry of the same
+    setting, so a retried default is listed once)."""
+    kept = [d for d in study.user_attrs.get(DEFAULTS_ATTR, []) if d["params"] != params]
+    study.set_user_attr(DEFAULTS_ATTR, [*kept, {"params": params, **asdict(scores)}])
+
+
+def _trial_tags(trial: optuna.Trial | FrozenTrial) -> dict[str, str]:
+    tags = {TRIAL_TAG: str(trial.number)}
+    if trial.user_attrs.get(DEFAULT_MARK):
+        tags["arena.default"] = "true"
+    return tags
 
 
 def record_trial(
@@ -449,15 +490,8 @@ def _log_missing_trials(
         if str(trial.number) in logged or SCORES_ATTR not in trial.user_attrs:
             continue
         scores = Scores(**trial.user_attrs[SCORES_ATTR])
-        _log(
-            tracker,
-            parent,
-            config,
-            f"trial {trial.number}",
-            dict(trial.params),
-            scores,
-            {TRIAL_TAG: str(trial.number)},
-        )
+        label = f"trial {trial.number}"
+        _log(tracker, parent, config, label, dict(trial.params), scores, _trial_tags(trial))
 
 
 def _log_frontier(

@@ -306,3 +306,16 @@ def test_unusable_storage_is_one_line_before_anything_runs(tmp_path: Path) -> No
     message = str(caught.value)
     assert message.startswith("cannot open Optuna storage 'sqlite:////no/such/dir/study.db'")
     assert "\n" not in message
+
+
+def test_a_default_seeded_into_the_study_does_not_dominate_itself() -> None:
+    study = optuna.create_study(directions=["maximize", "maximize"])
+    dists = distributions({"beta": parse_tune_config(smoke_dict()).space()["beta"]})
+    study.enqueue_trial({"beta": 1.0})
+    record_trial(study, study.ask(dists), scores(0.90, 0.30, 0.89), 0.89, None)
+    study.set_user_attr(
+        "literature_defaults", [{"params": {"beta": 1.0}, **scores(0.90, 0.30, 0.89).__dict__}]
+    )
+    view = study_view(study)
+    assert [p.params for p in view.frontier] == [{"beta": 1.0}]
+    assert dominated_by_frontier(view, view.defaults[0]) is None
