@@ -14,7 +14,7 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 from rich.console import Console
@@ -28,6 +28,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+if TYPE_CHECKING:
+    from orchestration.tracking import Tracker
+
 T = TypeVar("T")
 console = Console(width=None if sys.stdout.isatty() else 200)
 errors = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
@@ -134,17 +137,12 @@ def tune(
 def _tune(config: object, address: str | None, tracking_uri: str | None, home: Path) -> None:
     from arena.victims import default_victim_cache
     from orchestration.frontier import dominated_by_frontier, frontier_table
-    from orchestration.tracking import Tracker, default_tracking_uri
     from orchestration.tune_config import TuneConfig
     from orchestration.tuning import Scores, run_study
 
     assert isinstance(config, TuneConfig)
-    for noisy in ("mlflow", "alembic"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    home.mkdir(parents=True, exist_ok=True)
-    uri = tracking_uri or default_tracking_uri(home)
     console.print(f"[bold]{config.name}[/]: {config.defense} over {', '.join(config.space())}")
-    tracker = Tracker(uri, config.tracking.experiment, artifact_root=home / "mlartifacts")
+    tracker, uri = _tracker(home, tracking_uri, config.tracking.experiment)
 
     def on_trial(label: str, params: dict[str, object], scores: Scores | None) -> None:
         if scores is None:
@@ -261,6 +259,17 @@ def frontier(
     console.print(f"overlay: {png} and {html}")
 
 
+def _tracker(home: Path, tracking_uri: str | None, experiment: str) -> tuple[Tracker, str]:
+    """The MLflow writer for a run (the local SQLite store under ``home`` by default)."""
+    from orchestration.tracking import Tracker, default_tracking_uri
+
+    for noisy in ("mlflow", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    home.mkdir(parents=True, exist_ok=True)
+    uri = tracking_uri or default_tracking_uri(home)
+    return Tracker(uri, experiment, artifact_root=home / "mlartifacts"), uri
+
+
 def _run(config: object, address: str | None, tracking_uri: str | None, home: Path) -> None:
     from arena.referee import MatchResult
     from arena.specs import MatchSpec
@@ -268,15 +277,10 @@ def _run(config: object, address: str | None, tracking_uri: str | None, home: Pa
     from orchestration.config import TournamentConfig
     from orchestration.leaderboard import rich_table
     from orchestration.tournament import MatchFailure, run_tournament
-    from orchestration.tracking import Tracker, default_tracking_uri
 
     assert isinstance(config, TournamentConfig)
-    for noisy in ("mlflow", "alembic"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    home.mkdir(parents=True, exist_ok=True)
-    uri = tracking_uri or default_tracking_uri(home)
+    tracker, uri = _tracker(home, tracking_uri, config.tracking.experiment)
     console.print(f"[bold]{config.name}[/]: tracking at {uri}")
-    tracker = Tracker(uri, config.tracking.experiment, artifact_root=home / "mlartifacts")
 
     progress = Progress(
         TextColumn("[bold]matches"),

@@ -308,11 +308,19 @@ def run_tournament(
         status = "KILLED"
         raise
     finally:
-        for actor in actors:
-            ray.kill(actor)
-        if started_ray:
-            ray.shutdown()
-        tracker.close(parent, status)
+        release(actors, started_ray, tracker, parent, status)
+
+
+def release(
+    actors: list[ActorHandle[Any]], started_ray: bool, tracker: Tracker, parent: str, status: str
+) -> None:
+    """End a driver's run on every exit path: stop its victim services, shut down the Ray it
+    started, and give the MLflow parent run its true status."""
+    for actor in actors:
+        ray.kill(actor)
+    if started_ray:
+        ray.shutdown()
+    tracker.close(parent, status)
 
 
 def _log_summary(

@@ -58,6 +58,7 @@ from orchestration.tournament import (
     ensure_victims,
     play_match_task,
     prepare_defenses,
+    release,
     service_for,
     start_ray,
 )
@@ -351,11 +352,7 @@ def run_study(
         status = "KILLED"
         raise
     finally:
-        for actor in actors:
-            ray.kill(actor)
-        if started_ray:
-            ray.shutdown()
-        tracker.close(parent, status)
+        release(actors, started_ray, tracker, parent, status)
 
 
 def _finish(
