@@ -131,61 +131,80 @@ def frontier_table(view: StudyView) -> str:
 
 
 def plot_png(views: Sequence[StudyView], path: Path, floor: float | None = None) -> Path:
-    figure, axes = plt.subplots(figsize=(7, 5))
+    """Every trial (x: below the utility floor), each frontier, each literature default (star);
+    left the whole plane, right zoomed on the settings within reach of the floor."""
+    figure, (whole, zoom) = plt.subplots(1, 2, figsize=(12, 5))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, view in enumerate(views):
-        colour = colours[i % len(colours)]
-        feasible = [p for p in view.points if p.feasible]
-        infeasible = [p for p in view.points if not p.feasible]
-        axes.scatter(
-            [p.utility for p in feasible],
-            [p.protection for p in feasible],
-            s=18,
-            color=colour,
-            alpha=0.45,
-        )
-        axes.scatter(
-            [p.utility for p in infeasible],
-            [p.protection for p in infeasible],
-            s=18,
-            color=colour,
-            alpha=0.3,
-            marker="x",
-        )
-        axes.plot(
-            [p.utility for p in view.frontier],
-            [p.protection for p in view.frontier],
-            marker="o",
-            color=colour,
-            label=f"{view.name} frontier",
-        )
-        for d in view.defaults:
-            axes.scatter(
-                [d.utility],
-                [d.protection],
-                marker="*",
-                s=160,
-                color=colour,
-                edgecolors="black",
-                zorder=5,
-            )
-            axes.annotate(
-                _short(d.params),
-                (d.utility, d.protection),
-                fontsize=7,
-                xytext=(4, 4),
-                textcoords="offset points",
-            )
-        if floor is not None and view.victim_accuracy == view.victim_accuracy:
-            axes.axvline(view.victim_accuracy - floor, color=colour, linestyle=":", linewidth=1)
-    axes.set_xlabel("utility (defended test accuracy) →")
-    axes.set_ylabel("protection (1 − strongest attacker's stolen accuracy) →")
-    axes.set_title("protection vs utility (× infeasible, ★ literature default, ⋮ utility floor)")
-    axes.legend(fontsize=8)
+    for axes in (whole, zoom):
+        for i, view in enumerate(views):
+            _draw(axes, view, colours[i % len(colours)], floor)
+        axes.set_xlabel("utility (defended test accuracy) →")
+        axes.set_ylabel("protection (1 − strongest attacker's stolen accuracy) →")
+    near = [
+        p
+        for view in views
+        for p in view.points + view.defaults
+        if floor is None or p.utility >= view.victim_accuracy - 2 * floor - 0.01
+    ]
+    if near:
+        utilities, protections = [p.utility for p in near], [p.protection for p in near]
+        pad_u = max(0.002, (max(utilities) - min(utilities)) * 0.1)
+        pad_p = max(0.005, (max(protections) - min(protections)) * 0.1)
+        zoom.set_xlim(min(utilities) - pad_u, max(utilities) + pad_u)
+        zoom.set_ylim(min(protections) - pad_p, max(protections) + pad_p)
+    whole.set_title("all trials (× below the utility floor, ★ literature default)")
+    zoom.set_title("near the undefended utility (⋮ utility floor)")
+    whole.legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
+
+
+def _draw(axes: Any, view: StudyView, colour: str, floor: float | None) -> None:
+    feasible = [p for p in view.points if p.feasible]
+    infeasible = [p for p in view.points if not p.feasible]
+    axes.scatter(
+        [p.utility for p in feasible],
+        [p.protection for p in feasible],
+        s=18,
+        color=colour,
+        alpha=0.45,
+    )
+    axes.scatter(
+        [p.utility for p in infeasible],
+        [p.protection for p in infeasible],
+        s=18,
+        color=colour,
+        alpha=0.3,
+        marker="x",
+    )
+    axes.plot(
+        [p.utility for p in view.frontier],
+        [p.protection for p in view.frontier],
+        marker="o",
+        color=colour,
+        label=f"{view.name} frontier",
+    )
+    for d in view.defaults:
+        axes.scatter(
+            [d.utility],
+            [d.protection],
+            marker="*",
+            s=160,
+            color=colour,
+            edgecolors="black",
+            zorder=5,
+        )
+        axes.annotate(
+            _short(d.params),
+            (d.utility, d.protection),
+            fontsize=7,
+            xytext=(4, 4),
+            textcoords="offset points",
+        )
+    if floor is not None and view.victim_accuracy == view.victim_accuracy:
+        axes.axvline(view.victim_accuracy - floor, color=colour, linestyle=":", linewidth=1)
 
 
 def plot_html(views: Sequence[StudyView], path: Path) -> Path:
