@@ -29,6 +29,7 @@ class TransferSetAttack(Attacker):
     """images per oracle call"""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         for name in ("epochs", "batch_size", "query_batch"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

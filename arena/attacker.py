@@ -6,8 +6,8 @@ by name; the attacks themselves live in the ``agents`` package and register when
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import numpy as np
 from torch import nn
@@ -15,27 +15,75 @@ from torch import nn
 from arena.errors import ArenaError
 from arena.knowledge import Knowledge
 from arena.oracle import Oracle
-from arena.registry import Registry
+from arena.oracle_adapters import ArgmaxOracle, SmoothingOracle
+from arena.registry import OPTION, Registry
 
 
 class MissingKnowledge(ArenaError):
     """The threat model does not grant what this attack needs (e.g. a query pool)."""
 
 
+def _option(default: Any) -> Any:
+    """A defense-aware option every attack has; left out of match keys while at its default."""
+    return field(default=default, metadata={OPTION: True})
+
+
 @dataclass(frozen=True)
 class Attacker:
-    """Base class. ``steal`` checks the threat model, then runs the attack body ``_steal``."""
+    """Base class. ``steal`` checks the threat model, then runs the attack body ``_steal``.
+
+    The fields here are the defense-aware options of DESIGN §3 that combine with any attack.
+    Subclasses that validate their own fields call ``super().__post_init__()``.
+    """
 
     needs_pool: ClassVar[bool] = True
     """True when the attack samples its queries from ``knowledge.pool``."""
+    victim_kind: ClassVar[str | None] = None
+    """The victim family the attack is built for (``"softmax_regression"``, ``"decision_tree"``);
+    ``None``: any classifier. Against another kind it still runs, but need not learn much."""
+    upper_bound: ClassVar[bool] = False
+    """True for a reference point that is not a real threat model (e.g. training on the pool's
+    true labels): reported, but never counted as a defense's strongest adversary."""
+
+    argmax_labels: bool = _option(False)
+    """top-1 countermeasure: keep only the argmax of every answer (defeats perturbations that
+    keep the label)"""
+    smoothing_copies: int = _option(1)
+    """multi-query smoothing: send each query as this many noisy copies (each charged) and
+    average the answers; 1 = off"""
+    smoothing_noise: float = _option(0.05)
+    """Gaussian pixel noise (std, in input units) of the extra smoothing copies"""
+    identities: int = _option(1)
+    """identities (accounts) the thief spreads its budget over, each with its own ledger and
+    detector state; the match budget is split evenly between them"""
+
+    def __post_init__(self) -> None:
+        for name in ("smoothing_copies", "identities"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 64:
+                raise ValueError(f"{name} must be an integer in 1..64, got {value!r}")
+        noise = self.smoothing_noise
+        if isinstance(noise, bool) or not isinstance(noise, int | float) or not 0 <= noise <= 1:
+            raise ValueError(f"smoothing_noise must be a number in [0, 1], got {noise!r}")
+        if not isinstance(self.argmax_labels, bool):
+            raise ValueError(f"argmax_labels must be true or false, got {self.argmax_labels!r}")
 
     def steal(self, oracle: Oracle, knowledge: Knowledge, rng: np.random.Generator) -> nn.Module:
         """Spend (some of) the oracle's budget and return a substitute model in eval mode."""
         if self.needs_pool and knowledge.pool is None:
             name = type(self).__name__
             raise MissingKnowledge(f"{name} needs a query pool; the threat model grants none")
-        model = self._steal(oracle, knowledge, rng)
+        model = self._steal(self.attacker_view(oracle, rng), knowledge, rng)
         return model.eval()
+
+    def attacker_view(self, oracle: Oracle, rng: np.random.Generator) -> Oracle:
+        """The oracle as the attack body sees it once the countermeasure options are applied."""
+        if self.smoothing_copies > 1:
+            seed = int(rng.integers(0, 2**31 - 1))
+            oracle = SmoothingOracle(oracle, self.smoothing_copies, self.smoothing_noise, seed)
+        if self.argmax_labels:
+            oracle = ArgmaxOracle(oracle)
+        return oracle
 
     def _steal(self, oracle: Oracle, knowledge: Knowledge, rng: np.random.Generator) -> nn.Module:
         raise NotImplementedError

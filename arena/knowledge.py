@@ -20,6 +20,8 @@ class Knowledge:
     input_shape: tuple[int, ...]
     num_classes: int
     substitute_arch: str
+    pool_labels: torch.Tensor | None = None
+    """the pool's true labels: granted only to the ``upper_bound`` baseline, never to a thief"""
 
     def make_substitute(self, seed: int) -> nn.Module:
         """A fresh, untrained model of the granted substitute architecture, seeded."""

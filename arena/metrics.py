@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 _FLOOR = 1e-12
@@ -26,3 +28,10 @@ def kl_divergence(answer: torch.Tensor, reference: torch.Tensor) -> torch.Tensor
 def agreement(p: torch.Tensor, q: torch.Tensor) -> float:
     """Share of rows whose argmax agrees (fidelity when one side is the undefended victim)."""
     return float((p.argmax(dim=1) == q.argmax(dim=1)).float().mean())
+
+
+def exact_sum(values: torch.Tensor) -> float:
+    """The correctly rounded sum of every element (``math.fsum``): unlike a tensor reduction it
+    does not depend on memory alignment or vector width, so the accounts a service keeps are the
+    same in this process and in a Ray actor."""
+    return math.fsum(values.detach().double().flatten().tolist())

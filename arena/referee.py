@@ -24,6 +24,8 @@ from arena.defenses.chain import build_chain
 from arena.knowledge import Knowledge
 from arena.metrics import agreement, kl_divergence, l1_distance
 from arena.oracle import InputSpec, Oracle, OracleEndpoint
+from arena.oracle_adapters import MultiAccountOracle
+from arena.pools import attacker_pool
 from arena.registry import build_plugin, plugin_label
 from arena.service import AccountStats, ReferenceOutputs, VictimService
 from arena.specs import MatchSpec
@@ -48,6 +50,14 @@ class MatchResult(BaseModel):
     seed: int
     trusted: bool
     """True: the attacker ran as trusted in-cluster code held to the oracle by contract."""
+    pool: str = "in_distribution"
+    """the query pool the threat model granted (:mod:`arena.pools`)"""
+    upper_bound: bool = False
+    """the attack is a reference point, not a real threat model (never a strongest adversary)"""
+    identities: int = 1
+    """accounts the thief spread its budget over"""
+    identities_flagged: int = 0
+    """of those, how many a detector flagged"""
 
     victim_accuracy: float
     """undefended victim's test accuracy"""
@@ -97,16 +107,26 @@ class ServiceAPI(OracleEndpoint, Protocol):
 class MatchData:
     """The slices a match needs besides the victim: the attacker's pool and the test set."""
 
-    pool: torch.Tensor
+    pool: torch.Tensor | None
     test_x: torch.Tensor
     test_y: torch.Tensor
     input_shape: tuple[int, ...]
     num_classes: int
+    pool_labels: torch.Tensor | None = None
+    """the pool's true labels, for the upper-bound baseline only"""
+    pool_name: str = "in_distribution"
 
     @classmethod
-    def from_splits(cls, data: DataSplits) -> MatchData:
+    def from_splits(cls, data: DataSplits, pool: str = "in_distribution") -> MatchData:
+        granted = attacker_pool(data, pool)
         return cls(
-            data.attacker_pool.x, data.test.x, data.test.y, data.input_shape, data.num_classes
+            granted.images,
+            data.test.x,
+            data.test.y,
+            data.input_shape,
+            data.num_classes,
+            granted.labels,
+            pool,
         )
 
 
@@ -129,12 +149,15 @@ def attacker_rng(spec: MatchSpec) -> np.random.Generator:
 def referee_match(
     spec: MatchSpec, service: ServiceAPI, data: MatchData, *, trusted: bool = True
 ) -> MatchResult:
-    """Open the attacker's account, let it steal, then score the substitute and the defense."""
+    """Open the attacker's accounts, let it steal, then score the substitute and the defense."""
     started = time.perf_counter()
     attacker = build_plugin(ATTACKS, spec.attack.name, spec.attack.params)
     chain = build_chain(spec.defenses)
-    identity = attacker_id(spec)
-    service.open_account(identity, spec.budget)
+    if data.pool_name != spec.pool:
+        raise ValueError(f"match wants the {spec.pool} pool, the data holds {data.pool_name}")
+    identities = identity_budgets(spec, attacker.identities)
+    for identity, budget in identities.items():
+        service.open_account(identity, budget)
     benign = benign_traffic(spec, service, data) if chain.stateful else None
     knowledge = Knowledge(
         pool=data.pool,
@@ -142,8 +165,10 @@ def referee_match(
         input_shape=data.input_shape,
         num_classes=data.num_classes,
         substitute_arch=spec.substitute_arch or spec.victim.arch,
+        pool_labels=data.pool_labels if type(attacker).upper_bound else None,
     )
-    oracle = Oracle(service, identity)
+    oracles = [Oracle(service, identity) for identity in identities]
+    oracle = oracles[0] if len(oracles) == 1 else MultiAccountOracle(oracles)
     attack_start = time.perf_counter()
     substitute = attacker.steal(oracle, knowledge, attacker_rng(spec))
     attack_seconds = time.perf_counter() - attack_start
@@ -152,7 +177,8 @@ def referee_match(
     undefended = torch.tensor(reference.undefended)
     defended = torch.tensor(reference.defended)
     stolen = predict_probs(substitute, data.test_x)
-    stats = service.account_stats(identity)
+    per_identity = [service.account_stats(identity) for identity in identities]
+    stats = merged_stats(per_identity)
     used = max(stats.used, 1)
     steps = [
         {"defense": s.name, "us_per_query": 1e6 * sec / used, "l1_per_query": l1 / used}
@@ -173,6 +199,10 @@ def referee_match(
         budget=spec.budget,
         seed=spec.seed,
         trusted=trusted,
+        pool=spec.pool,
+        upper_bound=type(attacker).upper_bound,
+        identities=len(identities),
+        identities_flagged=sum(s.detected_after is not None for s in per_identity),
         victim_accuracy=accuracy(undefended, data.test_y),
         utility=accuracy(defended, data.test_y),
         stolen_accuracy=accuracy(stolen, data.test_y),
@@ -193,6 +223,39 @@ def referee_match(
         benign_flagged=None if benign is None else benign.detected_after is not None,
         benign_queries_to_detection=None if benign is None else benign.detected_after,
         chain_steps=json.dumps(steps),
+    )
+
+
+def identity_budgets(spec: MatchSpec, count: int) -> dict[str, int]:
+    """The thief's ledger identities and their budgets: the match budget split evenly.
+
+    One identity keeps the historical id (and so every earlier match key's ledger name).
+    """
+    base = attacker_id(spec)
+    if count == 1:
+        return {base: spec.budget}
+    share, extra = divmod(spec.budget, count)
+    return {f"{base}-id{i}": share + (i < extra) for i in range(count)}
+
+
+def merged_stats(accounts: list[AccountStats]) -> AccountStats:
+    """One thief's figures over all its identities; detection counts from the first flag."""
+    first = accounts[0]
+    if len(accounts) == 1:
+        return first
+    flagged = [a.detected_after for a in accounts if a.detected_after is not None]
+    return AccountStats(
+        budget=sum(a.budget for a in accounts),
+        used=sum(a.used for a in accounts),
+        batches=sum(a.batches for a in accounts),
+        l1_sum=sum(a.l1_sum for a in accounts),
+        kl_sum=sum(a.kl_sum for a in accounts),
+        model_seconds=sum(a.model_seconds for a in accounts),
+        defense_seconds=sum(a.defense_seconds for a in accounts),
+        step_seconds=[sum(v) for v in zip(*(a.step_seconds for a in accounts), strict=True)],
+        step_l1_sum=[sum(v) for v in zip(*(a.step_l1_sum for a in accounts), strict=True)],
+        detected_after=min(flagged) if flagged else None,
+        refused_batches=sum(a.refused_batches for a in accounts),
     )
 
 
@@ -233,4 +296,4 @@ def play_match(
     """Play one match entirely in this process (tests, notebooks, debugging)."""
     data = data or load_dataset(spec.victim.dataset)
     service = build_service(spec, data, cache_dir)
-    return referee_match(spec, service, MatchData.from_splits(data))
+    return referee_match(spec, service, MatchData.from_splits(data, spec.pool))

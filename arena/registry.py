@@ -11,6 +11,11 @@ from arena.errors import InvalidParameters, UnknownPlugin
 
 T = TypeVar("T")
 
+OPTION = "arena_option"
+"""Field-metadata key of a generic option (e.g. an attacker countermeasure) that is left out of
+canonical parameters, and so of match keys, while it is at its default: adding such an option
+to every plug-in does not change the keys (and seeds) of existing matches."""
+
 
 def first_doc_line(obj: object) -> str:
     """The one-line description shown by ``arena list``."""
@@ -80,7 +85,11 @@ def canonical_params(
     """Every hyperparameter with defaults filled in, so equal plug-ins get equal match keys."""
     plugin = build_plugin(registry, name, params)
     if dataclasses.is_dataclass(plugin):
-        return {f.name: getattr(plugin, f.name) for f in dataclasses.fields(plugin) if f.init}
+        return {
+            f.name: getattr(plugin, f.name)
+            for f in dataclasses.fields(plugin)
+            if f.init and not (f.metadata.get(OPTION) and getattr(plugin, f.name) == f.default)
+        }
     return dict(params)
 
 

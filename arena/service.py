@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from arena.defenses.chain import DefenseChain
-from arena.metrics import kl_divergence, l1_distance
+from arena.metrics import exact_sum, kl_divergence, l1_distance
 from arena.oracle import AccountStatus, Answer, InputSpec, OutputSpec, Rejection, validate_query
 
 
@@ -199,8 +199,8 @@ class VictimService:
                 stats.step_l1_sum[step] += l1
             if stats.detected_after is None:
                 stats.detected_after = self._chain.detected_after(states)
-            stats.l1_sum += float(l1_distance(probs, defended).sum())
-            stats.kl_sum += float(kl_divergence(defended, probs).sum())
+            stats.l1_sum += exact_sum(l1_distance(probs, defended))
+            stats.kl_sum += exact_sum(kl_divergence(defended, probs))
             result = Answer(defended.numpy(), used=stats.used, remaining=stats.budget - stats.used)
             account.recent[query_id] = (digest, result)
             if len(account.recent) > REPLAY_WINDOW:

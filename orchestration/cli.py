@@ -275,7 +275,7 @@ def _run(config: object, address: str | None, tracking_uri: str | None, home: Pa
     from arena.specs import MatchSpec
     from arena.victims import default_victim_cache
     from orchestration.config import TournamentConfig
-    from orchestration.leaderboard import rich_table
+    from orchestration.leaderboard import attack_label, rich_table
     from orchestration.tournament import MatchFailure, run_tournament
 
     assert isinstance(config, TournamentConfig)
@@ -300,7 +300,8 @@ def _run(config: object, address: str | None, tracking_uri: str | None, home: Pa
     def on_result(spec: MatchSpec, outcome: MatchResult | MatchFailure) -> None:
         if isinstance(outcome, MatchResult):
             progress.console.print(
-                f"  {outcome.defense} × {outcome.attack} @ {outcome.budget} (seed {outcome.seed}): "
+                f"  {outcome.defense} × {attack_label(outcome)} @ {outcome.budget} "
+                f"(seed {outcome.seed}): "
                 f"stolen {outcome.stolen_accuracy:.4f}, fidelity {outcome.fidelity:.4f}, "
                 f"utility {outcome.utility:.4f} [{outcome.match_seconds:.0f}s]",
                 highlight=False,
@@ -328,6 +329,11 @@ def _run(config: object, address: str | None, tracking_uri: str | None, home: Pa
         name = f"{info.spec.dataset}/{info.spec.arch}"
         console.print(f"victim {name}: test accuracy {info.test_accuracy:.4f} ({how})")
     console.print(rich_table(outcome.leaderboard, f"Leaderboard — {config.name}"))
+    if outcome.curves:
+        from orchestration.budget_curves import curves_markdown
+
+        console.print(f"Budget curves (queries to {config.queries_to_x:g}× victim accuracy):")
+        console.print(curves_markdown(outcome.curves, config.queries_to_x), highlight=False)
     console.print(
         f"played {outcome.played}, skipped {outcome.skipped} (already finished), "
         f"failed {len(outcome.failures)}; wall time {outcome.wall_seconds:.0f}s"

@@ -23,13 +23,14 @@ from pydantic import (
 )
 
 import agents  # noqa: F401  (registers the built-in attacks)
-from arena.attacker import ATTACKS
+from arena.attacker import ATTACKS, Attacker
 from arena.data import DATASETS, NUM_CLASSES
 from arena.defenses import DEFENSES
 from arena.errors import ArenaError
 from arena.models import ARCHITECTURES
 from arena.registry import Registry, build_plugin, canonical_params
-from arena.specs import MatchSpec, PluginSpec, VictimSpec
+from arena.specs import MatchSpec, PluginSpec, PoolName, VictimSpec
+from orchestration.suites import expand_suites
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -51,6 +52,22 @@ class _Strict(BaseModel):
 def plugin_entry(value: Any) -> Any:
     """Allow ``- none`` as shorthand for ``- {name: none}``."""
     return {"name": value} if isinstance(value, str) else value
+
+
+def attack_entries(value: Any) -> Any:
+    """An ``attacks`` list with suites expanded and ``- knockoff`` shorthands spelled out."""
+    value = expand_suites(value)
+    return [plugin_entry(v) for v in value] if isinstance(value, list) else value
+
+
+def plays_pool(attack: type[Attacker], pool: str) -> bool:
+    """Whether an attack has a match under a pool: data-free attacks play once (pool ``none``),
+    pool thieves every granted pool but ``none``, the true-label bound only in distribution."""
+    if not attack.needs_pool:
+        return pool == "none"
+    if attack.upper_bound:
+        return pool == "in_distribution"
+    return pool != "none"
 
 
 class RaySettings(_Strict):
@@ -84,6 +101,11 @@ class TournamentConfig(_Strict):
     attacks: list[PluginSpec] = Field(min_length=1)
     budgets: list[PositiveInt] = Field(min_length=1)
     seeds: list[NonNegativeInt] = Field(default=[0], min_length=1)
+    pools: list[PoolName] = Field(default=["in_distribution"], min_length=1)
+    """query pools the thieves are granted (:mod:`arena.pools`); data-free attacks play once"""
+    queries_to_x: float = Field(default=0.9, gt=0, le=1)
+    """budget curves: queries-to-X is the smallest budget whose stolen accuracy reaches X times
+    the victim's accuracy"""
     substitute_arch: str | None = None
     ray: RaySettings = RaySettings()
     tracking: TrackingSettings = TrackingSettings()
@@ -101,7 +123,7 @@ class TournamentConfig(_Strict):
     @field_validator("attacks", mode="before")
     @classmethod
     def _attacks(cls, value: Any) -> Any:
-        return [plugin_entry(v) for v in value] if isinstance(value, list) else value
+        return attack_entries(value)
 
     def matches(self) -> list[MatchSpec]:
         """Every match of the tournament, plug-in parameters canonicalised, duplicates dropped."""
@@ -116,6 +138,7 @@ class TournamentConfig(_Strict):
             PluginSpec(name=a.name, params=canonical_params(ATTACKS, a.name, a.params))
             for a in self.attacks
         ]
+        pools = [*self.pools, "none"]
         specs = {
             (
                 s := MatchSpec(
@@ -124,12 +147,15 @@ class TournamentConfig(_Strict):
                     attack=attack,
                     budget=budget,
                     seed=seed,
+                    pool=pool,
                     substitute_arch=self.substitute_arch,
                 )
             ).key(): s
             for victim in self.victims
             for chain in chains
             for attack in attacks
+            for pool in dict.fromkeys(pools)
+            if plays_pool(ATTACKS.get(attack.name), pool)
             for budget in self.budgets
             for seed in self.seeds
         }
@@ -195,7 +221,31 @@ def _semantic_problems(config: TournamentConfig) -> list[tuple[str, str]]:
             problems += found or _task_problems(config, path, spec)
     for i, spec in enumerate(config.attacks):
         problems += plugin_problems(ATTACKS, f"attacks.{i}", spec)
+    problems += _substitute_problems(config)
+    if not problems and not config.matches():
+        problems.append(("pools", f"no attack of this config can play the pools {config.pools}"))
     return problems
+
+
+def _substitute_problems(config: TournamentConfig) -> list[tuple[str, str]]:
+    """A victim that cannot be built untrained (a decision tree) cannot be the substitute of an
+    attack that trains one: such configs must name a neural ``substitute_arch``."""
+    if config.substitute_arch is not None:
+        return []
+    trees = [v for v in config.victims if v.arch == VictimSpec.TREE_ARCH]
+    trainers = sorted(
+        {a.name for a in config.attacks if a.name in ATTACKS}
+        - {a.name for a in config.attacks if ATTACKS.get(a.name).victim_kind == "decision_tree"}
+    )
+    if trees and trainers:
+        return [
+            (
+                "substitute_arch",
+                f"{', '.join(trainers)} train a substitute of the victim's architecture, and a "
+                "decision_tree victim has none to copy; set substitute_arch (e.g. mlp)",
+            )
+        ]
+    return []
 
 
 def parse_config(raw: Any, source: str = "<config>") -> TournamentConfig:

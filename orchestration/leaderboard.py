@@ -1,7 +1,8 @@
 """The leaderboard: each defended victim ranked by its strongest adversary (DESIGN §1, §6).
 
-Seeds are averaged first (per defense, attack and budget); the strongest adversary is then the
-attack and budget with the highest mean stolen accuracy; protection = 1 - that accuracy.
+Seeds are averaged first (per defense, attack, pool and budget); the strongest adversary is then
+the attack, pool and budget with the highest mean stolen accuracy; protection = 1 - that accuracy.
+Upper-bound baselines (true labels: not a threat model) are shown beside it, never counted as it.
 """
 
 from __future__ import annotations
@@ -40,10 +41,20 @@ class LeaderboardRow:
     """matches whose attacker a detector flagged (``None``: the chain has no detector)"""
     benign_flagged: int | None = None
     """matches whose benign caller was flagged too (false positives)"""
+    upper_bound_accuracy: float | None = None
+    """best stolen accuracy of an upper-bound baseline (true labels), for scale"""
 
 
 def _mean(values: list[float]) -> float:
     return statistics.fmean(values) if values else float("nan")
+
+
+POOL_TAGS = {"in_distribution": "", "out_of_distribution": " [ood pool]", "none": " [no pool]"}
+
+
+def attack_label(result: MatchResult) -> str:
+    """The attack as ranked: its label, tagged with the pool unless it is in distribution."""
+    return result.attack + POOL_TAGS.get(result.pool, f" [{result.pool}]")
 
 
 def build_leaderboard(results: list[MatchResult]) -> list[LeaderboardRow]:
@@ -54,9 +65,11 @@ def build_leaderboard(results: list[MatchResult]) -> list[LeaderboardRow]:
 
     rows: list[LeaderboardRow] = []
     for (_victim, defense), group in by_defense.items():
+        threats = [r for r in group if not r.upper_bound] or group
+        bounds = [r.stolen_accuracy for r in group if r.upper_bound]
         cells: dict[tuple[str, int], list[MatchResult]] = defaultdict(list)
-        for r in group:
-            cells[(r.attack, r.budget)].append(r)
+        for r in threats:
+            cells[(attack_label(r), r.budget)].append(r)
         mean_stolen = {cell: _mean([r.stolen_accuracy for r in rs]) for cell, rs in cells.items()}
         (attack, budget), stolen = max(mean_stolen.items(), key=lambda item: (item[1], -item[0][1]))
         strongest = cells[(attack, budget)]
@@ -82,6 +95,7 @@ def build_leaderboard(results: list[MatchResult]) -> list[LeaderboardRow]:
                 stolen_by_budget=dict(sorted(by_budget.items())),
                 matches=len(group),
                 **_detection_counts(group),
+                upper_bound_accuracy=max(bounds) if bounds else None,
             )
         )
     rows.sort(key=lambda row: (-row.protection, -row.utility, row.defense))

@@ -34,6 +34,13 @@ from arena.victims import (
     save_victim,
     train_victim,
 )
+from orchestration.budget_curves import (
+    BudgetCurve,
+    budget_curves,
+    curve_metrics,
+    curves_dict,
+    curves_markdown,
+)
 from orchestration.config import RaySettings, TournamentConfig
 from orchestration.leaderboard import (
     LeaderboardRow,
@@ -63,6 +70,7 @@ class TournamentOutcome:
     parent_run_id: str
     results: list[MatchResult]
     leaderboard: list[LeaderboardRow]
+    curves: list[BudgetCurve]
     played: int
     skipped: int
     failures: list[MatchFailure] = field(default_factory=list)
@@ -240,7 +248,8 @@ def run_tournament(
             started_ray = start_ray(config.ray, address)
             data_refs = {name: ray.put(split) for name, split in data.items()}
             match_data = {
-                name: ray.put(MatchData.from_splits(split)) for name, split in data.items()
+                (name, pool): ray.put(MatchData.from_splits(data[name], pool))
+                for name, pool in {(s.victim.dataset, s.pool) for s in pending}
             }
             victim_specs = list({s.victim.key(): s.victim for s in pending}.values())
             trained = ensure_victims(config.ray, victim_specs, data, data_refs, cache_dir)
@@ -270,7 +279,7 @@ def run_tournament(
                 ref = task.remote(
                     spec,
                     services[service_key],
-                    match_data[spec.victim.dataset],
+                    match_data[(spec.victim.dataset, spec.pool)],
                     config.ray.cpus_per_match,
                 )
                 running[ref] = spec
@@ -292,12 +301,16 @@ def run_tournament(
                     on_result(spec, outcome)
         ordered = [results[s.key()] for s in specs if s.key() in results]
         board = build_leaderboard(ordered)
-        _log_summary(tracker, parent, config, ordered, board, len(pending), victims_info, started)
+        curves = budget_curves(ordered, config.queries_to_x)
+        _log_summary(
+            tracker, parent, config, ordered, board, curves, len(pending), victims_info, started
+        )
         status = "FINISHED" if not failures else "FAILED"
         return TournamentOutcome(
             parent_run_id=parent,
             results=ordered,
             leaderboard=board,
+            curves=curves,
             played=len(pending) - len(failures),
             skipped=len(specs) - len(pending),
             failures=failures,
@@ -329,6 +342,7 @@ def _log_summary(
     config: TournamentConfig,
     results: list[MatchResult],
     board: list[LeaderboardRow],
+    curves: list[BudgetCurve],
     played: int,
     victims: dict[str, TrainedVictimInfo],
     started: float,
@@ -337,7 +351,16 @@ def _log_summary(
         "matches": len(results),
         "matches_played_this_run": played,
         "wall_seconds_this_run": time.perf_counter() - started,
+        **curve_metrics(curves),
     }
+    curve_files: dict[str, str | dict[str, Any]] = (
+        {
+            "budget_curves.md": curves_markdown(curves, config.queries_to_x),
+            "budget_curves.json": curves_dict(curves, config.queries_to_x),
+        }
+        if curves
+        else {}
+    )
     for info in victims.values():
         metrics[f"victim_accuracy.{info.spec.key()}"] = info.test_accuracy
         if not info.from_cache:
@@ -353,6 +376,7 @@ def _log_summary(
                 "leaderboard.md": markdown_table(board),
                 "leaderboard.json": leaderboard_dict(board),
                 "matches.json": result_json(results),
+                **curve_files,
                 "plot": plot,
             },
         )

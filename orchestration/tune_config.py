@@ -19,12 +19,13 @@ from orchestration.config import (
     ConfigError,
     RaySettings,
     TrackingSettings,
-    plugin_entry,
+    attack_entries,
     plugin_problems,
     read_yaml,
     validate_model,
     victim_problems,
 )
+from orchestration.suites import UnknownSuite
 
 STORAGE_SCHEMES = ("sqlite", "postgresql", "mysql")
 """RDB URLs Optuna accepts; anything else must be a journal file path"""
@@ -209,7 +210,10 @@ def _semantic_problems(config: TuneConfig) -> list[tuple[str, str]]:
 def parse_tune_config(raw: Any, source: str = "<config>") -> TuneConfig:
     """Validate a parsed YAML document; raises ConfigError listing every problem."""
     if isinstance(raw, dict) and isinstance(raw.get("attacks"), list):
-        raw = {**raw, "attacks": [plugin_entry(a) for a in raw["attacks"]]}
+        try:
+            raw = {**raw, "attacks": attack_entries(raw["attacks"])}
+        except UnknownSuite as exc:
+            raise ConfigError(source, [("attacks", str(exc))]) from None
     config = validate_model(TuneConfig, raw, source)
     problems = _semantic_problems(config)
     if problems:

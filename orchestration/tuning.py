@@ -130,7 +130,8 @@ def score(
     if not results:
         raise ValueError("a trial needs at least one match result")
     stolen = {r.attack: r.stolen_accuracy for r in results}
-    strongest = max(results, key=lambda r: r.stolen_accuracy)
+    threats = [r for r in results if not r.upper_bound] or results  # a bound is no adversary
+    strongest = max(threats, key=lambda r: r.stolen_accuracy)
     utility = min(r.utility for r in results)
     cost_value = None
     if cost == "latency":

@@ -19,7 +19,7 @@ from arena.errors import InvalidParameters, UnknownPlugin
 from arena.knowledge import Knowledge
 from arena.referee import play_match
 from arena.registry import build_plugin
-from arena.specs import VictimSpec
+from arena.specs import PluginSpec, VictimSpec
 
 NAMES = ATTACKS.names()
 BUDGET = 200
@@ -34,13 +34,15 @@ def fields(name: str) -> set[str]:
     return {f.name for f in dataclasses.fields(ATTACKS.get(name)) if f.init}
 
 
-def knowledge(data: DataSplits, pool: torch.Tensor | None) -> Knowledge:
+def knowledge(data: DataSplits, pool: torch.Tensor | None, labels: bool = False) -> Knowledge:
+    """What the referee grants; the pool's labels only to an upper-bound baseline."""
     return Knowledge(
         pool=pool,
         pool_name="in_distribution",
         input_shape=data.input_shape,
         num_classes=data.num_classes,
         substitute_arch="mlp",
+        pool_labels=data.attacker_pool.y if labels and pool is not None else None,
     )
 
 
@@ -50,15 +52,20 @@ def test_agents_registers_the_builtin_attacks() -> None:
 
 
 @pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("defense", ["none", "label_only"])
+@pytest.mark.parametrize(
+    "defense",
+    ["none", PluginSpec(name="top_k", params={"k": 3}), "label_only"],
+    ids=["soft", "top3", "label_only"],
+)
 def test_steal_returns_eval_substitute_within_budget(
-    make_service: ServiceFactory, digits_data: DataSplits, name: str, defense: str
+    make_service: ServiceFactory, digits_data: DataSplits, name: str, defense: str | PluginSpec
 ) -> None:
     service = make_service([defense])
     oracle = open_oracle(service, f"{name}-thief", BUDGET)
     attacker = build_plugin(ATTACKS, name, small_params(name))
     assert isinstance(attacker, Attacker)
-    model = attacker.steal(oracle, knowledge(digits_data, digits_data.attacker_pool.x), rng(0))
+    granted = knowledge(digits_data, digits_data.attacker_pool.x, type(attacker).upper_bound)
+    model = attacker.steal(oracle, granted, rng(0))
 
     assert isinstance(model, nn.Module)
     assert not model.training
@@ -69,8 +76,11 @@ def test_steal_returns_eval_substitute_within_budget(
     assert torch.isfinite(logits).all()
 
     used = service.account_stats(f"{name}-thief").used
-    assert 0 < used <= BUDGET
+    assert used <= BUDGET
     assert oracle.used == used
+    assert used > 0 or type(attacker).upper_bound  # only a reference point may never ask
+    if type(attacker).victim_kind is not None or not type(attacker).needs_pool:
+        return  # built for another victim family, or data-free: its own tests show it learning
     # It learned something from the victim even through the label-only API (chance is 0.1).
     with torch.no_grad():
         predictions = model(digits_data.test.x).argmax(dim=1)
@@ -92,7 +102,7 @@ def test_same_match_twice_gives_identical_results(
     assert first.stolen_accuracy == second.stolen_accuracy
     assert first.fidelity == second.fidelity
     assert first.perturbation_l1 == second.perturbation_l1
-    assert first.queries_used == second.queries_used == BUDGET
+    assert first.queries_used == second.queries_used <= BUDGET
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -13,6 +13,7 @@ from torch import nn
 from arena.defenses.base import Defense
 from arena.defenses.preparation import PrepareContext
 from arena.defenses.registry import DEFENSES
+from arena.metrics import exact_sum
 from arena.registry import build_plugin
 from arena.specs import PluginSpec
 
@@ -78,7 +79,7 @@ class DefenseChain:
             start = time.perf_counter()
             answered = defense.respond(probs, x, state)
             seconds.append(time.perf_counter() - start)
-            changes.append(float((answered - probs).abs().sum()))
+            changes.append(exact_sum((answered - probs).abs()))
             probs = answered
         return probs, seconds, changes
 

@@ -1,0 +1,192 @@
+"""Attacker-side views of an oracle: the defense-aware options any attack can combine with.
+
+Each adapter *is* an :class:`~arena.oracle.Oracle` to the attack holding it, so an attack never
+knows whether it talks to the victim directly or through a countermeasure. None of them can
+reach past the server's ledger: every query they send is charged there as usual.
+
+- :class:`ArgmaxOracle` — the top-1 countermeasure: keep only the argmax of each answer (what
+  defeats perturbations that keep the label, e.g. reverse sigmoid or MAD-argmax).
+- :class:`SmoothingOracle` — multi-query smoothing: each logical query is sent as ``copies``
+  noisy copies, each charged, and their answers are averaged (what averages out random noise).
+- :class:`MultiAccountOracle` — one thief behind several identities, each with its own ledger
+  and detector state: a batch is spread round-robin over the identities, an identity a detector
+  refuses is dropped, and the sum answered never exceeds the identities' own budgets.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from arena.errors import BudgetExhausted, QueryRefused
+from arena.oracle import Oracle
+
+
+class OracleView(Oracle):
+    """An oracle that forwards to another one; subclasses change what ``query`` does."""
+
+    def __init__(self, inner: Oracle) -> None:  # no super().__init__: no endpoint of its own
+        self._inner = inner
+        self.input_spec, self.output_spec = inner.input_spec, inner.output_spec
+
+    @property
+    def budget(self) -> int:
+        return self._inner.budget
+
+    @property
+    def used(self) -> int:
+        return self._inner.used
+
+    @property
+    def remaining(self) -> int:
+        return self._inner.remaining
+
+    def query(self, x: torch.Tensor) -> torch.Tensor:
+        return self._inner.query(x)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._inner!r})"
+
+
+class ArgmaxOracle(OracleView):
+    """Answers reduced to one-hot rows at their argmax: the top-1 countermeasure."""
+
+    def query(self, x: torch.Tensor) -> torch.Tensor:
+        answers = self._inner.query(x)
+        return torch.nn.functional.one_hot(answers.argmax(dim=1), answers.shape[1]).float()
+
+
+class SmoothingOracle(OracleView):
+    """Each query sent as ``copies`` noisy copies (each charged), answers averaged.
+
+    The first copy is the query itself; the others add Gaussian pixel noise of std ``noise``,
+    clipped to the input range. The noise comes from ``seed``, so a match replays exactly.
+    Budget figures are in logical queries: ``remaining`` is what the inner oracle can still pay
+    for whole groups of copies.
+    """
+
+    def __init__(self, inner: Oracle, copies: int, noise: float, seed: int) -> None:
+        super().__init__(inner)
+        self.copies = copies
+        self.noise = noise
+        self._generator = torch.Generator().manual_seed(seed)
+
+    @property
+    def budget(self) -> int:
+        return self._inner.budget // self.copies
+
+    @property
+    def used(self) -> int:
+        return -(-self._inner.used // self.copies)
+
+    @property
+    def remaining(self) -> int:
+        return self._inner.remaining // self.copies
+
+    def query(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.as_tensor(x)
+        if int(x.shape[0]) > self.remaining:
+            raise BudgetExhausted(int(x.shape[0]), self.remaining)
+        spec = self.input_spec
+        noise = torch.randn((self.copies - 1, *x.shape), generator=self._generator) * self.noise
+        noisy = (x.unsqueeze(0) + noise).clamp(spec.low, spec.high)
+        copies = torch.cat([x.unsqueeze(0), noisy]).to(torch.float32)
+        # every copy of a row in one call where the batch limit allows it
+        flat = copies.transpose(0, 1).reshape(-1, *x.shape[1:])
+        answers = self._inner.query_all(flat)
+        if int(answers.shape[0]) != int(flat.shape[0]):  # cannot happen: query_all raises
+            raise QueryRefused("a smoothing group was only partly answered")
+        return answers.reshape(int(x.shape[0]), self.copies, -1).mean(dim=1)
+
+
+class MultiAccountOracle(Oracle):
+    """Several identities of one thief presented as one oracle (a Sybil attacker).
+
+    ``budget`` is the sum of the identities' budgets; the server charges each identity on its
+    own ledger. Rows of a batch go to the identities in turn; a refused identity is dropped and
+    its rows go to the others; when all are refused, :class:`QueryRefused` is raised.
+    """
+
+    def __init__(self, identities: Sequence[Oracle]) -> None:  # no endpoint of its own
+        if not identities:
+            raise ValueError("a multi-account thief needs at least one identity")
+        self._identities = list(identities)
+        self._alive = [True] * len(self._identities)
+        self._turn = itertools.count()
+        self.input_spec = self._identities[0].input_spec
+        self.output_spec = self._identities[0].output_spec
+
+    @property
+    def budget(self) -> int:
+        return sum(o.budget for o in self._identities)
+
+    @property
+    def used(self) -> int:
+        return sum(o.used for o in self._identities)
+
+    @property
+    def remaining(self) -> int:
+        return sum(
+            o.remaining for o, alive in zip(self._identities, self._alive, strict=True) if alive
+        )
+
+    @property
+    def refused_identities(self) -> int:
+        return self._alive.count(False)
+
+    def query(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.as_tensor(x)
+        n = int(x.shape[0])
+        if n > self.remaining:
+            raise BudgetExhausted(n, self.remaining)
+        answers: list[torch.Tensor | None] = [None] * n
+        pending = np.arange(n)
+        while len(pending):
+            plan = self._assign(len(pending))
+            if plan is None:
+                raise QueryRefused("every identity of this thief has been refused")
+            leftover: list[np.ndarray] = []
+            start = 0
+            for identity, count in plan:
+                rows = pending[start : start + count]
+                start += count
+                try:
+                    out = self._identities[identity].query(x[torch.from_numpy(rows)])
+                except QueryRefused:
+                    self._alive[identity] = False
+                    leftover.append(rows)
+                    continue
+                for row, answer in zip(rows, out, strict=True):
+                    answers[row] = answer
+            pending = np.concatenate(leftover) if leftover else np.empty(0, dtype=np.int64)
+            if len(pending) > self.remaining:
+                raise QueryRefused(
+                    f"identities were refused with {len(pending)} rows of a batch unanswered"
+                )
+        return torch.stack([a for a in answers if a is not None])
+
+    def _assign(self, n: int) -> list[tuple[int, int]] | None:
+        """Split ``n`` rows over live identities in turn, none beyond its remaining budget."""
+        live = [i for i, alive in enumerate(self._alive) if alive and self._identities[i].remaining]
+        if not live:
+            return None
+        first = next(self._turn) % len(live)
+        order = live[first:] + live[:first]
+        counts = dict.fromkeys(order, 0)
+        left = n
+        while left:
+            progressed = False
+            for i in order:
+                if left and counts[i] < self._identities[i].remaining:
+                    counts[i] += 1
+                    left -= 1
+                    progressed = True
+            if not progressed:
+                return None
+        return [(i, c) for i, c in counts.items() if c]
+
+    def __repr__(self) -> str:
+        return f"MultiAccountOracle({len(self._identities)} identities, used={self.used})"
