@@ -65,6 +65,17 @@ def softmax_regression(input_shape: tuple[int, ...], num_classes: int) -> nn.Mod
     return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), num_classes))
 
 
+@ARCHITECTURES.register("decision_tree")
+def decision_tree(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """A depth-limited scikit-learn decision tree (victims only: fitted, never built untrained)."""
+    raise InvalidParameters(
+        "decision_tree models are fitted by scikit-learn from a VictimSpec with max_depth "
+        "(arena.trees); they cannot be built untrained or trained by gradient descent, so they "
+        "cannot be a substitute or a defense's neural copy of the victim: choose a neural "
+        "architecture such as mlp (e.g. substitute_arch: mlp)"
+    )
+
+
 def build_model(
     arch: str, input_shape: tuple[int, ...], num_classes: int, seed: int | None = None
 ) -> nn.Module:

@@ -8,9 +8,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    model_validator,
+)
+
+PoolName = Literal["in_distribution", "out_of_distribution", "none"]
+"""the query pools a threat model can grant (:mod:`arena.pools`)"""
 
 
 class Spec(BaseModel):
@@ -32,7 +43,16 @@ class PluginSpec(Spec):
 
 
 class VictimSpec(Spec):
-    """A victim: dataset, architecture and training recipe. Trained deterministically from it."""
+    """A victim: dataset, architecture and training recipe. Trained deterministically from it.
+
+    ``arch="decision_tree"`` is a scikit-learn decision tree (:mod:`arena.trees`): it needs
+    ``max_depth`` and ignores ``epochs``, ``lr`` and ``batch_size`` (trees are not trained by
+    gradient descent); ``train_size`` and ``seed`` apply as for the other architectures.
+    """
+
+    TREE_ARCH: ClassVar[str] = "decision_tree"
+    MAX_TREE_DEPTH: ClassVar[int] = 16
+    """deepest servable tree: the serving layout holds ``2**max_depth`` leaves"""
 
     dataset: str = "fashion_mnist"
     arch: str = "lenet5"
@@ -42,6 +62,24 @@ class VictimSpec(Spec):
     train_size: PositiveInt | None = None
     """use only the first N images of the victim split (small test victims)"""
     seed: NonNegativeInt = 0
+    max_depth: int | None = Field(
+        default=None, ge=1, le=MAX_TREE_DEPTH, exclude_if=lambda v: v is None
+    )
+    """decision trees only, and required there: the tree's depth limit, 1..16. Left out of the
+    canonical form (and so of every key) while unset, so the keys of other victims are the ones
+    they had before trees existed"""
+
+    @model_validator(mode="after")
+    def _max_depth_for_trees_only(self) -> VictimSpec:
+        if self.arch == self.TREE_ARCH and self.max_depth is None:
+            raise ValueError(
+                f"arch {self.TREE_ARCH!r} needs max_depth, an integer in 1..{self.MAX_TREE_DEPTH}"
+            )
+        if self.arch != self.TREE_ARCH and self.max_depth is not None:
+            raise ValueError(
+                f"max_depth applies to arch {self.TREE_ARCH!r} only, not to {self.arch!r}"
+            )
+        return self
 
 
 class MatchSpec(Spec):
@@ -52,7 +90,7 @@ class MatchSpec(Spec):
     attack: PluginSpec
     budget: PositiveInt
     seed: NonNegativeInt = 0
-    pool: Literal["in_distribution"] = "in_distribution"
-    """the attacker's unlabeled query pool (DESIGN §1 knowledge)"""
+    pool: PoolName = "in_distribution"
+    """the attacker's unlabeled query pool (DESIGN §1 knowledge; see :mod:`arena.pools`)"""
     substitute_arch: str | None = None
     """the thief's architecture; ``None`` means the victim's"""

@@ -16,6 +16,7 @@ from arena.defenses.preparation import PrepareContext
 from arena.models import build_model
 from arena.specs import VictimSpec
 from arena.training import TrainRecipe, accuracy, predict_probs, train_classifier
+from arena.trees import DecisionTreeModule, fit_tree
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,8 @@ def build_victim_model(
     spec: VictimSpec, input_shape: tuple[int, ...], num_classes: int, state: dict[str, torch.Tensor]
 ) -> nn.Module:
     """Rebuild a victim's module from its weights (used wherever the victim is served)."""
+    if spec.arch == VictimSpec.TREE_ARCH:
+        return DecisionTreeModule.from_state(state)
     model = build_model(spec.arch, input_shape, num_classes)
     model.load_state_dict(state)
     return model.eval()
@@ -56,14 +59,22 @@ def load_cached(spec: VictimSpec, data: DataSplits, cache_dir: Path) -> TrainedV
 
 
 def train_victim(spec: VictimSpec, data: DataSplits) -> TrainedVictim:
-    """Train the victim from scratch; the same spec always gives the same weights on one setup."""
-    model = build_model(spec.arch, data.input_shape, data.num_classes, seed=spec.seed)
+    """Train the victim from scratch; the same spec always gives the same weights on one setup.
+
+    A ``decision_tree`` victim is fitted by scikit-learn instead (:func:`arena.trees.fit_tree`).
+    """
     x, y = data.victim_train.x, data.victim_train.y
     if spec.train_size is not None:
         x, y = x[: spec.train_size], y[: spec.train_size]
     start = time.perf_counter()
-    recipe = TrainRecipe(epochs=spec.epochs, lr=spec.lr, batch_size=spec.batch_size)
-    train_classifier(model, x, y, recipe, seed=spec.seed)
+    model: nn.Module
+    if spec.arch == VictimSpec.TREE_ARCH:
+        assert spec.max_depth is not None  # VictimSpec requires it for trees
+        model = fit_tree(x, y, data.num_classes, spec.max_depth, spec.seed)
+    else:
+        model = build_model(spec.arch, data.input_shape, data.num_classes, seed=spec.seed)
+        recipe = TrainRecipe(epochs=spec.epochs, lr=spec.lr, batch_size=spec.batch_size)
+        train_classifier(model, x, y, recipe, seed=spec.seed)
     seconds = time.perf_counter() - start
     test_accuracy = accuracy(predict_probs(model, data.test.x), data.test.y)
     return TrainedVictim(spec, model, test_accuracy, seconds, from_cache=False)
