@@ -1,6 +1,31 @@
 """Attacker agents: one module per attack, each registered in :data:`ATTACKS` by name."""
 
-from agents import copycat, knockoff
+from agents import (
+    activethief,
+    copycat,
+    dfme,
+    equation_solving,
+    jbda,
+    knockoff,
+    path_finding,
+    random_queries,
+    retraining,
+    true_labels,
+)
 from arena.attacker import ATTACKS, Attacker, MissingKnowledge
 
-__all__ = ["ATTACKS", "Attacker", "MissingKnowledge", "copycat", "knockoff"]
+__all__ = [
+    "ATTACKS",
+    "Attacker",
+    "MissingKnowledge",
+    "activethief",
+    "copycat",
+    "dfme",
+    "equation_solving",
+    "jbda",
+    "knockoff",
+    "path_finding",
+    "random_queries",
+    "retraining",
+    "true_labels",
+]

@@ -271,6 +271,8 @@ def _tracker(home: Path, tracking_uri: str | None, experiment: str) -> tuple[Tra
 
 
 def _run(config: object, address: str | None, tracking_uri: str | None, home: Path) -> None:
+    from rich.markup import escape
+
     from arena.referee import MatchResult
     from arena.specs import MatchSpec
     from arena.victims import default_victim_cache
@@ -300,8 +302,8 @@ def _run(config: object, address: str | None, tracking_uri: str | None, home: Pa
     def on_result(spec: MatchSpec, outcome: MatchResult | MatchFailure) -> None:
         if isinstance(outcome, MatchResult):
             progress.console.print(
-                f"  {outcome.defense} × {attack_label(outcome)} @ {outcome.budget} "
-                f"(seed {outcome.seed}): "
+                f"  {escape(outcome.defense)} × {escape(attack_label(outcome))} "
+                f"@ {outcome.budget} (seed {outcome.seed}): "
                 f"stolen {outcome.stolen_accuracy:.4f}, fidelity {outcome.fidelity:.4f}, "
                 f"utility {outcome.utility:.4f} [{outcome.match_seconds:.0f}s]",
                 highlight=False,
@@ -333,7 +335,8 @@ def _run(config: object, address: str | None, tracking_uri: str | None, home: Pa
         from orchestration.budget_curves import curves_markdown
 
         console.print(f"Budget curves (queries to {config.queries_to_x:g}× victim accuracy):")
-        console.print(curves_markdown(outcome.curves, config.queries_to_x), highlight=False)
+        table = curves_markdown(outcome.curves, config.queries_to_x)
+        console.print(table, highlight=False, markup=False)
     console.print(
         f"played {outcome.played}, skipped {outcome.skipped} (already finished), "
         f"failed {len(outcome.failures)}; wall time {outcome.wall_seconds:.0f}s"

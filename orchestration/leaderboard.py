@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from arena.referee import MatchResult
@@ -175,7 +176,7 @@ def rich_table(rows: list[LeaderboardRow], title: str) -> Table:
         left = name in ("victim", "defense", "strongest attack")
         table.add_column(name, justify="left" if left else "right")
     for line in cells:
-        table.add_row(*line)
+        table.add_row(*(escape(cell) for cell in line))  # '[ood pool]' is not markup
     return table
 
 
