@@ -30,20 +30,16 @@ Usage (from the repository root)::
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shlex
 import statistics
-import sys
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from machine import machine_info
+from machine import write_record
 from rich.console import Console
 from rich.table import Table
 from torch import nn
@@ -304,19 +300,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         },
     }
     print_tables(results, Console(width=120))
-    record = {
-        "benchmark": "classic_extraction",
-        "command": shlex.join([sys.executable, *sys.argv]),
-        "finished": datetime.now(UTC).isoformat(),
-        "wall_seconds": time.perf_counter() - started,
-        "machine": machine_info(loadavg_start),
-        "seeds": args.seeds,
-        "retraining_seeds": args.retraining_seeds,
-        "results": results,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2))
-    print(f"wrote {args.out}")
+    write_record(
+        args.out,
+        "classic_extraction",
+        loadavg_start,
+        {
+            "wall_seconds": time.perf_counter() - started,
+            "seeds": args.seeds,
+            "retraining_seeds": args.retraining_seeds,
+            "results": results,
+        },
+    )
 
 
 if __name__ == "__main__":

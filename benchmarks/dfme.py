@@ -16,19 +16,15 @@ Usage (from the repository root)::
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shlex
 import statistics
-import sys
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import torch
-from machine import machine_info
+from machine import write_record
 from rich.console import Console
 from rich.table import Table
 
@@ -133,20 +129,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     rows = play(victim, data, args)
     summary = summarise(rows)
     print_table(summary, rows[0]["victim_accuracy"], Console())
-    record = {
-        "benchmark": "dfme",
-        "command": shlex.join([sys.executable, *sys.argv]),
-        "finished": datetime.now(UTC).isoformat(),
-        "seconds": time.perf_counter() - started,
-        "machine": machine_info(loadavg_start),
-        "victim": victim.model_dump(mode="json"),
-        "variants": VARIANTS,
-        "summary": summary,
-        "matches": rows,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2))
-    print(f"wrote {args.out}")
+    write_record(
+        args.out,
+        "dfme",
+        loadavg_start,
+        {
+            "seconds": time.perf_counter() - started,
+            "victim": victim.model_dump(mode="json"),
+            "variants": VARIANTS,
+            "summary": summary,
+            "matches": rows,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import shlex
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,3 +32,19 @@ def machine_info(loadavg_start: tuple[float, float, float]) -> dict[str, Any]:
         "loadavg_start": list(loadavg_start),
         "loadavg_end": list(os.getloadavg()),
     }
+
+
+def write_record(
+    out: Path, benchmark: str, loadavg_start: tuple[float, float, float], fields: dict[str, Any]
+) -> None:
+    """Write a benchmark's JSON: its name, the exact command, when, the machine, then ``fields``."""
+    record = {
+        "benchmark": benchmark,
+        "command": shlex.join([sys.executable, *sys.argv]),
+        "finished": datetime.now(UTC).isoformat(),
+        "machine": machine_info(loadavg_start),
+        **fields,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2))
+    print(f"wrote {out}")

@@ -23,19 +23,15 @@ Usage (from the repository root)::
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shlex
 import statistics
-import sys
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import torch
-from machine import machine_info
+from machine import write_record
 from rich.console import Console
 from rich.table import Table
 
@@ -192,19 +188,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     data = load_dataset(args.dataset)
     results = {str(depth): run_depth(depth, data, args, console) for depth in args.depths}
     print_table(results, args.seeds, console)
-    record = {
-        "benchmark": "path_finding",
-        "command": shlex.join([sys.executable, *sys.argv]),
-        "finished": datetime.now(UTC).isoformat(),
-        "seconds": time.perf_counter() - started,
-        "machine": machine_info(loadavg_start),
-        "dataset": args.dataset,
-        "seeds": args.seeds,
-        "results": results,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2))
-    print(f"wrote {args.out}")
+    write_record(
+        args.out,
+        "path_finding",
+        loadavg_start,
+        {
+            "seconds": time.perf_counter() - started,
+            "dataset": args.dataset,
+            "seeds": args.seeds,
+            "results": results,
+        },
+    )
 
 
 if __name__ == "__main__":
