@@ -234,8 +234,11 @@ def _substitute_problems(config: TournamentConfig) -> list[tuple[str, str]]:
         return []
     trees = [v for v in config.victims if v.arch == VictimSpec.TREE_ARCH]
     trainers = sorted(
-        {a.name for a in config.attacks if a.name in ATTACKS}
-        - {a.name for a in config.attacks if ATTACKS.get(a.name).victim_kind == "decision_tree"}
+        {
+            a.name
+            for a in config.attacks
+            if a.name in ATTACKS and ATTACKS.get(a.name).victim_kind != "decision_tree"
+        }
     )
     if trees and trainers:
         return [
