@@ -73,6 +73,7 @@ class EquationSolving(Attacker):
     finite on separable answers, such as labels)"""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         for name in ("query_batch", "fallback_steps"):
             _check_positive_int(name, getattr(self, name))
         if self.queries is not None:

@@ -84,6 +84,7 @@ class Retraining(Attacker):
     """line_search: bisection steps per boundary point (each halves its distance to the boundary)"""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
         if self.path not in PATHS:
