@@ -196,16 +196,33 @@ def open_study(config: TuneConfig, storage: BaseStorage) -> optuna.Study:
     return study
 
 
-def reap_interrupted(study: optuna.Study) -> int:
+def reap_interrupted(study: optuna.Study, names: Sequence[str]) -> int:
     """Trials left RUNNING by a killed driver: mark them FAIL and enqueue their parameters, so
     the rerun evaluates them again. The driver is the study's only owner, so at start-up every
-    RUNNING trial is stale."""
+    RUNNING trial is stale. A kill inside ``ask`` can leave a trial whose parameters were only
+    partly written: it never ran, so it is failed without a retry (a fresh trial replaces it),
+    unless it was an enqueued setting, whose fixed parameters are retried."""
     reaped = 0
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        params = _interrupted_params(trial, names)
         study.tell(trial.number, state=TrialState.FAIL)
-        study.enqueue_trial(trial.params, user_attrs={**trial.user_attrs, "retry_of": trial.number})
+        if params is not None:
+            attrs = {**trial.user_attrs, "retry_of": trial.number}
+            study.enqueue_trial(params, user_attrs=attrs)
         reaped += 1
     return reaped
+
+
+def _interrupted_params(
+    trial: optuna.trial.FrozenTrial, names: Sequence[str]
+) -> dict[str, Any] | None:
+    """The complete setting an interrupted trial stood for, or None if it was never fixed."""
+    if set(names) <= set(trial.params):
+        return dict(trial.params)
+    fixed = trial.system_attrs.get("fixed_params")
+    if isinstance(fixed, dict) and set(names) <= set(fixed):
+        return dict(fixed)
+    return None
 
 
 @dataclass
@@ -237,8 +254,8 @@ def run_study(
     literature default is evaluated; log everything to MLflow; return the frontier."""
     storage = open_storage(config, home)
     study = open_study(config, storage)
-    reaped = reap_interrupted(study)
     space = config.space()
+    reaped = reap_interrupted(study, list(space))
     dists = distributions(space)
     parent = tracker.open_parent("study", config.name, config.model_dump(mode="json"))
     status = "FAILED"

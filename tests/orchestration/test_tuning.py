@@ -257,7 +257,13 @@ def test_killed_study_resumes_to_exactly_the_configured_trials(tmp_path: Path) -
     states = [t.state for t in study.trials]
     assert states.count(optuna.trial.TrialState.COMPLETE) == 4
     assert optuna.trial.TrialState.RUNNING not in states
-    failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
+    space = set(parse_tune_config(smoke_dict()).space())
+    # a kill inside ``ask`` can leave a trial with part of its parameters: it never ran
+    failed = [
+        t
+        for t in study.trials
+        if t.state == optuna.trial.TrialState.FAIL and space <= set(t.params)
+    ]
     retried = {t.user_attrs["retry_of"]: t for t in study.trials if "retry_of" in t.user_attrs}
     assert {t.number for t in failed} == set(retried)
     for trial in failed:
@@ -279,6 +285,28 @@ def test_killed_study_resumes_to_exactly_the_configured_trials(tmp_path: Path) -
     assert [p.info.status for p in parents] == ["FINISHED"]
     artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
     assert {"frontier.png", "frontier.html", "frontier.md", "frontier.json"} <= artifacts
+
+
+def test_a_trial_killed_while_its_parameters_were_written_is_not_retried_half_set() -> None:
+    """D1: the driver can die inside ``ask`` after some parameters are stored: the reaper fails
+    that trial and retries only complete settings (or an enqueued setting's fixed parameters)."""
+    from orchestration.tuning import reap_interrupted
+
+    study = optuna.create_study(directions=["maximize", "maximize"])
+    dists = distributions(parse_tune_config(smoke_dict()).space())
+    names = list(dists)
+    full = study.ask(dists)  # RUNNING with every parameter
+    half = study.ask({names[0]: dists[names[0]]})  # RUNNING, killed half-way through ``ask``
+    study.enqueue_trial({n: full.params[n] for n in names}, user_attrs={"mark": 1})
+    queued = study.ask({names[0]: dists[names[0]]})  # an enqueued setting, also cut short
+    assert reap_interrupted(study, names) == 3
+    states = {t.number: t.state for t in study.trials}
+    assert states[full.number] == states[half.number] == optuna.trial.TrialState.FAIL
+    assert states[queued.number] == optuna.trial.TrialState.FAIL
+    retries = [t for t in study.trials if "retry_of" in t.user_attrs]
+    assert sorted(t.user_attrs["retry_of"] for t in retries) == [full.number, queued.number]
+    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert all(set(t.system_attrs["fixed_params"]) == set(names) for t in waiting)
 
 
 def test_a_repeated_setting_reuses_theevaluated_twin() -> None:
