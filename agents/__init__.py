@@ -5,12 +5,14 @@ from agents import (
     copycat,
     dfme,
     equation_solving,
+    fingerprint,
     jbda,
     knockoff,
     path_finding,
     random_queries,
     retraining,
     true_labels,
+    zoo_naive,
 )
 from arena.attacker import ATTACKS, Attacker, MissingKnowledge
 
@@ -22,10 +24,12 @@ __all__ = [
     "copycat",
     "dfme",
     "equation_solving",
+    "fingerprint",
     "jbda",
     "knockoff",
     "path_finding",
     "random_queries",
     "retraining",
     "true_labels",
+    "zoo_naive",
 ]

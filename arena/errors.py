@@ -21,6 +21,7 @@ class QueryErrorCode(StrEnum):
     OUT_OF_RANGE = "out_of_range"
     UNKNOWN_ATTACKER = "unknown_attacker"
     QUERY_ID_REUSED = "query_id_reused"
+    TARGETS = "targets"
 
 
 class InvalidQuery(ArenaError):

@@ -76,6 +76,15 @@ def decision_tree(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     )
 
 
+@ARCHITECTURES.register("zoo")
+def zoo(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """A model zoo: several victims behind one service (victims only: see arena.zoo)."""
+    raise InvalidParameters(
+        "a zoo is built from its members (a VictimSpec with arch zoo and members), never "
+        "untrained: it cannot be a substitute; choose a neural architecture such as lenet5"
+    )
+
+
 def build_model(
     arch: str, input_shape: tuple[int, ...], num_classes: int, seed: int | None = None
 ) -> nn.Module:

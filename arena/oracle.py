@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from arena.errors import BudgetExhausted, InvalidQuery, QueryErrorCode, QueryRefused
+from arena.targets import Targets
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,9 @@ class AccountStatus:
 class OracleEndpoint(Protocol):
     """What an oracle talks to: the query half of a victim service."""
 
-    def answer(self, attacker_id: str, query_id: str, x: Any) -> Answer | Rejection: ...
+    def answer(
+        self, attacker_id: str, query_id: str, x: Any, targets: Any = None
+    ) -> Answer | Rejection: ...
 
     def account_status(self, attacker_id: str) -> AccountStatus: ...
 
@@ -149,8 +152,11 @@ class Oracle:
     def num_classes(self) -> int:
         return self.output_spec.num_classes
 
-    def query(self, x: torch.Tensor) -> torch.Tensor:
-        """Answer a batch ``[B, *input_shape]``; InvalidQuery or BudgetExhausted charge nothing."""
+    def query(self, x: torch.Tensor, targets: Targets | None = None) -> torch.Tensor:
+        """Answer a batch ``[B, *input_shape]``; InvalidQuery or BudgetExhausted charge nothing.
+
+        ``targets`` are for model zoos (:mod:`arena.zoo`): the accuracy and latency the batch
+        asks for; a single-model victim refuses them."""
         payload: Any = x
         if isinstance(x, torch.Tensor):
             # numpy travels through Ray without a copy; other dtypes go as they are and are refused
@@ -159,7 +165,10 @@ class Oracle:
         # unique per oracle (a second oracle of the same attacker never collides); the counter is
         # itertools.count, safe when threads share one oracle
         query_id = f"{self._session}-{next(self._query_ids)}"
-        result = self._endpoint.answer(self._attacker_id, query_id, payload)
+        if targets is None:
+            result = self._endpoint.answer(self._attacker_id, query_id, payload)
+        else:
+            result = self._endpoint.answer(self._attacker_id, query_id, payload, targets)
         if isinstance(result, Rejection):
             raise result.to_error()
         with self._lock:
@@ -167,7 +176,12 @@ class Oracle:
         return torch.from_numpy(np.array(result.outputs, dtype=np.float32, copy=True))
 
     def query_all(
-        self, x: torch.Tensor, batch_size: int | None = None, *, until_refused: bool = False
+        self,
+        x: torch.Tensor,
+        batch_size: int | None = None,
+        *,
+        until_refused: bool = False,
+        targets: Targets | None = None,
     ) -> torch.Tensor:
         """Query ``x`` in batches of at most the service's ``max_batch``.
 
@@ -178,7 +192,7 @@ class Oracle:
         chunks: list[torch.Tensor] = []
         for start in range(0, int(x.shape[0]), size):
             try:
-                chunks.append(self.query(x[start : start + size]))
+                chunks.append(self.query(x[start : start + size], targets))
             except QueryRefused:
                 if not until_refused:
                     raise

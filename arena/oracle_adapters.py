@@ -8,6 +8,7 @@ reach past the server's ledger: every query they send is charged there as usual.
   defeats perturbations that keep the label, e.g. reverse sigmoid or MAD-argmax).
 - :class:`SmoothingOracle` — multi-query smoothing: each logical query is sent as ``copies``
   noisy copies, each charged, and their answers are averaged (what averages out random noise).
+- :class:`TargetedOracle` — fixed model-zoo targets on every batch (:mod:`arena.zoo`).
 - :class:`MultiAccountOracle` — one thief behind several identities, each with its own ledger
   and detector state: a batch is spread round-robin over the identities, an identity a detector
   refuses is dropped, and the sum answered never exceeds the identities' own budgets.
@@ -23,6 +24,7 @@ import torch
 
 from arena.errors import BudgetExhausted, QueryRefused
 from arena.oracle import Oracle
+from arena.targets import Targets
 
 
 class OracleView(Oracle):
@@ -44,8 +46,8 @@ class OracleView(Oracle):
     def remaining(self) -> int:
         return self._inner.remaining
 
-    def query(self, x: torch.Tensor) -> torch.Tensor:
-        return self._inner.query(x)
+    def query(self, x: torch.Tensor, targets: Targets | None = None) -> torch.Tensor:
+        return self._inner.query(x, targets)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._inner!r})"
@@ -54,8 +56,8 @@ class OracleView(Oracle):
 class ArgmaxOracle(OracleView):
     """Answers reduced to one-hot rows at their argmax: the top-1 countermeasure."""
 
-    def query(self, x: torch.Tensor) -> torch.Tensor:
-        answers = self._inner.query(x)
+    def query(self, x: torch.Tensor, targets: Targets | None = None) -> torch.Tensor:
+        answers = self._inner.query(x, targets)
         return torch.nn.functional.one_hot(answers.argmax(dim=1), answers.shape[1]).float()
 
 
@@ -86,7 +88,7 @@ class SmoothingOracle(OracleView):
     def remaining(self) -> int:
         return self._inner.remaining // self.copies
 
-    def query(self, x: torch.Tensor) -> torch.Tensor:
+    def query(self, x: torch.Tensor, targets: Targets | None = None) -> torch.Tensor:
         x = torch.as_tensor(x)
         if int(x.shape[0]) > self.remaining:
             raise BudgetExhausted(int(x.shape[0]), self.remaining)
@@ -96,10 +98,22 @@ class SmoothingOracle(OracleView):
         copies = torch.cat([x.unsqueeze(0), noisy]).to(torch.float32)
         # every copy of a row in one call where the batch limit allows it
         flat = copies.transpose(0, 1).reshape(-1, *x.shape[1:])
-        answers = self._inner.query_all(flat)
+        answers = self._inner.query_all(flat, targets=targets)
         if int(answers.shape[0]) != int(flat.shape[0]):  # cannot happen: query_all raises
             raise QueryRefused("a smoothing group was only partly answered")
         return answers.reshape(int(x.shape[0]), self.copies, -1).mean(dim=1)
+
+
+class TargetedOracle(OracleView):
+    """Every batch sent with the same model-zoo targets (unless a caller gives its own): how an
+    extraction attack that knows nothing of zoos is steered to the member those targets pick."""
+
+    def __init__(self, inner: Oracle, targets: Targets) -> None:
+        super().__init__(inner)
+        self.targets = targets
+
+    def query(self, x: torch.Tensor, targets: Targets | None = None) -> torch.Tensor:
+        return self._inner.query(x, targets if targets is not None else self.targets)
 
 
 class MultiAccountOracle(Oracle):
@@ -137,7 +151,7 @@ class MultiAccountOracle(Oracle):
     def refused_identities(self) -> int:
         return self._alive.count(False)
 
-    def query(self, x: torch.Tensor) -> torch.Tensor:
+    def query(self, x: torch.Tensor, targets: Targets | None = None) -> torch.Tensor:
         x = torch.as_tensor(x)
         n = int(x.shape[0])
         if n > self.remaining:
@@ -154,7 +168,7 @@ class MultiAccountOracle(Oracle):
                 rows = pending[start : start + count]
                 start += count
                 try:
-                    out = self._identities[identity].query(x[torch.from_numpy(rows)])
+                    out = self._identities[identity].query(x[torch.from_numpy(rows)], targets)
                 except QueryRefused:
                     self._alive[identity] = False
                     leftover.append(rows)

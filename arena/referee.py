@@ -31,6 +31,7 @@ from arena.service import AccountStats, ReferenceOutputs, VictimService
 from arena.specs import MatchSpec
 from arena.training import accuracy, predict_probs
 from arena.victims import defended_model, load_or_train
+from arena.zoo import ZooProfile, benign_targets
 
 
 class MatchResult(BaseModel):
@@ -91,6 +92,14 @@ class MatchResult(BaseModel):
     benign_queries_to_detection: int | None = None
     chain_steps: str = ""
     """per defense of the chain, in order: its time per query (us) and mean L1 change (JSON)"""
+    goodput: float | None = None
+    """model zoos: share of a benign workload's queries (mixed targets) answered by a member
+    that meets the targets they stated; ``None`` for a single model"""
+    served_by: str = ""
+    """model zoos: the attacker's queries answered by each member, in member order (JSON)"""
+    reference_share: float | None = None
+    """model zoos: share of the attacker's queries answered by the reference member (the one
+    fidelity is measured against)"""
 
 
 class ServiceAPI(OracleEndpoint, Protocol):
@@ -101,6 +110,8 @@ class ServiceAPI(OracleEndpoint, Protocol):
     def account_stats(self, attacker_id: str) -> AccountStats: ...
 
     def reference_outputs(self, x: np.ndarray | torch.Tensor) -> ReferenceOutputs: ...
+
+    def zoo_profile(self) -> ZooProfile | None: ...
 
 
 @dataclass(frozen=True)
@@ -159,12 +170,13 @@ def referee_match(
     for identity, budget in identities.items():
         service.open_account(identity, budget)
     benign = benign_traffic(spec, service, data) if chain.stateful else None
+    profile = service.zoo_profile()
     knowledge = Knowledge(
         pool=data.pool,
         pool_name=spec.pool,
         input_shape=data.input_shape,
         num_classes=data.num_classes,
-        substitute_arch=spec.substitute_arch or spec.victim.arch,
+        substitute_arch=spec.substitute_arch or default_substitute_arch(spec, profile),
         pool_labels=data.pool_labels if type(attacker).upper_bound else None,
     )
     oracles = [Oracle(service, identity) for identity in identities]
@@ -180,6 +192,7 @@ def referee_match(
     per_identity = [service.account_stats(identity) for identity in identities]
     stats = merged_stats(per_identity)
     used = max(stats.used, 1)
+    goodput = zoo_goodput(spec, service, data, profile) if profile is not None else None
     steps = [
         {"defense": s.name, "us_per_query": 1e6 * sec / used, "l1_per_query": l1 / used}
         for s, sec, l1 in zip(spec.defenses, stats.step_seconds, stats.step_l1_sum, strict=True)
@@ -223,7 +236,41 @@ def referee_match(
         benign_flagged=None if benign is None else benign.detected_after is not None,
         benign_queries_to_detection=None if benign is None else benign.detected_after,
         chain_steps=json.dumps(steps),
+        goodput=goodput,
+        served_by=json.dumps(stats.served_by) if profile is not None else "",
+        reference_share=None if profile is None else stats.served_by[profile.reference] / used,
     )
+
+
+def default_substitute_arch(spec: MatchSpec, profile: ZooProfile | None) -> str:
+    """The thief's architecture when the config names none: the victim's own, and for a model
+    zoo the reference member's (the model the thief is after)."""
+    members = spec.victim.members
+    if profile is None or members is None:
+        return spec.victim.arch
+    return members[profile.reference].arch
+
+
+GOODPUT_REQUESTS = 200
+GOODPUT_BATCH = 8
+
+
+def zoo_goodput(
+    spec: MatchSpec, service: ServiceAPI, data: MatchData, profile: ZooProfile
+) -> float:
+    """Goodput: a benign caller sends :data:`GOODPUT_REQUESTS` requests of test images, each with
+    its own targets (:func:`arena.zoo.benign_targets`); the share of its queries answered by a
+    member meeting the targets it stated. Its own account keeps it apart from the thief."""
+    identity = f"goodput-{spec.key()}"
+    service.open_account(identity, GOODPUT_REQUESTS * GOODPUT_BATCH)
+    rng = np.random.default_rng(int(spec.key(), 16) ^ 0x600D)
+    oracle = Oracle(service, identity)
+    n_test = int(data.test_x.shape[0])
+    for targets in benign_targets(profile, GOODPUT_REQUESTS, rng):
+        rows = torch.from_numpy(rng.choice(n_test, GOODPUT_BATCH, replace=False))
+        oracle.query(data.test_x[rows], targets)
+    stats = service.account_stats(identity)
+    return stats.targets_met / max(stats.used, 1)
 
 
 def identity_budgets(spec: MatchSpec, count: int) -> dict[str, int]:
@@ -256,6 +303,8 @@ def merged_stats(accounts: list[AccountStats]) -> AccountStats:
         step_l1_sum=[sum(v) for v in zip(*(a.step_l1_sum for a in accounts), strict=True)],
         detected_after=min(flagged) if flagged else None,
         refused_batches=sum(a.refused_batches for a in accounts),
+        served_by=[sum(v) for v in zip(*(a.served_by for a in accounts), strict=True)],
+        targets_met=sum(a.targets_met for a in accounts),
     )
 
 

@@ -27,6 +27,8 @@ from torch import nn
 from arena.defenses.chain import DefenseChain
 from arena.metrics import exact_sum, kl_divergence, l1_distance
 from arena.oracle import AccountStatus, Answer, InputSpec, OutputSpec, Rejection, validate_query
+from arena.targets import NO_TARGETS, Targets, parse_targets
+from arena.zoo import ZooModule, ZooProfile, select_member
 
 
 @dataclass
@@ -48,6 +50,10 @@ class AccountStats:
     """queries answered when a detector first flagged this caller; ``None`` if never"""
     refused_batches: int = 0
     """batches refused (uncharged) because a detector flagged this caller"""
+    served_by: list[int] = field(default_factory=list)
+    """model zoos: queries answered by each member, in member order (empty for one model)"""
+    targets_met: int = 0
+    """model zoos: queries answered by a member that meets the targets the caller stated"""
 
 
 @dataclass(frozen=True)
@@ -69,12 +75,19 @@ REPLAY_WINDOW = 64
 class _Account:
     stats: AccountStats
     defense_states: list[Any]
+    rng: np.random.Generator
+    """randomness of the defenses that perturb targets, keyed by the caller's identity"""
     recent: OrderedDict[str, tuple[int, Answer]] = field(default_factory=OrderedDict)
     """the last :data:`REPLAY_WINDOW` answers by query id, with the digest of their input"""
 
 
 class VictimService:
-    """Serves one victim behind one defense chain to any number of metered attackers."""
+    """Serves one victim behind one defense chain to any number of metered attackers.
+
+    When the victim is a model zoo (:class:`arena.zoo.ZooModule`) each batch may carry
+    :class:`~arena.targets.Targets` and is answered by the member the zoo selects for them
+    (after the chain's target defenses); a single model refuses batches with targets.
+    """
 
     def __init__(
         self,
@@ -92,6 +105,8 @@ class VictimService:
         self._output_spec = OutputSpec(num_classes=num_classes, label_only=label_only)
         self._accounts: dict[str, _Account] = {}
         self._lock = threading.Lock()
+        self._zoo = model if isinstance(model, ZooModule) else None
+        self._profile = self._zoo.profile() if self._zoo is not None else None
 
     # ---- referee side -------------------------------------------------------------------------
 
@@ -105,7 +120,10 @@ class VictimService:
                 states = self._chain.new_states()
                 steps = len(self._chain.defenses)
                 stats = AccountStats(budget, step_seconds=[0.0] * steps, step_l1_sum=[0.0] * steps)
-                self._accounts[attacker_id] = _Account(stats, states)
+                if self._profile is not None:
+                    stats.served_by = [0] * self._profile.size
+                rng = np.random.default_rng(zlib.crc32(attacker_id.encode()))
+                self._accounts[attacker_id] = _Account(stats, states, rng)
             elif account.stats.budget != budget:
                 held = account.stats.budget
                 raise ValueError(
@@ -142,6 +160,11 @@ class VictimService:
 
     # ---- oracle side --------------------------------------------------------------------------
 
+    def zoo_profile(self) -> ZooProfile | None:
+        """A zoo's members' accuracy and latency (the referee's benign workload needs them);
+        ``None`` for a single model."""
+        return self._profile
+
     def public_spec(self) -> tuple[InputSpec, OutputSpec]:
         return self._input_spec, self._output_spec
 
@@ -152,7 +175,9 @@ class VictimService:
                 return AccountStatus(budget=0, used=0)
             return AccountStatus(account.stats.budget, account.stats.used)
 
-    def answer(self, attacker_id: str, query_id: str, x: Any) -> Answer | Rejection:
+    def answer(
+        self, attacker_id: str, query_id: str, x: Any, targets: Any = None
+    ) -> Answer | Rejection:
         """Validate, charge and answer one batch; every refusal is returned, never raised."""
         with self._lock:
             account = self._accounts.get(attacker_id)
@@ -161,7 +186,10 @@ class VictimService:
             rejection = validate_query(x, self._input_spec)
             if rejection is not None:
                 return rejection
-            digest = _digest(x)
+            stated = self._stated_targets(targets)
+            if isinstance(stated, Rejection):
+                return stated
+            digest = _digest(x, stated)
             if query_id in account.recent:
                 seen_digest, seen = account.recent[query_id]
                 if seen_digest == digest:
@@ -185,7 +213,7 @@ class VictimService:
                 )
             inputs = _as_tensor(x)
             start = time.perf_counter()
-            probs = self._forward(inputs)
+            probs = self._serve(inputs, stated, account)
             model_seconds = time.perf_counter() - start
             states = account.defense_states
             defended, step_seconds, step_l1 = self._chain.respond(probs, inputs, states)
@@ -207,20 +235,51 @@ class VictimService:
                 account.recent.popitem(last=False)
             return result
 
+    def _stated_targets(self, targets: Any) -> Targets | Rejection | None:
+        """The targets a batch asks for: checked for a zoo, refused by a single model."""
+        if self._profile is None:
+            if targets is None:
+                return None
+            return Rejection(
+                "targets", "this victim is a single model, not a zoo: send queries without targets"
+            )
+        if targets is None:
+            return NO_TARGETS
+        parsed = parse_targets(targets)
+        return Rejection("targets", parsed) if isinstance(parsed, str) else parsed
+
+    def _serve(self, x: torch.Tensor, stated: Targets | None, account: _Account) -> torch.Tensor:
+        """The victim's probabilities; a zoo's from the member selected for the (defended)
+        targets, counted per member and against the targets the caller stated."""
+        if self._zoo is None or self._profile is None or stated is None:
+            return self._forward(x)
+        targets = self._chain.perturb_targets(stated, self._profile, account.rng)
+        member = select_member(self._profile, targets)
+        batch = int(x.shape[0])
+        account.stats.served_by[member] += batch
+        if self._profile.meets(member, stated):
+            account.stats.targets_met += batch
+        return self._forward(x, self._zoo.member(member))
+
     @torch.no_grad()
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self._model(x.to(self._device))
+    def _forward(self, x: torch.Tensor, model: nn.Module | None = None) -> torch.Tensor:
+        logits = (model or self._model)(x.to(self._device))
         return torch.softmax(logits.float(), dim=1).cpu()
 
 
-def _digest(x: np.ndarray | torch.Tensor) -> int:
+def _digest(x: np.ndarray | torch.Tensor, targets: Targets | None = None) -> int:
     """Checksum of a validated batch, so a query id reused with other inputs is caught.
 
     CRC-32 (4x cheaper than BLAKE2 here: 0.25 ms per 256-image batch) is enough: a crafted
     collision would only return an answer the attacker already paid for.
     """
     array = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x
-    return zlib.crc32(np.ascontiguousarray(array).data)
+    checksum = zlib.crc32(np.ascontiguousarray(array).data)
+    if targets is None:
+        return checksum
+    # as floats: equal targets spelled otherwise (Targets(0, 1), Targets(0.0, 1.0)) are one query
+    stated = (float(targets.min_accuracy), float(targets.max_latency_ms))
+    return zlib.crc32(repr(stated).encode(), checksum)
 
 
 def _as_tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:

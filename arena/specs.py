@@ -51,6 +51,7 @@ class VictimSpec(Spec):
     """
 
     TREE_ARCH: ClassVar[str] = "decision_tree"
+    ZOO_ARCH: ClassVar[str] = "zoo"
     MAX_TREE_DEPTH: ClassVar[int] = 16
     """deepest servable tree: the serving layout holds ``2**max_depth`` leaves"""
 
@@ -68,6 +69,14 @@ class VictimSpec(Spec):
     """decision trees only, and required there: the tree's depth limit, 1..16. Left out of the
     canonical form (and so of every key) while unset, so the keys of other victims are the ones
     they had before trees existed"""
+    members: tuple[VictimSpec, ...] | None = Field(
+        default=None, min_length=2, exclude_if=lambda v: v is None
+    )
+    """model zoos only (``arch: zoo``), and required there: the victims behind the zoo, of the
+    zoo's dataset (:mod:`arena.zoo`). Left out of the canonical form while unset"""
+    reference: int | None = Field(default=None, ge=0, exclude_if=lambda v: v is None)
+    """model zoos only: the index in ``members`` of the model the owner protects, against which
+    fidelity, utility and the victim's accuracy are measured; unset: the most accurate member"""
 
     @model_validator(mode="after")
     def _max_depth_for_trees_only(self) -> VictimSpec:
@@ -80,6 +89,33 @@ class VictimSpec(Spec):
                 f"max_depth applies to arch {self.TREE_ARCH!r} only, not to {self.arch!r}"
             )
         return self
+
+    @model_validator(mode="after")
+    def _members_for_zoos_only(self) -> VictimSpec:
+        zoo = self.ZOO_ARCH
+        if self.arch != zoo:
+            if self.members is not None or self.reference is not None:
+                raise ValueError(f"members and reference apply to arch {zoo!r} only")
+            return self
+        if self.members is None:
+            raise ValueError(f"arch {zoo!r} needs members: a list of at least 2 victims")
+        for i, member in enumerate(self.members):
+            if member.arch == zoo:
+                raise ValueError(f"members.{i}: a zoo cannot contain another zoo")
+            if member.dataset != self.dataset:
+                raise ValueError(
+                    f"members.{i}: dataset {member.dataset!r} differs from the zoo's "
+                    f"{self.dataset!r} (a zoo serves one task)"
+                )
+        if self.reference is not None and self.reference >= len(self.members):
+            raise ValueError(
+                f"reference {self.reference} is not a member index (0..{len(self.members) - 1})"
+            )
+        return self
+
+    @property
+    def is_zoo(self) -> bool:
+        return self.arch == self.ZOO_ARCH
 
 
 class MatchSpec(Spec):

@@ -17,6 +17,7 @@ from arena.models import build_model
 from arena.specs import VictimSpec
 from arena.training import TrainRecipe, accuracy, predict_probs, train_classifier
 from arena.trees import DecisionTreeModule, fit_tree
+from arena.zoo import ZooModule, ZooProfile, request_latency_ms
 
 
 @dataclass(frozen=True)
@@ -44,9 +45,24 @@ def build_victim_model(
     """Rebuild a victim's module from its weights (used wherever the victim is served)."""
     if spec.arch == VictimSpec.TREE_ARCH:
         return DecisionTreeModule.from_state(state)
+    if spec.members is not None:
+        members = [
+            build_victim_model(member, input_shape, num_classes, _substate(state, f"members.{i}."))
+            for i, member in enumerate(spec.members)
+        ]
+        profile = ZooProfile(
+            tuple(state["accuracy"].tolist()),
+            tuple(state["latency_ms"].tolist()),
+            int(state["reference_index"]),
+        )
+        return ZooModule(members, profile).eval()
     model = build_model(spec.arch, input_shape, num_classes)
     model.load_state_dict(state)
     return model.eval()
+
+
+def _substate(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
 
 
 def load_cached(spec: VictimSpec, data: DataSplits, cache_dir: Path) -> TrainedVictim | None:
@@ -58,11 +74,16 @@ def load_cached(spec: VictimSpec, data: DataSplits, cache_dir: Path) -> TrainedV
     return TrainedVictim(spec, model, float(saved["test_accuracy"]), 0.0, from_cache=True)
 
 
-def train_victim(spec: VictimSpec, data: DataSplits) -> TrainedVictim:
+def train_victim(
+    spec: VictimSpec, data: DataSplits, cache_dir: Path | None = None
+) -> TrainedVictim:
     """Train the victim from scratch; the same spec always gives the same weights on one setup.
 
-    A ``decision_tree`` victim is fitted by scikit-learn instead (:func:`arena.trees.fit_tree`).
+    A ``decision_tree`` victim is fitted by scikit-learn instead (:func:`arena.trees.fit_tree`);
+    a zoo loads or trains each member (cached as a victim of its own) and profiles them.
     """
+    if spec.members is not None:
+        return build_zoo(spec, data, cache_dir)
     x, y = data.victim_train.x, data.victim_train.y
     if spec.train_size is not None:
         x, y = x[: spec.train_size], y[: spec.train_size]
@@ -78,6 +99,24 @@ def train_victim(spec: VictimSpec, data: DataSplits) -> TrainedVictim:
     seconds = time.perf_counter() - start
     test_accuracy = accuracy(predict_probs(model, data.test.x), data.test.y)
     return TrainedVictim(spec, model, test_accuracy, seconds, from_cache=False)
+
+
+def build_zoo(spec: VictimSpec, data: DataSplits, cache_dir: Path | None) -> TrainedVictim:
+    """A zoo's members (from the cache when there) profiled here: their test accuracy, and the
+    latency of a single-image request measured on this machine. The zoo is then cached whole, so
+    every later match selects with the same profile."""
+    assert spec.members is not None
+    start = time.perf_counter()
+    members = [load_or_train(member, data, cache_dir) for member in spec.members]
+    example = data.test.x[:1]
+    latencies = tuple(request_latency_ms(m.model, example) for m in members)
+    accuracies = tuple(m.test_accuracy for m in members)
+    reference = spec.reference
+    if reference is None:
+        reference = max(range(len(members)), key=lambda i: (accuracies[i], -i))
+    model = ZooModule([m.model for m in members], ZooProfile(accuracies, latencies, reference))
+    seconds = time.perf_counter() - start
+    return TrainedVictim(spec, model.eval(), accuracies[reference], seconds, from_cache=False)
 
 
 def save_victim(victim: TrainedVictim, cache_dir: Path) -> Path:
@@ -103,7 +142,7 @@ def load_or_train(
     cached = load_cached(spec, data, cache_dir)
     if cached is not None:
         return cached
-    victim = train_victim(spec, data)
+    victim = train_victim(spec, data, cache_dir)
     save_victim(victim, cache_dir)
     return victim
 

@@ -25,7 +25,7 @@ from pydantic import (
 import agents  # noqa: F401  (registers the built-in attacks)
 from arena.attacker import ATTACKS, Attacker
 from arena.data import DATASETS, NUM_CLASSES
-from arena.defenses import DEFENSES
+from arena.defenses import DEFENSES, Defense
 from arena.errors import ArenaError
 from arena.models import ARCHITECTURES
 from arena.registry import Registry, build_plugin, canonical_params
@@ -68,6 +68,16 @@ def plays_pool(attack: type[Attacker], pool: str) -> bool:
     if attack.upper_bound:
         return pool == "in_distribution"
     return pool != "none"
+
+
+def plays_victim(attack: type[Attacker], chain: tuple[PluginSpec, ...], victim: VictimSpec) -> bool:
+    """Whether a match is meaningful on this victim: the model-zoo thieves and the serving-level
+    defenses act on a zoo's selection, so they play zoo victims only (any other attack and
+    defense plays a zoo too: it sends no targets and gets the cheapest member)."""
+    if victim.is_zoo:
+        return True
+    zoo_only = any(DEFENSES.get(d.name).zoo_only for d in chain)
+    return attack.victim_kind != VictimSpec.ZOO_ARCH and not zoo_only
 
 
 class RaySettings(_Strict):
@@ -154,6 +164,7 @@ class TournamentConfig(_Strict):
             for victim in self.victims
             for chain in chains
             for attack in attacks
+            if plays_victim(ATTACKS.get(attack.name), chain, victim)
             for pool in dict.fromkeys(pools)
             if plays_pool(ATTACKS.get(attack.name), pool)
             for budget in self.budgets
@@ -197,6 +208,53 @@ def victim_problems(victim: VictimSpec, path: str) -> list[tuple[str, str]]:
             )
     if not math.isfinite(victim.lr):
         problems.append((f"{path}.lr", f"must be finite, got {victim.lr}"))
+    for i, member in enumerate(victim.members or ()):
+        problems += victim_problems(member, f"{path}.members.{i}")
+    return problems
+
+
+def zoo_problems(
+    victims: list[VictimSpec],
+    defenses: list[PluginSpec],
+    attacks: list[PluginSpec],
+    defense_path: str = "defenses",
+) -> list[tuple[str, str]]:
+    """Model-zoo thieves and serving-level defenses in a config without a zoo victim, and
+    defenses that prepare models from the victim (a zoo is several models: they would replace
+    it by one) in a config with one (``defense_path``: the config's field naming defenses)."""
+    if any(v.is_zoo for v in victims):
+        preparing = sorted(
+            {
+                d.name
+                for d in defenses
+                if d.name in DEFENSES and DEFENSES.get(d.name).prepare is not Defense.prepare
+            }
+        )
+        if not preparing:
+            return []
+        return [
+            (
+                defense_path,
+                f"{', '.join(preparing)} prepare models from the victim, which a model zoo "
+                "does not support: use serving-level or output-side defenses on zoos",
+            )
+        ]
+    problems = []
+    for name, path in [(d.name, defense_path) for d in defenses] + [
+        (a.name, "attacks") for a in attacks
+    ]:
+        registry: Registry[Any] = DEFENSES if path == defense_path else ATTACKS
+        if name not in registry:
+            continue
+        plugin = registry.get(name)
+        if getattr(plugin, "zoo_only", False) or getattr(plugin, "victim_kind", None) == "zoo":
+            problems.append(
+                (
+                    path,
+                    f"{name!r} acts on a model zoo's selection, and no victim is a zoo "
+                    "(add a victim with arch: zoo and its members)",
+                )
+            )
     return problems
 
 
@@ -222,6 +280,9 @@ def _semantic_problems(config: TournamentConfig) -> list[tuple[str, str]]:
     for i, spec in enumerate(config.attacks):
         problems += plugin_problems(ATTACKS, f"attacks.{i}", spec)
     problems += _substitute_problems(config)
+    problems += zoo_problems(
+        config.victims, [d for chain in config.defenses for d in chain], config.attacks
+    )
     if not problems and not config.matches():
         problems.append(("pools", f"no attack of this config can play the pools {config.pools}"))
     return problems
@@ -232,7 +293,12 @@ def _substitute_problems(config: TournamentConfig) -> list[tuple[str, str]]:
     attack that trains one: such configs must name a neural ``substitute_arch``."""
     if config.substitute_arch is not None:
         return []
-    trees = [v for v in config.victims if v.arch == VictimSpec.TREE_ARCH]
+    trees = [
+        v
+        for v in config.victims
+        if v.arch == VictimSpec.TREE_ARCH
+        or any(m.arch == VictimSpec.TREE_ARCH for m in v.members or ())
+    ]
     trainers = sorted(
         {
             a.name

@@ -45,6 +45,19 @@ class StudyView:
     frontier: list[Point]
     """the Pareto set of feasible trials, by utility"""
     defaults: list[Point]
+    utility_metric: str = "accuracy"
+    """what utility measures: ``accuracy`` (defended test accuracy) or ``goodput`` (zoos)"""
+
+
+UTILITY_NAMES = {
+    "accuracy": "defended test accuracy",
+    "goodput": "goodput: benign requests served within their targets",
+}
+
+
+def _utility_name(views: Sequence[StudyView]) -> str:
+    metrics = sorted({v.utility_metric for v in views})
+    return " / ".join(UTILITY_NAMES.get(m, m) for m in metrics)
 
 
 def study_view(study: optuna.Study) -> StudyView:
@@ -67,6 +80,7 @@ def study_view(study: optuna.Study) -> StudyView:
         points=list(points.values()),
         frontier=sorted(front, key=lambda p: p.utility),
         defaults=defaults,
+        utility_metric=str(study.user_attrs.get("utility_metric", "accuracy")),
     )
 
 
@@ -138,7 +152,7 @@ def plot_png(views: Sequence[StudyView], path: Path, floor: float | None = None)
     for axes in (whole, zoom):
         for i, view in enumerate(views):
             _draw(axes, view, colours[i % len(colours)], floor)
-        axes.set_xlabel("utility (defended test accuracy) →")
+        axes.set_xlabel(f"utility ({_utility_name(views)}) →")
         axes.set_ylabel("protection (1 − strongest attacker's stolen accuracy) →")
     near = [
         p
@@ -238,7 +252,7 @@ def plot_html(views: Sequence[StudyView], path: Path) -> Path:
                 )
             )
     figure.update_layout(
-        xaxis_title="utility (defended test accuracy)",
+        xaxis_title=f"utility ({_utility_name(views)})",
         yaxis_title="protection (1 − strongest attacker's stolen accuracy)",
         title="Protection vs utility",
     )

@@ -44,6 +44,8 @@ class LeaderboardRow:
     """matches whose benign caller was flagged too (false positives)"""
     upper_bound_accuracy: float | None = None
     """best stolen accuracy of an upper-bound baseline (true labels), for scale"""
+    goodput: float | None = None
+    """model zoos: mean share of benign requests served within their targets"""
 
 
 def _mean(values: list[float]) -> float:
@@ -97,6 +99,9 @@ def build_leaderboard(results: list[MatchResult]) -> list[LeaderboardRow]:
                 matches=len(group),
                 **_detection_counts(group),
                 upper_bound_accuracy=max(bounds) if bounds else None,
+                goodput=_mean(zoo)
+                if (zoo := [r.goodput for r in group if r.goodput is not None])
+                else None,
             )
         )
     rows.sort(key=lambda row: (-row.protection, -row.utility, row.defense))
@@ -119,6 +124,10 @@ def _detection_cell(row: LeaderboardRow) -> str:
     return f"{row.detected}/{row.matches} (benign {row.benign_flagged}/{row.matches})"
 
 
+def _optional(value: float | None) -> str:
+    return "—" if value is None else f"{value:.4f}"
+
+
 def _budgets(rows: list[LeaderboardRow]) -> list[int]:
     return sorted({b for row in rows for b in row.stolen_by_budget})
 
@@ -127,11 +136,13 @@ def _grid(rows: list[LeaderboardRow], with_victim: bool) -> tuple[list[str], lis
     """Header and formatted cells shared by the terminal and Markdown tables."""
     budgets = _budgets(rows)
     detectors = any(row.detected is not None for row in rows)
+    zoos = any(row.goodput is not None for row in rows)
     header = [
         "#",
         *(["victim"] if with_victim else []),
         "defense",
         "utility",
+        *(["goodput"] if zoos else []),
         "undefended",
         "strongest attack",
         "stolen acc",
@@ -148,6 +159,7 @@ def _grid(rows: list[LeaderboardRow], with_victim: bool) -> tuple[list[str], lis
             *([row.victim] if with_victim else []),
             row.defense,
             f"{row.utility:.4f}",
+            *([_optional(row.goodput)] if zoos else []),
             f"{row.victim_accuracy:.4f}",
             f"{row.strongest_attack} @{row.strongest_budget}",
             f"{row.stolen_accuracy:.4f} ± {row.stolen_std:.4f}",

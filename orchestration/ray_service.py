@@ -21,6 +21,7 @@ from arena.oracle import AccountStatus, Answer, InputSpec, OutputSpec, Rejection
 from arena.service import AccountStats, ReferenceOutputs, VictimService
 from arena.specs import PluginSpec, VictimSpec
 from arena.victims import build_victim_model, defended_model
+from arena.zoo import ZooProfile
 
 SERVICE_NAMESPACE = "model-stealing-arena"
 """Ray namespace of named victim-service actors (find leftovers with ``list_named_actors``)."""
@@ -94,9 +95,15 @@ class RayServiceProxy:
     def _call(self, method: str, *args: Any) -> Any:
         return ray.get(getattr(self._handle, method).remote(*args), timeout=self._timeout)
 
-    def answer(self, attacker_id: str, query_id: str, x: Any) -> Answer | Rejection:
-        result: Answer | Rejection = self._call("answer", attacker_id, query_id, x)
+    def answer(
+        self, attacker_id: str, query_id: str, x: Any, targets: Any = None
+    ) -> Answer | Rejection:
+        result: Answer | Rejection = self._call("answer", attacker_id, query_id, x, targets)
         return result
+
+    def zoo_profile(self) -> ZooProfile | None:
+        profile: ZooProfile | None = self._call("zoo_profile")
+        return profile
 
     def account_status(self, attacker_id: str) -> AccountStatus:
         status: AccountStatus = self._call("account_status", attacker_id)

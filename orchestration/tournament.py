@@ -90,9 +90,11 @@ ProgressHook = Callable[[MatchSpec, MatchResult | MatchFailure], None]
 
 
 @ray.remote
-def _train_victim_task(spec: VictimSpec, data: DataSplits, threads: int) -> TrainedVictim:
+def _train_victim_task(
+    spec: VictimSpec, data: DataSplits, threads: int, cache_dir: Path
+) -> TrainedVictim:
     torch.set_num_threads(threads)
-    return train_victim(spec, data)
+    return train_victim(spec, data, cache_dir)
 
 
 @ray.remote
@@ -190,7 +192,7 @@ def ensure_victims(
         else:
             threads = ray_settings.cpus_per_match
             task = _train_victim_task.options(num_cpus=threads)
-            training[spec.key()] = task.remote(spec, data_refs[spec.dataset], threads)
+            training[spec.key()] = task.remote(spec, data_refs[spec.dataset], threads, cache_dir)
     for key, ref in training.items():
         victim: TrainedVictim = ray.get(ref)
         save_victim(victim, cache_dir)

@@ -24,6 +24,7 @@ from orchestration.config import (
     read_yaml,
     validate_model,
     victim_problems,
+    zoo_problems,
 )
 from orchestration.suites import UnknownSuite
 
@@ -64,6 +65,9 @@ class TuneConfig(_Strict):
     """trials in flight at once (each plays every attack in parallel)"""
     utility_floor: float = Field(default=0.01, ge=0, le=1)
     """largest utility drop below the undefended victim a setting may cost to count"""
+    utility: Literal["accuracy", "goodput"] = "accuracy"
+    """the utility objective: defended test accuracy, or for a model zoo the goodput (share of
+    benign requests served within their targets; the floor is then measured from 1)"""
     cost: Literal["latency", "kl"] | None = None
     """optional third objective (minimised): latency ratio or test-set KL in nats"""
     defaults: list[dict[str, Any]] = []
@@ -204,6 +208,9 @@ def _semantic_problems(config: TuneConfig) -> list[tuple[str, str]]:
     for i, spec in enumerate(config.attacks):
         problems += plugin_problems(ATTACKS, f"attacks.{i}", spec)
     problems += _storage_problems(config.storage)
+    problems += zoo_problems([config.victim], [defense], config.attacks, "defense")
+    if config.utility == "goodput" and not config.victim.is_zoo:
+        problems.append(("utility", "goodput is measured on model zoos only: use a zoo victim"))
     return problems
 
 

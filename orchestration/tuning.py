@@ -124,15 +124,23 @@ def distributions(space: dict[str, ParamSpace]) -> dict[str, BaseDistribution]:
 
 
 def score(
-    results: Sequence[MatchResult], victim_accuracy: float, floor: float, cost: str | None
+    results: Sequence[MatchResult],
+    victim_accuracy: float,
+    floor: float,
+    cost: str | None,
+    utility_metric: str = "accuracy",
 ) -> Scores:
-    """Worst case over the suite: protection from the attacker that stole the most."""
+    """Worst case over the suite: protection from the attacker that stole the most.
+
+    Utility is the defended test accuracy, or with ``utility_metric="goodput"`` (model zoos) the
+    share of benign requests served within their targets; ``victim_accuracy`` is then the
+    undefended baseline of that metric (:func:`utility_baseline`)."""
     if not results:
         raise ValueError("a trial needs at least one match result")
     stolen = {r.attack: r.stolen_accuracy for r in results}
     threats = [r for r in results if not r.upper_bound] or results  # a bound is no adversary
     strongest = max(threats, key=lambda r: r.stolen_accuracy)
-    utility = min(r.utility for r in results)
+    utility = min(_utility(r, utility_metric) for r in results)
     cost_value = None
     if cost == "latency":
         cost_value = max(r.latency_ratio for r in results)
@@ -147,6 +155,20 @@ def score(
         fidelity={r.attack: r.fidelity for r in results},
         feasible=utility >= victim_accuracy - floor - 1e-12,
     )
+
+
+def _utility(result: MatchResult, metric: str) -> float:
+    if metric != "goodput":
+        return result.utility
+    if result.goodput is None:
+        raise StudyError(f"goodput is measured on model zoos only, not on {result.victim_arch}")
+    return result.goodput
+
+
+def utility_baseline(config: TuneConfig, victim_accuracy: float) -> float:
+    """The undefended value of the utility objective the floor is measured from: the victim's
+    accuracy, or for goodput 1 (an undefended zoo serves every benign request in its targets)."""
+    return 1.0 if config.utility == "goodput" else victim_accuracy
 
 
 def open_storage(config: TuneConfig, home: Path) -> BaseStorage:
@@ -273,7 +295,9 @@ def run_study(
         )[config.victim.key()]
         weights = ray.put(victim.model.state_dict())
         floor = config.utility_floor
-        study.set_user_attr("victim_accuracy", victim.test_accuracy)
+        baseline = utility_baseline(config, victim.test_accuracy)
+        study.set_user_attr("victim_accuracy", baseline)
+        study.set_user_attr("utility_metric", config.utility)
         _log_missing_trials(tracker, parent, study, config)
 
         # defaults inside the search space seed the study as its first trials (the sampler
@@ -329,7 +353,7 @@ def run_study(
                     trial = study.ask(dists)
                     attempts += 1
                     if (twin := evaluated_twin(study, trial)) is not None:
-                        _reuse(study, tracker, parent, config, trial, twin, victim.test_accuracy)
+                        _reuse(study, tracker, parent, config, trial, twin, baseline)
                         continue
                     launch(f"trial {trial.number}", dict(trial.params), trial)
                 else:
@@ -356,9 +380,9 @@ def run_study(
             scores = (
                 None
                 if job.failures
-                else score(job.results, victim.test_accuracy, floor, config.cost)
+                else score(job.results, baseline, floor, config.cost, config.utility)
             )
-            _finish(study, tracker, parent, config, job, scores, victim.test_accuracy)
+            _finish(study, tracker, parent, config, job, scores, baseline)
             if on_trial:
                 on_trial(job.label, job.params, scores)
 

@@ -13,6 +13,9 @@ DefenseArg: TypeAlias = str | PluginSpec
 ServiceFactory: TypeAlias = Callable[..., VictimService]
 """``make_service(defenses=(), max_batch=None)`` (the conftest fixture)."""
 
+ZOO_LATENCY_MS = (0.02, 0.05, 0.1)
+"""the latencies the test zoo's members are pinned to, in member order (conftest ``digits_zoo``)"""
+
 
 def as_plugin_specs(defenses: Sequence[DefenseArg]) -> tuple[PluginSpec, ...]:
     return tuple(d if isinstance(d, PluginSpec) else PluginSpec(name=d) for d in defenses)

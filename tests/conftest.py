@@ -1,4 +1,5 @@
-"""Shared fixtures for the arena and agents tests: the digits data, one cached victim, services.
+"""Shared fixtures for the arena and agents tests: the digits data, one cached victim, a cached
+model zoo, services.
 
 Everything runs in this process on the CPU with one torch thread (the machine has two cores and
 the suite must stay well under a minute).
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from arena_testkit import DefenseArg, ServiceFactory, as_plugin_specs, match_spec
+from arena_testkit import ZOO_LATENCY_MS, DefenseArg, ServiceFactory, as_plugin_specs, match_spec
 
 import agents  # noqa: F401  (registers the built-in attacks)
 from arena.data import DataSplits, load_dataset
@@ -20,7 +21,8 @@ from arena.oracle import InputSpec
 from arena.referee import build_service
 from arena.service import VictimService
 from arena.specs import VictimSpec
-from arena.victims import TrainedVictim, load_or_train
+from arena.victims import TrainedVictim, build_zoo, load_or_train, save_victim
+from arena.zoo import ZooModule, ZooProfile
 
 torch.set_num_threads(1)
 
@@ -77,5 +79,63 @@ def make_service(
         chain = build_chain(as_plugin_specs(defenses))
         input_spec = InputSpec(shape=digits_data.input_shape, max_batch=max_batch)
         return VictimService(digits_victim.model, chain, input_spec, digits_data.num_classes)
+
+    return factory
+
+
+@pytest.fixture(scope="session")
+def digits_zoo_spec(digits_victim_spec: VictimSpec) -> VictimSpec:
+    """A digits zoo of three members of clearly different accuracy (about 0.15, 0.88 and 0.96:
+    an under-trained softmax regression, a softmax regression, the digits MLP victim), the
+    middle one the reference."""
+    weak = VictimSpec(dataset="digits", arch="softmax_regression", epochs=2, train_size=300)
+    linear = VictimSpec(dataset="digits", arch="softmax_regression", epochs=20)
+    return VictimSpec(
+        dataset="digits", arch="zoo", members=(weak, linear, digits_victim_spec), reference=1
+    )
+
+
+@pytest.fixture(scope="session")
+def digits_zoo(
+    digits_zoo_spec: VictimSpec,
+    digits_data: DataSplits,
+    victim_cache: Path,
+    digits_victim: TrainedVictim,
+) -> TrainedVictim:
+    """The digits zoo, built by :func:`arena.victims.build_zoo` and cached in ``victim_cache``
+    with its latencies pinned to :data:`ZOO_LATENCY_MS`.
+
+    Measured, the two softmax regressions are equally fast (~0.03 ms against the MLP's ~0.1 ms),
+    so which of them serves the low targets would be decided by timing noise; pinned, every
+    member is cheaper than the more accurate ones (a Pareto zoo) and each serves an interval of
+    accuracy targets, the same in every run. Every service and match then loads this entry.
+    """
+    built = build_zoo(digits_zoo_spec, digits_data, victim_cache)
+    assert isinstance(built.model, ZooModule)
+    measured = built.model.profile()
+    assert measured.accuracy[0] + 0.3 < measured.accuracy[1] < measured.accuracy[2] - 0.03
+    members = [built.model.member(i) for i in range(measured.size)]
+    pinned = ZooModule(members, ZooProfile(measured.accuracy, ZOO_LATENCY_MS, measured.reference))
+    save_victim(
+        TrainedVictim(digits_zoo_spec, pinned.eval(), built.test_accuracy, 0.0, False),
+        victim_cache,
+    )
+    loaded = load_or_train(digits_zoo_spec, digits_data, victim_cache)
+    assert loaded.from_cache
+    return loaded
+
+
+@pytest.fixture(scope="session")
+def make_zoo_service(
+    digits_zoo: TrainedVictim,
+    digits_zoo_spec: VictimSpec,
+    digits_data: DataSplits,
+    victim_cache: Path,
+) -> ServiceFactory:
+    """``make_zoo_service(defenses=())``: a fresh in-process service of the digits zoo, built as
+    the referee builds it."""
+
+    def factory(defenses: Sequence[DefenseArg] = ()) -> VictimService:
+        return build_service(match_spec(digits_zoo_spec, defenses), digits_data, victim_cache)
 
     return factory

@@ -26,8 +26,22 @@ BUDGET = 200
 
 
 def small_params(name: str) -> dict[str, Any]:
-    """Cheap hyperparameters: a few epochs where the attack has an ``epochs`` knob."""
+    """Cheap hyperparameters: a few epochs where the attack (or, for a model-zoo thief, the
+    extraction attack it runs) has an ``epochs`` knob."""
+    if zoo_thief(name):
+        return {"extraction_params": {"epochs": 5}}
     return {"epochs": 5} if "epochs" in fields(name) else {}
+
+
+def zoo_thief(name: str) -> bool:
+    """Model-zoo thieves send targets, which a single model refuses: they play the digits zoo."""
+    return ATTACKS.get(name).victim_kind == VictimSpec.ZOO_ARCH
+
+
+def services_for(
+    name: str, make_service: ServiceFactory, make_zoo: ServiceFactory
+) -> ServiceFactory:
+    return make_zoo if zoo_thief(name) else make_service
 
 
 def fields(name: str) -> set[str]:
@@ -58,9 +72,13 @@ def test_agents_registers_the_builtin_attacks() -> None:
     ids=["soft", "top3", "label_only"],
 )
 def test_steal_returns_eval_substitute_within_budget(
-    make_service: ServiceFactory, digits_data: DataSplits, name: str, defense: str | PluginSpec
+    make_service: ServiceFactory,
+    make_zoo_service: ServiceFactory,
+    digits_data: DataSplits,
+    name: str,
+    defense: str | PluginSpec,
 ) -> None:
-    service = make_service([defense])
+    service = services_for(name, make_service, make_zoo_service)([defense])
     oracle = open_oracle(service, f"{name}-thief", BUDGET)
     attacker = build_plugin(ATTACKS, name, small_params(name))
     assert isinstance(attacker, Attacker)
@@ -94,15 +112,22 @@ def rng(seed: int) -> np.random.Generator:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_same_match_twice_gives_identical_results(
-    digits_data: DataSplits, victim_cache: Path, digits_victim_spec: VictimSpec, name: str
+    digits_data: DataSplits,
+    victim_cache: Path,
+    digits_victim_spec: VictimSpec,
+    request: pytest.FixtureRequest,
+    name: str,
 ) -> None:
-    spec = match_spec(digits_victim_spec, ["reverse_sigmoid"], name, small_params(name), BUDGET)
+    victim = request.getfixturevalue("digits_zoo").spec if zoo_thief(name) else digits_victim_spec
+    spec = match_spec(victim, ["reverse_sigmoid"], name, small_params(name), BUDGET)
     first = play_match(spec, digits_data, victim_cache)
     second = play_match(spec, digits_data, victim_cache)
     assert first.stolen_accuracy == second.stolen_accuracy
     assert first.fidelity == second.fidelity
     assert first.perturbation_l1 == second.perturbation_l1
     assert first.queries_used == second.queries_used <= BUDGET
+    assert first.served_by == second.served_by  # a zoo: the same members answered
+    assert first.goodput == second.goodput
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -135,9 +160,12 @@ def test_unknown_attack_lists_known_names() -> None:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_attack_without_granted_pool(
-    make_service: ServiceFactory, digits_data: DataSplits, name: str
+    make_service: ServiceFactory,
+    make_zoo_service: ServiceFactory,
+    digits_data: DataSplits,
+    name: str,
 ) -> None:
-    service = make_service()
+    service = services_for(name, make_service, make_zoo_service)()
     oracle = open_oracle(service, "no-pool", BUDGET)
     attacker = build_plugin(ATTACKS, name, small_params(name))
     if type(attacker).needs_pool:

@@ -155,7 +155,8 @@ def test_is_a_frozen_dataclass(name: str) -> None:
         with pytest.raises(dataclasses.FrozenInstanceError):
             setattr(defense, field, 0.5)
     assert defense.params() == {f: getattr(defense, f) for f in init_fields(cls)}
-    for flag in ("preserves_argmax", "stateful", "needs_training", "answers_labels_only"):
+    flags = ("preserves_argmax", "stateful", "needs_training", "answers_labels_only", "zoo_only")
+    for flag in flags:
         assert isinstance(getattr(cls, flag), bool)
 
 
@@ -336,6 +337,9 @@ BAD_PARAMS: list[tuple[str, dict[str, Any]]] = [
     ("rounding", {"decimal": 2}),
     ("none", {"beta": 1.0}),
     ("label_only", {"top_k": 1}),
+    ("target_noise", {"scale": -0.5}),
+    ("target_noise", {"scale": float("nan")}),
+    ("target_noise", {"scale": "1"}),
 ]
 
 

@@ -19,8 +19,9 @@ from arena.victims import cache_path, load_or_train, train_victim
 BUDGET = 300
 DEFENSE_NAMES = DEFENSES.names()
 """every registered defense plays a real match here"""
-UNPERTURBED = {"none", "prada"}
-"""defenses whose default settings answer with the raw probabilities"""
+UNPERTURBED = {"none", "prada", "target_noise"}
+"""defenses whose default settings answer with the raw probabilities (target_noise changes
+which zoo member answers, never the answers themselves)"""
 ATTACK_NAMES = ["knockoff", "copycat"]
 
 

@@ -11,6 +11,7 @@ from arena.defenses import (
     random_noise,
     reverse_sigmoid,
     rounding,
+    target_noise,
     top_k,
 )
 from arena.defenses.base import Choice, Defense, FloatRange, IntRange, ParamSpace
@@ -36,5 +37,6 @@ __all__ = [
     "random_noise",
     "reverse_sigmoid",
     "rounding",
+    "target_noise",
     "top_k",
 ]

@@ -14,10 +14,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
 from arena.defenses.preparation import PrepareContext
+from arena.targets import Targets
+from arena.zoo import ZooProfile
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,8 @@ class Defense:
     """True when the answers are one-hot labels (attackers are told through the output spec)."""
     search_space: ClassVar[dict[str, ParamSpace]] = {}
     """Tunable hyperparameters and their ranges."""
+    zoo_only: ClassVar[bool] = False
+    """True for serving-level defenses that act on a model zoo's selection (they need a zoo)."""
 
     models: dict[str, nn.Module] = field(
         default_factory=dict, init=False, repr=False, compare=False
@@ -88,6 +93,13 @@ class Defense:
     def respond(self, probs: torch.Tensor, x: torch.Tensor, state: Any) -> torch.Tensor:
         """Output hook: map the ``[B, C]`` probabilities the model gave for ``x`` to answers."""
         return probs
+
+    def perturb_targets(
+        self, targets: Targets, profile: ZooProfile, rng: np.random.Generator
+    ) -> Targets:
+        """Model zoos: the targets the zoo selects a member for, given those the caller stated
+        (``rng`` is the caller's own stream). Only serving-level defenses override this."""
+        return targets
 
     def check_task(self, num_classes: int) -> None:
         """Raise ValueError when these hyperparameters cannot serve a ``num_classes`` task (say

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -16,6 +17,8 @@ from arena.defenses.registry import DEFENSES
 from arena.metrics import exact_sum
 from arena.registry import build_plugin
 from arena.specs import PluginSpec
+from arena.targets import Targets
+from arena.zoo import ZooProfile
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,14 @@ class DefenseChain:
             if (n := d.detected_after(s)) is not None
         ]
         return min(flagged) if flagged else None
+
+    def perturb_targets(
+        self, targets: Targets, profile: ZooProfile, rng: np.random.Generator
+    ) -> Targets:
+        """A zoo's targets after each defense's target hook, in chain order."""
+        for defense in self.defenses:
+            targets = defense.perturb_targets(targets, profile, rng)
+        return targets
 
     def respond(
         self, probs: torch.Tensor, x: torch.Tensor, states: Sequence[Any]
