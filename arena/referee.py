@@ -12,14 +12,16 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
+from torch import nn
 
 from arena.attacker import ATTACKS
 from arena.data import DataSplits, load_dataset
+from arena.defenses.base import OwnershipKeys
 from arena.defenses.chain import build_chain
 from arena.knowledge import Knowledge
 from arena.metrics import agreement, kl_divergence, l1_distance
@@ -27,6 +29,7 @@ from arena.oracle import InputSpec, Oracle, OracleEndpoint
 from arena.oracle_adapters import MultiAccountOracle
 from arena.pools import attacker_pool
 from arena.registry import build_plugin, plugin_label
+from arena.removal import REMOVALS
 from arena.service import AccountStats, ReferenceOutputs, VictimService
 from arena.specs import MatchSpec
 from arena.training import accuracy, predict_probs
@@ -92,6 +95,15 @@ class MatchResult(BaseModel):
     benign_queries_to_detection: int | None = None
     chain_steps: str = ""
     """per defense of the chain, in order: its time per query (us) and mean L1 change (JSON)"""
+    removal: str = "none"
+    """the watermark-removal attack applied to the substitute before it was scored"""
+    stolen_accuracy_before_removal: float | None = None
+    ownership_verified: bool | None = None
+    """some verifier of the chain claims the substitute as stolen; ``None``: no verifier"""
+    ownership_score: float | None = None
+    """the highest verifier score (agreement with its keys)"""
+    ownership: str = ""
+    """per verifier: its score, threshold, number of keys and verdict (JSON)"""
     goodput: float | None = None
     """model zoos: share of a benign workload's queries (mixed targets) answered by a member
     that meets the targets they stated; ``None`` for a single model"""
@@ -112,6 +124,8 @@ class ServiceAPI(OracleEndpoint, Protocol):
     def reference_outputs(self, x: np.ndarray | torch.Tensor) -> ReferenceOutputs: ...
 
     def zoo_profile(self) -> ZooProfile | None: ...
+
+    def ownership_keys(self, attacker_id: str) -> list[tuple[int, OwnershipKeys]]: ...
 
 
 @dataclass(frozen=True)
@@ -149,11 +163,12 @@ def attacker_id(spec: MatchSpec) -> str:
 def attacker_rng(spec: MatchSpec) -> np.random.Generator:
     """The attacker's randomness, derived from its identity, never from scheduling order.
 
-    It depends on the victim, the attack, the budget and the seed but not on the defenses, so
-    every defense of a victim faces the same draws (common random numbers): a difference between
-    two defenses in one tournament is the defenses' doing, not a luckier sample of queries.
+    It depends on the victim, the attack, the budget and the seed but not on the defenses or the
+    removal attack applied afterwards, so every defense of a victim faces the same draws (common
+    random numbers): a difference between two defenses in one tournament is the defenses' doing,
+    not a luckier sample of queries, and a removal attack works on the very model stolen without it.
     """
-    identity = spec.model_copy(update={"defenses": ()}).key()
+    identity = spec.model_copy(update={"defenses": (), "removal": None}).key()
     return np.random.default_rng(int(identity, 16))
 
 
@@ -169,7 +184,7 @@ def referee_match(
     identities = identity_budgets(spec, attacker.identities)
     for identity, budget in identities.items():
         service.open_account(identity, budget)
-    benign = benign_traffic(spec, service, data) if chain.stateful else None
+    benign = benign_traffic(spec, service, data) if chain.has_detector else None
     profile = service.zoo_profile()
     knowledge = Knowledge(
         pool=data.pool,
@@ -184,6 +199,13 @@ def referee_match(
     attack_start = time.perf_counter()
     substitute = attacker.steal(oracle, knowledge, attacker_rng(spec))
     attack_seconds = time.perf_counter() - attack_start
+    before_removal = None
+    if spec.removal is not None:
+        before_removal = accuracy(predict_probs(substitute, data.test_x), data.test_y)
+        remover = build_plugin(REMOVALS, spec.removal.name, spec.removal.params)
+        removal_rng = np.random.default_rng(int(spec.key(), 16) ^ 0x5E11)
+        substitute = remover.apply(substitute, knowledge, removal_rng)
+    verdicts = verify_ownership(substitute, spec, service, list(identities))
 
     reference = service.reference_outputs(data.test_x)
     undefended = torch.tensor(reference.undefended)
@@ -236,10 +258,52 @@ def referee_match(
         benign_flagged=None if benign is None else benign.detected_after is not None,
         benign_queries_to_detection=None if benign is None else benign.detected_after,
         chain_steps=json.dumps(steps),
+        removal="none"
+        if spec.removal is None
+        else plugin_label(
+            spec.removal.name, build_plugin(REMOVALS, spec.removal.name, spec.removal.params)
+        ),
+        stolen_accuracy_before_removal=before_removal,
+        ownership_verified=any(v["verified"] for v in verdicts) if verdicts else None,
+        ownership_score=max(v["score"] for v in verdicts) if verdicts else None,
+        ownership=json.dumps(verdicts) if verdicts else "",
         goodput=goodput,
         served_by=json.dumps(stats.served_by) if profile is not None else "",
         reference_share=None if profile is None else stats.served_by[profile.reference] / used,
     )
+
+
+def verify_ownership(
+    suspect: nn.Module, spec: MatchSpec, service: ServiceAPI, identities: list[str]
+) -> list[dict[str, Any]]:
+    """Each verifier of the chain on the suspect: top-1 agreement with its keys (a serving-side
+    watermark's keys from every identity of the thief, merged) against its threshold."""
+    merged: dict[int, list[OwnershipKeys]] = {}
+    for identity in identities:
+        for position, keys in service.ownership_keys(identity):
+            merged.setdefault(position, []).append(keys)
+    verdicts = []
+    for position, found in sorted(merged.items()):
+        x = torch.cat([k.x for k in found])
+        y = torch.cat([k.y for k in found])
+        score = key_agreement(suspect, x, y)
+        threshold = found[0].threshold
+        verdicts.append(
+            {
+                "verifier": spec.defenses[position].name,
+                "score": score,
+                "threshold": threshold,
+                "keys": int(y.numel()),
+                "verified": score >= threshold,
+            }
+        )
+    return verdicts
+
+
+def key_agreement(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Share of the keys on which ``model``'s top-1 label is the key's label."""
+    with torch.no_grad():
+        return accuracy(predict_probs(model, x), y) if int(y.numel()) else 0.0
 
 
 def default_substitute_arch(spec: MatchSpec, profile: ZooProfile | None) -> str:

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from arena.defenses.base import OwnershipKeys
 from arena.defenses.chain import DefenseChain
 from arena.metrics import exact_sum, kl_divergence, l1_distance
 from arena.oracle import AccountStatus, Answer, InputSpec, OutputSpec, Rejection, validate_query
@@ -134,6 +135,11 @@ class VictimService:
         with self._lock:
             stats = self._accounts[attacker_id].stats
             return copy.deepcopy(stats)
+
+    def ownership_keys(self, attacker_id: str) -> list[tuple[int, OwnershipKeys]]:
+        """The chain's verifiers' keys for this caller (referee only: they are the secret)."""
+        with self._lock:
+            return self._chain.ownership_keys(self._accounts[attacker_id].defense_states)
 
     def reference_outputs(self, x: np.ndarray | torch.Tensor) -> ReferenceOutputs:
         """Undefended and defended outputs on trusted evaluation data, with a fresh defense state.

@@ -130,3 +130,6 @@ class MatchSpec(Spec):
     """the attacker's unlabeled query pool (DESIGN §1 knowledge; see :mod:`arena.pools`)"""
     substitute_arch: str | None = None
     """the thief's architecture; ``None`` means the victim's"""
+    removal: PluginSpec | None = Field(default=None, exclude_if=lambda v: v is None)
+    """a watermark-removal attack the thief applies to its model before it is checked
+    (:mod:`arena.removal`); ``None``: none, and left out of the key"""

@@ -29,6 +29,7 @@ from arena.defenses import DEFENSES, Defense
 from arena.errors import ArenaError
 from arena.models import ARCHITECTURES
 from arena.registry import Registry, build_plugin, canonical_params
+from arena.removal import REMOVALS
 from arena.specs import MatchSpec, PluginSpec, PoolName, VictimSpec
 from orchestration.suites import expand_suites
 
@@ -117,8 +118,16 @@ class TournamentConfig(_Strict):
     """budget curves: queries-to-X is the smallest budget whose stolen accuracy reaches X times
     the victim's accuracy"""
     substitute_arch: str | None = None
+    removals: list[PluginSpec] = Field(default=[PluginSpec(name="none")], min_length=1)
+    """watermark-removal attacks (:mod:`arena.removal`) each thief's model is put through before
+    it is scored, one match per entry; ``none`` keeps the model as stolen"""
     ray: RaySettings = RaySettings()
     tracking: TrackingSettings = TrackingSettings()
+
+    @field_validator("removals", mode="before")
+    @classmethod
+    def _removals(cls, value: Any) -> Any:
+        return [plugin_entry(v) for v in value] if isinstance(value, list) else value
 
     @field_validator("defenses", mode="before")
     @classmethod
@@ -149,6 +158,12 @@ class TournamentConfig(_Strict):
             for a in self.attacks
         ]
         pools = [*self.pools, "none"]
+        removals = [
+            None
+            if r.name == "none"
+            else PluginSpec(name=r.name, params=canonical_params(REMOVALS, r.name, r.params))
+            for r in self.removals
+        ]
         specs = {
             (
                 s := MatchSpec(
@@ -159,6 +174,7 @@ class TournamentConfig(_Strict):
                     seed=seed,
                     pool=pool,
                     substitute_arch=self.substitute_arch,
+                    removal=removal,
                 )
             ).key(): s
             for victim in self.victims
@@ -169,6 +185,7 @@ class TournamentConfig(_Strict):
             if plays_pool(ATTACKS.get(attack.name), pool)
             for budget in self.budgets
             for seed in self.seeds
+            for removal in removals
         }
         return list(specs.values())
 
@@ -279,6 +296,8 @@ def _semantic_problems(config: TournamentConfig) -> list[tuple[str, str]]:
             problems += found or _task_problems(config, path, spec)
     for i, spec in enumerate(config.attacks):
         problems += plugin_problems(ATTACKS, f"attacks.{i}", spec)
+    for i, spec in enumerate(config.removals):
+        problems += plugin_problems(REMOVALS, f"removals.{i}", spec)
     problems += _substitute_problems(config)
     problems += zoo_problems(
         config.victims, [d for chain in config.defenses for d in chain], config.attacks

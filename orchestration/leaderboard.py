@@ -46,6 +46,8 @@ class LeaderboardRow:
     """best stolen accuracy of an upper-bound baseline (true labels), for scale"""
     goodput: float | None = None
     """model zoos: mean share of benign requests served within their targets"""
+    ownership_verified: int | None = None
+    """matches whose stolen model a verifier of the chain claimed (``None``: no verifier)"""
 
 
 def _mean(values: list[float]) -> float:
@@ -99,6 +101,7 @@ def build_leaderboard(results: list[MatchResult]) -> list[LeaderboardRow]:
                 matches=len(group),
                 **_detection_counts(group),
                 upper_bound_accuracy=max(bounds) if bounds else None,
+                ownership_verified=_verified_count(group),
                 goodput=_mean(zoo)
                 if (zoo := [r.goodput for r in group if r.goodput is not None])
                 else None,
@@ -106,6 +109,11 @@ def build_leaderboard(results: list[MatchResult]) -> list[LeaderboardRow]:
         )
     rows.sort(key=lambda row: (-row.protection, -row.utility, row.defense))
     return [LeaderboardRow(**{**asdict(row), "rank": i + 1}) for i, row in enumerate(rows)]
+
+
+def _verified_count(group: list[MatchResult]) -> int | None:
+    checked = [r for r in group if r.ownership_verified is not None]
+    return sum(bool(r.ownership_verified) for r in checked) if checked else None
 
 
 def _detection_counts(group: list[MatchResult]) -> dict[str, int | None]:
@@ -124,6 +132,10 @@ def _detection_cell(row: LeaderboardRow) -> str:
     return f"{row.detected}/{row.matches} (benign {row.benign_flagged}/{row.matches})"
 
 
+def _verified_cell(row: LeaderboardRow) -> str:
+    return "—" if row.ownership_verified is None else f"{row.ownership_verified}/{row.matches}"
+
+
 def _optional(value: float | None) -> str:
     return "—" if value is None else f"{value:.4f}"
 
@@ -137,6 +149,7 @@ def _grid(rows: list[LeaderboardRow], with_victim: bool) -> tuple[list[str], lis
     budgets = _budgets(rows)
     detectors = any(row.detected is not None for row in rows)
     zoos = any(row.goodput is not None for row in rows)
+    verifiers = any(row.ownership_verified is not None for row in rows)
     header = [
         "#",
         *(["victim"] if with_victim else []),
@@ -152,6 +165,7 @@ def _grid(rows: list[LeaderboardRow], with_victim: bool) -> tuple[list[str], lis
         "KL nats",
         "latency×",
         *(["detected"] if detectors else []),
+        *(["ownership verified"] if verifiers else []),
     ]
     cells = [
         [
@@ -172,6 +186,7 @@ def _grid(rows: list[LeaderboardRow], with_victim: bool) -> tuple[list[str], lis
             f"{row.perturbation_kl:.3f}",
             f"{row.latency_ratio:.2f}",
             *([_detection_cell(row)] if detectors else []),
+            *([_verified_cell(row)] if verifiers else []),
         ]
         for row in rows
     ]

@@ -16,6 +16,7 @@ import torch
 from ray.actor import ActorHandle
 
 from arena.data import DataSplits
+from arena.defenses.base import OwnershipKeys
 from arena.defenses.chain import build_chain
 from arena.oracle import AccountStatus, Answer, InputSpec, OutputSpec, Rejection
 from arena.service import AccountStats, ReferenceOutputs, VictimService
@@ -100,6 +101,10 @@ class RayServiceProxy:
     ) -> Answer | Rejection:
         result: Answer | Rejection = self._call("answer", attacker_id, query_id, x, targets)
         return result
+
+    def ownership_keys(self, attacker_id: str) -> list[tuple[int, OwnershipKeys]]:
+        keys: list[tuple[int, OwnershipKeys]] = self._call("ownership_keys", attacker_id)
+        return keys
 
     def zoo_profile(self) -> ZooProfile | None:
         profile: ZooProfile | None = self._call("zoo_profile")

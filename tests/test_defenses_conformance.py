@@ -155,7 +155,14 @@ def test_is_a_frozen_dataclass(name: str) -> None:
         with pytest.raises(dataclasses.FrozenInstanceError):
             setattr(defense, field, 0.5)
     assert defense.params() == {f: getattr(defense, f) for f in init_fields(cls)}
-    flags = ("preserves_argmax", "stateful", "needs_training", "answers_labels_only", "zoo_only")
+    flags = (
+        "preserves_argmax",
+        "stateful",
+        "detector",
+        "needs_training",
+        "answers_labels_only",
+        "zoo_only",
+    )
     for flag in flags:
         assert isinstance(getattr(cls, flag), bool)
 

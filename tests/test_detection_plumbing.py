@@ -31,6 +31,7 @@ class FlagAfter(Defense):
     """Flags a caller once it has sent ``after`` queries; refuses it afterwards if ``refuse``."""
 
     stateful = True
+    detector = True
     after: int = 100
     refuse: bool = True
 

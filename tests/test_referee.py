@@ -59,7 +59,7 @@ def test_match_record_in_range(
     if r.utility > 0.5:  # a defense that answers benign users truthfully leaks something
         assert r.stolen_accuracy > 0.3
     assert r.queries_used == BUDGET
-    assert (r.benign_flagged is not None) == DEFENSES.get(defense).stateful
+    assert (r.benign_flagged is not None) == DEFENSES.get(defense).detector
     assert r.detected == (r.queries_to_detection is not None)
     steps = json.loads(r.chain_steps)
     assert [step["defense"] for step in steps] == [defense]

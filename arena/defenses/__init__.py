@@ -2,6 +2,7 @@
 
 from arena.defenses import (
     adaptive_misinformation,
+    dawn,
     gradient_redirection,
     high_confidence,
     label_only,
@@ -28,6 +29,7 @@ __all__ = [
     "ParamSpace",
     "adaptive_misinformation",
     "build_chain",
+    "dawn",
     "gradient_redirection",
     "high_confidence",
     "label_only",

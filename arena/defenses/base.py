@@ -51,6 +51,17 @@ ParamSpace = FloatRange | IntRange | Choice
 
 
 @dataclass(frozen=True)
+class OwnershipKeys:
+    """A verifier's evidence: inputs and the labels a model copied from this victim is expected
+    to give on them. A suspect whose top-1 agreement with ``y`` on ``x`` reaches ``threshold`` is
+    claimed stolen (``x``: ``[N, *input_shape]`` float32; ``y``: ``[N]`` int64)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    threshold: float
+
+
+@dataclass(frozen=True)
 class Defense:
     """Base class: every hook defaults to "change nothing"."""
 
@@ -58,6 +69,9 @@ class Defense:
     """True when the defended argmax always equals the undefended one (utility is unchanged)."""
     stateful: ClassVar[bool] = False
     """True when ``respond`` reads per-attacker state from ``new_state``."""
+    detector: ClassVar[bool] = False
+    """True for thief detectors (``detected_after``): matches then also measure a benign
+    caller's false positives."""
     needs_training: ClassVar[bool] = False
     """True when ``prepare`` changes the victim's weights (training-time defense)."""
     answers_labels_only: ClassVar[bool] = False
@@ -100,6 +114,12 @@ class Defense:
         """Model zoos: the targets the zoo selects a member for, given those the caller stated
         (``rng`` is the caller's own stream). Only serving-level defenses override this."""
         return targets
+
+    def ownership_keys(self, state: Any) -> OwnershipKeys | None:
+        """Ownership verification: the keys a suspect is checked against after a theft, from
+        this caller's ``state`` (serving-side watermarks) or from what ``prepare`` embedded in
+        the victim (training-time watermarks); ``None`` for defenses that verify nothing."""
+        return None
 
     def check_task(self, num_classes: int) -> None:
         """Raise ValueError when these hyperparameters cannot serve a ``num_classes`` task (say

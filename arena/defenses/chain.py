@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from arena.defenses.base import Defense
+from arena.defenses.base import Defense, OwnershipKeys
 from arena.defenses.preparation import PrepareContext
 from arena.defenses.registry import DEFENSES
 from arena.metrics import exact_sum
@@ -45,6 +45,10 @@ class DefenseChain:
     def stateful(self) -> bool:
         return any(type(d).stateful for d in self.defenses)
 
+    @property
+    def has_detector(self) -> bool:
+        return any(type(d).detector for d in self.defenses)
+
     def prepare(self, model: nn.Module, context: PrepareContext) -> nn.Module:
         """Let each defense, in order, train what it needs and replace the served model."""
         for defense in self.defenses:
@@ -70,6 +74,15 @@ class DefenseChain:
             if (n := d.detected_after(s)) is not None
         ]
         return min(flagged) if flagged else None
+
+    def ownership_keys(self, states: Sequence[Any]) -> list[tuple[int, OwnershipKeys]]:
+        """Every verifier's keys for one caller, with the verifier's position in the chain."""
+        found = []
+        for position, (defense, state) in enumerate(zip(self.defenses, states, strict=True)):
+            keys = defense.ownership_keys(state)
+            if keys is not None:
+                found.append((position, keys))
+        return found
 
     def perturb_targets(
         self, targets: Targets, profile: ZooProfile, rng: np.random.Generator

@@ -79,6 +79,7 @@ class Prada(Defense):
     """Flags callers whose minimum query distances fail a Shapiro-Wilk normality test (PRADA)."""
 
     stateful = True
+    detector = True
 
     delta: float = 0.9
     """flag when the Shapiro-Wilk W of the caller's distances drops below this (0 < delta < 1)"""

@@ -1,0 +1,112 @@
+"""Watermark-removal attacks: what a thief does to its stolen model before anyone checks it.
+
+Ownership verification is only worth something if it survives the cheap ways a thief has to
+change a model it already holds (Szyller et al. 2021 and the adversarial-watermarking work both
+test these). Each removal is a registered plug-in applied by the referee to the substitute after
+the theft, before stolen accuracy and ownership are measured, using only the thief's knowledge:
+
+- ``prune``: global magnitude pruning of the weights of every linear and convolutional layer
+  (``amount`` of them set to zero, the smallest by absolute value; ``torch.nn.utils.prune``);
+- ``fine_tune``: training on ``images`` pool images labelled by the substitute itself, with a
+  learning rate high enough to move the weights (the thief has no labels of its own).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils import prune
+
+from arena.knowledge import Knowledge
+from arena.registry import Registry, build_plugin
+from arena.training import TrainRecipe, predict_probs, train_classifier
+
+
+@dataclass(frozen=True)
+class Removal:
+    """Base: returns a changed copy of the stolen model (the original is left alone)."""
+
+    def apply(self, model: nn.Module, knowledge: Knowledge, rng: np.random.Generator) -> nn.Module:
+        raise NotImplementedError
+
+
+REMOVALS: Registry[type[Removal]] = Registry("removal")
+
+make_permanent: Callable[[nn.Module, str], nn.Module] = prune.remove
+"""folds a pruning mask into the weight (torch ships it without type hints)"""
+
+
+@REMOVALS.register("none")
+@dataclass(frozen=True)
+class NoRemoval(Removal):
+    """The stolen model as the thief got it."""
+
+    def apply(self, model: nn.Module, knowledge: Knowledge, rng: np.random.Generator) -> nn.Module:
+        return model
+
+
+@REMOVALS.register("prune")
+@dataclass(frozen=True)
+class Prune(Removal):
+    """Global magnitude pruning of linear and convolutional weights."""
+
+    amount: float = 0.4
+    """share of the weights set to zero, in [0, 1)"""
+
+    def __post_init__(self) -> None:
+        value = self.amount
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"amount must be a number, got {value!r}")
+        if not math.isfinite(value) or not 0 <= value < 1:
+            raise ValueError(f"amount must lie in [0, 1), got {value}")
+
+    def apply(self, model: nn.Module, knowledge: Knowledge, rng: np.random.Generator) -> nn.Module:
+        pruned = copy.deepcopy(model)
+        layers = [(m, "weight") for m in pruned.modules() if isinstance(m, nn.Linear | nn.Conv2d)]
+        if layers and self.amount > 0:
+            prune.global_unstructured(layers, prune.L1Unstructured, amount=float(self.amount))
+            for module, name in layers:
+                make_permanent(module, name)
+        return pruned.eval()
+
+
+@REMOVALS.register("fine_tune")
+@dataclass(frozen=True)
+class FineTune(Removal):
+    """Fine-tuning on pool images labelled by the stolen model itself."""
+
+    images: int = 2000
+    """pool images used (at most the pool)"""
+    epochs: int = 5
+    lr: float = 1e-3
+
+    def __post_init__(self) -> None:
+        for name in ("images", "epochs"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        lr = self.lr
+        if isinstance(lr, bool) or not isinstance(lr, int | float) or not 0 < lr <= 1:
+            raise ValueError(f"lr must be a number in (0, 1], got {lr!r}")
+
+    def apply(self, model: nn.Module, knowledge: Knowledge, rng: np.random.Generator) -> nn.Module:
+        if knowledge.pool is None:
+            return model  # a data-free thief has nothing to fine-tune on
+        pool = knowledge.pool
+        rows = rng.choice(int(pool.shape[0]), min(self.images, int(pool.shape[0])), replace=False)
+        x = pool[torch.from_numpy(rows)]
+        labels = predict_probs(model, x).argmax(dim=1)
+        tuned = copy.deepcopy(model)
+        recipe = TrainRecipe(epochs=self.epochs, lr=float(self.lr), batch_size=128)
+        return train_classifier(tuned, x, labels, recipe, seed=int(rng.integers(0, 2**31 - 1)))
+
+
+def build_removal(name: str, params: dict[str, Any]) -> Removal:
+    return build_plugin(REMOVALS, name, params)
