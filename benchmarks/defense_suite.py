@@ -19,7 +19,6 @@ import platform
 import shlex
 import statistics
 import sys
-import time
 from collections import defaultdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,14 +26,12 @@ from typing import Any
 
 import ray
 import torch
+from config_runs import run_config
 from rich.console import Console
 
-from arena.data import arena_home
 from arena.referee import MatchResult
 from orchestration.config import load_config
 from orchestration.leaderboard import markdown_table
-from orchestration.tournament import run_tournament
-from orchestration.tracking import Tracker, default_tracking_uri
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -137,20 +134,7 @@ def main() -> int:
     args = parser.parse_args()
     console = Console(width=200)
     config = load_config(args.config)
-    home = arena_home()
-    tracker = Tracker(
-        os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(home),
-        config.tracking.experiment,
-        artifact_root=home / "mlartifacts",
-    )
-    start = time.perf_counter()
-    outcome = run_tournament(
-        config,
-        tracker,
-        cache_dir=home / "victims",
-        on_result=lambda spec, r: console.print(f"  {spec.key()} {type(r).__name__}"),
-    )
-    wall = time.perf_counter() - start
+    outcome, wall = run_config(config, console)
     rows = defense_rows(outcome.results)
     table = markdown(rows, config.budgets)
     console.print(table)

@@ -17,12 +17,12 @@ import argparse
 import json
 import os
 import statistics
-import time
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from config_runs import run_config
 from machine import write_record
 from rich.console import Console
 
@@ -31,8 +31,6 @@ from arena.referee import MatchResult
 from arena.victims import load_or_train
 from arena.zoo import ZooModule
 from orchestration.config import TournamentConfig, load_config
-from orchestration.tournament import run_tournament
-from orchestration.tracking import Tracker, default_tracking_uri
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -145,21 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console(width=200)
     loadavg_start = os.getloadavg()
     config = load_config(args.config)
-    home = arena_home()
-    tracker = Tracker(
-        os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(home),
-        config.tracking.experiment,
-        artifact_root=home / "mlartifacts",
-    )
-    start = time.perf_counter()
-    outcome = run_tournament(
-        config,
-        tracker,
-        cache_dir=home / "victims",
-        on_result=lambda spec, r: console.print(f"  {spec.key()} {type(r).__name__}"),
-    )
-    wall = time.perf_counter() - start
-    profiles = zoo_profiles(config, home / "victims")
+    outcome, wall = run_config(config, console)
+    profiles = zoo_profiles(config, arena_home() / "victims")
     for profile in profiles:
         console.print(f"zoo {profile['zoo']} (reference member {profile['reference']}):")
         for m in profile["members"]:
