@@ -162,7 +162,7 @@ def _tune(config: object, address: str | None, tracking_uri: str | None, home: P
     if outcome.reaped:
         console.print(f"{outcome.reaped} interrupted trial(s) were retried")
     console.print(
-        f"victim accuracy {view.victim_accuracy:.4f}, utility floor "
+        f"undefended {view.utility_metric} {view.victim_accuracy:.4f}, utility floor "
         f"{view.victim_accuracy - outcome.floor:.4f}; {len(view.points)} trials, "
         f"{outcome.evaluated_now} evaluated by this run"
     )
