@@ -400,7 +400,8 @@ def build_service(
     chain = build_chain(spec.defenses)
     model = defended_model(spec.victim, victim.model, chain, data, cache_dir)
     input_spec = InputSpec(shape=data.input_shape)
-    return VictimService(model, chain, input_spec, data.num_classes, device)
+    undefended = None if model is victim.model else victim.model
+    return VictimService(model, chain, input_spec, data.num_classes, device, undefended)
 
 
 def play_match(

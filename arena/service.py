@@ -97,9 +97,14 @@ class VictimService:
         input_spec: InputSpec,
         num_classes: int,
         device: str = "cpu",
+        undefended: nn.Module | None = None,
     ) -> None:
+        """``undefended``: the victim as trained, when a training-time defense serves another
+        model (``model``); perturbation, fidelity and the victim's accuracy are measured
+        against it, so a retrained victim's changes count as the defense's."""
         self._device = torch.device(device)
         self._model = model.to(self._device).eval()
+        self._undefended = None if undefended is None else undefended.to(self._device).eval()
         self._chain = chain
         self._input_spec = input_spec
         label_only = bool(chain.defenses) and chain.defenses[-1].answers_labels_only
@@ -158,7 +163,7 @@ class VictimService:
             model_seconds += time.perf_counter() - begin
             answer, times, _ = self._chain.respond(probs, batch, states)
             defense_seconds += sum(times)
-            undefended.append(probs.numpy())
+            undefended.append(self._as_trained(batch, probs).numpy())
             defended.append(answer.numpy())
         return ReferenceOutputs(
             np.concatenate(undefended), np.concatenate(defended), model_seconds, defense_seconds
@@ -233,8 +238,9 @@ class VictimService:
                 stats.step_l1_sum[step] += l1
             if stats.detected_after is None:
                 stats.detected_after = self._chain.detected_after(states)
-            stats.l1_sum += exact_sum(l1_distance(probs, defended))
-            stats.kl_sum += exact_sum(kl_divergence(defended, probs))
+            original = self._as_trained(inputs, probs)
+            stats.l1_sum += exact_sum(l1_distance(original, defended))
+            stats.kl_sum += exact_sum(kl_divergence(defended, original))
             result = Answer(defended.numpy(), used=stats.used, remaining=stats.budget - stats.used)
             account.recent[query_id] = (digest, result)
             if len(account.recent) > REPLAY_WINDOW:
@@ -266,6 +272,11 @@ class VictimService:
         if self._profile.meets(member, stated):
             account.stats.targets_met += batch
         return self._forward(x, self._zoo.member(member))
+
+    def _as_trained(self, x: torch.Tensor, served: torch.Tensor) -> torch.Tensor:
+        """The victim-as-trained's probabilities for ``x`` (``served`` unless a training-time
+        defense replaced the model)."""
+        return served if self._undefended is None else self._forward(x, self._undefended)
 
     @torch.no_grad()
     def _forward(self, x: torch.Tensor, model: nn.Module | None = None) -> torch.Tensor:

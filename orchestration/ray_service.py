@@ -49,11 +49,13 @@ class HostedVictimService(VictimService):
             victim, input_shape=input_spec.shape, num_classes=num_classes, state=state
         )
         chain = build_chain(defenses)
+        trained = model
         if chain.needs_preparation:
             if data is None:
                 raise ValueError("defenses that prepare models need the victim's data")
             model = defended_model(victim, model, chain, data, cache_dir)
-        super().__init__(model, chain, input_spec, num_classes, device=device)
+        undefended = None if model is trained else trained
+        super().__init__(model, chain, input_spec, num_classes, device, undefended)
 
 
 def start_victim_service(

@@ -21,7 +21,8 @@ DEFENSE_NAMES = DEFENSES.names()
 """every registered defense plays a real match here"""
 UNPERTURBED = {"none", "prada", "target_noise"}
 """defenses whose default settings answer with the raw probabilities (target_noise changes
-which zoo member answers, never the answers themselves)"""
+which zoo member answers, never the answers themselves; training-time defenses serve another
+model, whose answers differ from the victim as trained)"""
 ATTACK_NAMES = ["knockoff", "copycat"]
 
 
@@ -55,7 +56,7 @@ def test_match_record_in_range(
     assert (r.budget, r.seed, r.trusted) == (BUDGET, 0, True)
     for value in (r.victim_accuracy, r.utility, r.stolen_accuracy, r.fidelity):
         assert 0.0 <= value <= 1.0
-    assert r.victim_accuracy > 0.9  # the MLP victim learns digits
+    assert r.victim_accuracy > 0.9  # the MLP victim as trained learns digits
     if r.utility > 0.5:  # a defense that answers benign users truthfully leaks something
         assert r.stolen_accuracy > 0.3
     assert r.queries_used == BUDGET
@@ -63,7 +64,8 @@ def test_match_record_in_range(
     assert r.detected == (r.queries_to_detection is not None)
     steps = json.loads(r.chain_steps)
     assert [step["defense"] for step in steps] == [defense]
-    assert steps[0]["l1_per_query"] == pytest.approx(r.perturbation_l1, rel=1e-3, abs=1e-9)
+    if not DEFENSES.get(defense).needs_training:  # else part of it is the retrained model's
+        assert steps[0]["l1_per_query"] == pytest.approx(r.perturbation_l1, rel=1e-3, abs=1e-9)
     for value in (
         r.perturbation_l1,
         r.perturbation_kl,
@@ -107,8 +109,8 @@ def test_reverse_sigmoid_perturbs_more_than_fine_rounding(
 def test_the_victim_is_the_same_in_every_match(
     results: dict[tuple[str, str], MatchResult],
 ) -> None:
-    served_as_trained = [r for (d, _), r in results.items() if not DEFENSES.get(d).needs_training]
-    assert len({r.victim_accuracy for r in served_as_trained}) == 1
+    # training-time defenses serve a retrained model, but are measured against the victim
+    assert len({r.victim_accuracy for r in results.values()}) == 1
     assert len({r.victim_key for r in results.values()}) == 1
     assert len({r.match_key for r in results.values()}) == len(results)
 
