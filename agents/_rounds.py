@@ -38,20 +38,3 @@ def training_targets(answers: torch.Tensor, soft: bool) -> torch.Tensor:
 def torch_seed(rng: np.random.Generator) -> int:
     """A torch seed drawn from the attack's generator, so every run is a function of ``rng``."""
     return int(rng.integers(0, 2**31 - 1))
-
-
-def require_int(name: str, value: object, minimum: int = 1) -> None:
-    """Reject anything but an integer ``>= minimum`` (``bool`` included) with a ValueError."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
-def require_number(name: str, value: object, low: float, high: float) -> None:
-    """Reject anything but a finite number in the open interval ``(low, high)``."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not low < value < high:
-        raise ValueError(f"{name} must be a number in ({low:g}, {high:g}), got {value!r}")
-
-
-def require_bool(name: str, value: object) -> None:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be true or false, got {value!r}")

@@ -13,6 +13,7 @@ from arena.attacker import Attacker
 from arena.knowledge import Knowledge
 from arena.oracle import Oracle
 from arena.training import TrainRecipe, train_classifier
+from arena.validation import check_integer, check_number
 
 
 @dataclass(frozen=True)
@@ -31,12 +32,8 @@ class TransferSetAttack(Attacker):
     def __post_init__(self) -> None:
         super().__post_init__()
         for name in ("epochs", "batch_size", "query_batch"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        lr = self.lr
-        if isinstance(lr, bool) or not isinstance(lr, int | float) or not 0 < lr < 10:
-            raise ValueError(f"lr must be a number in (0, 10), got {lr!r}")
+            check_integer(name, getattr(self, name), low=1)
+        check_number("lr", self.lr, low=0, high=10, low_open=True, high_open=True)
 
     def targets(self, answers: torch.Tensor) -> torch.Tensor:
         """What the substitute is trained on: the answers themselves or labels derived from them."""

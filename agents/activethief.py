@@ -36,18 +36,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from agents._rounds import (
-    ask,
-    require_bool,
-    require_int,
-    require_number,
-    torch_seed,
-    training_targets,
-)
+from agents._rounds import ask, torch_seed, training_targets
 from arena.attacker import ATTACKS, Attacker
 from arena.knowledge import Knowledge
 from arena.oracle import Oracle
 from arena.training import TrainRecipe, predict_probs, train_classifier
+from arena.validation import check_bool, check_choice, check_integer, check_number
 
 STRATEGIES = ("entropy", "kcenter", "random")
 DISTANCE_CHUNK = 2048
@@ -83,22 +77,13 @@ class ActiveThief(Attacker):
 
     def __post_init__(self) -> None:
         super().__post_init__()  # the base class checks the options every attack shares
-        if self.strategy not in STRATEGIES:
-            raise ValueError(
-                f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}"
-            )
-        fraction = self.initial_fraction
-        if (
-            isinstance(fraction, bool)
-            or not isinstance(fraction, int | float)
-            or not 0 < fraction <= 1
-        ):
-            raise ValueError(f"initial_fraction must be a number in (0, 1], got {fraction!r}")
+        check_choice("strategy", self.strategy, STRATEGIES)
+        check_number("initial_fraction", self.initial_fraction, low=0, high=1, low_open=True)
         for name in ("rounds", "epochs", "round_epochs", "batch_size", "query_batch"):
-            require_int(name, getattr(self, name))
-        require_number("lr", self.lr, 0.0, 10.0)
-        require_bool("soft_labels", self.soft_labels)
-        require_bool("warm_start", self.warm_start)
+            check_integer(name, getattr(self, name), low=1)
+        check_number("lr", self.lr, low=0, high=10, low_open=True, high_open=True)
+        check_bool("soft_labels", self.soft_labels)
+        check_bool("warm_start", self.warm_start)
 
     def _steal(self, oracle: Oracle, knowledge: Knowledge, rng: np.random.Generator) -> nn.Module:
         assert knowledge.pool is not None

@@ -54,6 +54,7 @@ from arena.errors import BudgetExhausted, InvalidParameters, QueryRefused
 from arena.knowledge import Knowledge
 from arena.oracle import Oracle
 from arena.training import TrainRecipe, train_classifier
+from arena.validation import check_integer, check_number
 
 REPLAY_MAX_EPOCHS = 200
 """at tiny budgets the replay stops after this many passes over the buffer (a cost guard; at 1k
@@ -97,14 +98,11 @@ class DFME(Attacker):
         super().__post_init__()
         positive = ("batch_size", "grad_directions", "generator_steps", "student_steps")
         for name in (*positive, "latent_dim", "generator_width"):
-            check_int(name, getattr(self, name), minimum=1)
-        check_int("replay_steps", self.replay_steps, minimum=0)
-        check_rate("lr", self.lr)
-        check_rate("generator_lr", self.generator_lr)
-        for name, top in (("grad_epsilon", 1.0), ("prob_floor", 0.1)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < top:
-                raise ValueError(f"{name} must be a number in (0, {top}), got {value!r}")
+            check_integer(name, getattr(self, name), low=1)
+        check_integer("replay_steps", self.replay_steps, low=0)
+        bounds = {"lr": 10, "generator_lr": 10, "grad_epsilon": 1, "prob_floor": 0.1}
+        for name, top in bounds.items():
+            check_number(name, getattr(self, name), low=0, high=top, low_open=True, high_open=True)
 
     def _steal(self, oracle: Oracle, knowledge: Knowledge, rng: np.random.Generator) -> nn.Module:
         seed = int(rng.integers(0, 2**31 - 1))
@@ -253,13 +251,3 @@ def build_generator(input_shape: tuple[int, ...], latent_dim: int, width: int) -
         nn.Conv2d(width, channels, 3, padding=1),
         nn.BatchNorm2d(channels, affine=False),
     )
-
-
-def check_int(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
-def check_rate(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 10:
-        raise ValueError(f"{name} must be a number in (0, 10), got {value!r}")

@@ -42,6 +42,7 @@ from arena.attacker import ATTACKS, Attacker
 from arena.knowledge import Knowledge
 from arena.models import build_model
 from arena.oracle import InputSpec, Oracle
+from arena.validation import check_integer, check_number
 
 SMALLEST_PROBABILITY = float(np.finfo(np.float32).tiny)
 """answers below this (float32 subnormals and zeros) carry no usable log-odds"""
@@ -74,16 +75,12 @@ class EquationSolving(Attacker):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("query_batch", "fallback_steps"):
-            _check_positive_int(name, getattr(self, name))
+        check_integer("query_batch", self.query_batch, low=1)
+        check_integer("fallback_steps", self.fallback_steps, low=1)
         if self.queries is not None:
-            _check_positive_int("queries", self.queries)
-        l2 = self.l2
-        if isinstance(l2, bool) or not isinstance(l2, int | float) or not 0 <= l2 < 1e3:
-            raise ValueError(f"l2 must be a number in [0, 1000), got {l2!r}")
-        spread = self.spread
-        if isinstance(spread, bool) or not isinstance(spread, int | float) or not 0 < spread <= 1:
-            raise ValueError(f"spread must be a number in (0, 1], got {spread!r}")
+            check_integer("queries", self.queries, low=1)
+        check_number("l2", self.l2, low=0, high=1e3, high_open=True)
+        check_number("spread", self.spread, low=0, high=1, low_open=True)
 
     def _steal(self, oracle: Oracle, knowledge: Knowledge, rng: np.random.Generator) -> nn.Module:
         spec = oracle.input_spec
@@ -216,8 +213,3 @@ def _float32_within(low: float, high: float) -> tuple[np.float32, np.float32]:
     if float(hi) > high:
         hi = np.nextafter(hi, np.float32(-np.inf))
     return lo, hi
-
-
-def _check_positive_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")

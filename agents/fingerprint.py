@@ -31,6 +31,7 @@ from arena.errors import BudgetExhausted
 from arena.knowledge import Knowledge
 from arena.oracle import Oracle
 from arena.targets import Targets
+from arena.validation import check_integer, check_number
 
 SIGNATURE_DECIMALS = 4
 """answers are compared rounded to this many decimals"""
@@ -63,17 +64,11 @@ class Fingerprint(ZooThief):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name, low in (("probes", 1), ("max_requests", 2), ("checks", 0)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-        if isinstance(self.target_rank, bool) or not isinstance(self.target_rank, int):
-            raise ValueError(f"target_rank must be an integer, got {self.target_rank!r}")
-        resolution = self.resolution
-        if isinstance(resolution, bool) or not isinstance(resolution, int | float):
-            raise ValueError(f"resolution must be a number, got {resolution!r}")
-        if not 0 < resolution < 0.5:
-            raise ValueError(f"resolution must lie in (0, 0.5), got {resolution}")
+        check_integer("probes", self.probes, low=1)
+        check_integer("max_requests", self.max_requests, low=2)
+        check_integer("checks", self.checks, low=0)
+        check_integer("target_rank", self.target_rank)
+        check_number("resolution", self.resolution, low=0, high=0.5, low_open=True, high_open=True)
 
     def _steal(self, oracle: Oracle, knowledge: Knowledge, rng: np.random.Generator) -> nn.Module:
         assert knowledge.pool is not None  # Attacker.steal checked the threat model

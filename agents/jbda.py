@@ -31,7 +31,6 @@ and the substitute is trained on what was answered.
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -40,18 +39,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from agents._rounds import (
-    ask,
-    require_bool,
-    require_int,
-    require_number,
-    torch_seed,
-    training_targets,
-)
+from agents._rounds import ask, torch_seed, training_targets
 from arena.attacker import ATTACKS, Attacker
 from arena.knowledge import Knowledge
 from arena.oracle import Oracle
 from arena.training import TrainRecipe, train_classifier
+from arena.validation import check_bool, check_integer, check_number
 
 GRADIENT_CHUNK = 1024
 """points per backward pass when computing input gradients"""
@@ -82,10 +75,10 @@ class JacobianAugmentation(Attacker):
     def __post_init__(self) -> None:
         super().__post_init__()  # the base class checks the options every attack shares
         for name in ("seed_size", "epochs", "batch_size", "query_batch"):
-            require_int(name, getattr(self, name))
-        require_number("step_size", self.step_size, 0.0, math.inf)
-        require_number("lr", self.lr, 0.0, 10.0)
-        require_bool("soft_labels", self.soft_labels)
+            check_integer(name, getattr(self, name), low=1)
+        check_number("step_size", self.step_size, low=0, low_open=True)
+        check_number("lr", self.lr, low=0, high=10, low_open=True, high_open=True)
+        check_bool("soft_labels", self.soft_labels)
 
     def _steal(self, oracle: Oracle, knowledge: Knowledge, rng: np.random.Generator) -> nn.Module:
         assert knowledge.pool is not None
@@ -139,7 +132,7 @@ class Jbda(JacobianAugmentation):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        require_int("tau", self.tau)
+        check_integer("tau", self.tau, low=1)
 
     def signed_step(self, round_index: int) -> float:
         """λ_ρ for augmentation round ``round_index`` (0-based)."""

@@ -37,6 +37,7 @@ from arena.errors import QueryRefused
 from arena.knowledge import Knowledge
 from arena.oracle import Oracle
 from arena.training import TrainRecipe, train_classifier
+from arena.validation import check_choice, check_integer, check_number
 
 REWARDS = ("certainty", "diversity", "loss", "all")
 _FLOOR = 1e-12
@@ -60,17 +61,11 @@ class Knockoff(TransferSetAttack):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.policy not in ("random", "adaptive"):
-            raise ValueError(f"policy must be 'random' or 'adaptive', got {self.policy!r}")
-        if self.reward not in REWARDS:
-            raise ValueError(f"reward must be one of {', '.join(REWARDS)}, got {self.reward!r}")
-        for name in ("actions", "step_batch"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        rate = self.bandit_lr
-        if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 < rate <= 10:
-            raise ValueError(f"bandit_lr must be a number in (0, 10], got {rate!r}")
+        check_choice("policy", self.policy, ("random", "adaptive"))
+        check_choice("reward", self.reward, REWARDS)
+        check_integer("actions", self.actions, low=1)
+        check_integer("step_batch", self.step_batch, low=1)
+        check_number("bandit_lr", self.bandit_lr, low=0, high=10, low_open=True)
 
     def targets(self, answers: torch.Tensor) -> torch.Tensor:
         return answers

@@ -67,6 +67,7 @@ from arena.attacker import ATTACKS, Attacker
 from arena.errors import BudgetExhausted, QueryRefused
 from arena.knowledge import Knowledge
 from arena.oracle import InputSpec, Oracle
+from arena.validation import check_integer, check_number
 
 Exploration = Generator[np.ndarray, np.ndarray, tuple[list[Bound], list["Candidate"]]]
 """yields query points ``[m, d]``, is sent their answers ``[m, C]``, returns bounds and exits"""
@@ -92,12 +93,8 @@ class PathFinding(Attacker):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        tol = self.tolerance
-        if isinstance(tol, bool) or not isinstance(tol, int | float) or not 0 <= tol < 1:
-            raise ValueError(f"tolerance must be a number in [0, 1), got {tol!r}")
-        starts = self.start_points
-        if isinstance(starts, bool) or not isinstance(starts, int) or not 1 <= starts <= 4096:
-            raise ValueError(f"start_points must be an integer in 1..4096, got {starts!r}")
+        check_number("tolerance", self.tolerance, low=0, high=1, high_open=True)
+        check_integer("start_points", self.start_points, low=1, high=4096)
 
     def _steal(self, oracle: Oracle, knowledge: Knowledge, rng: np.random.Generator) -> nn.Module:
         spec = oracle.input_spec

@@ -41,6 +41,7 @@ from arena.attacker import ATTACKS, Attacker
 from arena.knowledge import Knowledge
 from arena.oracle import Oracle
 from arena.training import TrainRecipe, train_classifier
+from arena.validation import check_choice, check_integer, check_number
 
 STRATEGIES = ("uniform", "line_search")
 PATHS = ("straight", "crossover")
@@ -85,30 +86,14 @@ class Retraining(Attacker):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
-        if self.path not in PATHS:
-            raise ValueError(f"path must be one of {PATHS}, got {self.path!r}")
-        for name in (
-            "epochs",
-            "batch_size",
-            "query_batch",
-            "rounds",
-            "round_epochs",
-            "search_steps",
-        ):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        lr = self.lr
-        if isinstance(lr, bool) or not isinstance(lr, int | float) or not 0 < lr < 10:
-            raise ValueError(f"lr must be a number in (0, 10), got {lr!r}")
-        spread = self.spread
-        if isinstance(spread, bool) or not isinstance(spread, int | float) or not 0 < spread <= 1:
-            raise ValueError(f"spread must be a number in (0, 1], got {spread!r}")
-        share = self.initial_fraction
-        if isinstance(share, bool) or not isinstance(share, int | float) or not 0 < share <= 1:
-            raise ValueError(f"initial_fraction must be a number in (0, 1], got {share!r}")
+        check_choice("strategy", self.strategy, STRATEGIES)
+        check_choice("path", self.path, PATHS)
+        integers = ("epochs", "batch_size", "query_batch", "rounds", "round_epochs", "search_steps")
+        for name in integers:
+            check_integer(name, getattr(self, name), low=1)
+        check_number("lr", self.lr, low=0, high=10, low_open=True, high_open=True)
+        check_number("spread", self.spread, low=0, high=1, low_open=True)
+        check_number("initial_fraction", self.initial_fraction, low=0, high=1, low_open=True)
 
     def _steal(self, oracle: Oracle, knowledge: Knowledge, rng: np.random.Generator) -> nn.Module:
         n = oracle.remaining

@@ -17,6 +17,7 @@ from arena.knowledge import Knowledge
 from arena.oracle import Oracle
 from arena.oracle_adapters import ArgmaxOracle, SmoothingOracle
 from arena.registry import OPTION, Registry
+from arena.validation import check_bool, check_integer, check_number
 
 
 class MissingKnowledge(ArenaError):
@@ -58,15 +59,10 @@ class Attacker:
     detector state; the match budget is split evenly between them"""
 
     def __post_init__(self) -> None:
-        for name in ("smoothing_copies", "identities"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 64:
-                raise ValueError(f"{name} must be an integer in 1..64, got {value!r}")
-        noise = self.smoothing_noise
-        if isinstance(noise, bool) or not isinstance(noise, int | float) or not 0 <= noise <= 1:
-            raise ValueError(f"smoothing_noise must be a number in [0, 1], got {noise!r}")
-        if not isinstance(self.argmax_labels, bool):
-            raise ValueError(f"argmax_labels must be true or false, got {self.argmax_labels!r}")
+        check_integer("smoothing_copies", self.smoothing_copies, low=1, high=64)
+        check_integer("identities", self.identities, low=1, high=64)
+        check_number("smoothing_noise", self.smoothing_noise, low=0, high=1)
+        check_bool("argmax_labels", self.argmax_labels)
 
     def steal(self, oracle: Oracle, knowledge: Knowledge, rng: np.random.Generator) -> nn.Module:
         """Spend (some of) the oracle's budget and return a substitute model in eval mode."""

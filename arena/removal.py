@@ -14,7 +14,6 @@ the theft, before stolen accuracy and ownership are measured, using only the thi
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +26,7 @@ from torch.nn.utils import prune
 from arena.knowledge import Knowledge
 from arena.registry import Registry, build_plugin
 from arena.training import TrainRecipe, predict_probs, train_classifier
+from arena.validation import check_integer, check_number
 
 
 @dataclass(frozen=True)
@@ -61,11 +61,7 @@ class Prune(Removal):
     """share of the weights set to zero, in [0, 1)"""
 
     def __post_init__(self) -> None:
-        value = self.amount
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"amount must be a number, got {value!r}")
-        if not math.isfinite(value) or not 0 <= value < 1:
-            raise ValueError(f"amount must lie in [0, 1), got {value}")
+        check_number("amount", self.amount, low=0, high=1, high_open=True)
 
     def apply(self, model: nn.Module, knowledge: Knowledge, rng: np.random.Generator) -> nn.Module:
         pruned = copy.deepcopy(model)
@@ -88,13 +84,9 @@ class FineTune(Removal):
     lr: float = 1e-3
 
     def __post_init__(self) -> None:
-        for name in ("images", "epochs"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        lr = self.lr
-        if isinstance(lr, bool) or not isinstance(lr, int | float) or not 0 < lr <= 1:
-            raise ValueError(f"lr must be a number in (0, 1], got {lr!r}")
+        check_integer("images", self.images, low=1)
+        check_integer("epochs", self.epochs, low=1)
+        check_number("lr", self.lr, low=0, high=1, low_open=True)
 
     def apply(self, model: nn.Module, knowledge: Knowledge, rng: np.random.Generator) -> nn.Module:
         if knowledge.pool is None:

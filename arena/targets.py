@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from arena.validation import check_number
+
 TARGET_FIELDS = ("min_accuracy", "max_latency_ms")
 
 
@@ -25,24 +27,16 @@ class Targets:
     max_latency_ms: float = math.inf
 
     def __post_init__(self) -> None:
-        problem = _problem(self.min_accuracy, self.max_latency_ms)
-        if problem is not None:
-            raise ValueError(problem)
+        _check_targets(self.min_accuracy, self.max_latency_ms)
 
     def as_dict(self) -> dict[str, float]:
         return {"min_accuracy": self.min_accuracy, "max_latency_ms": self.max_latency_ms}
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _problem(accuracy: Any, latency: Any) -> str | None:
-    if not _is_number(accuracy) or not math.isfinite(accuracy) or not 0 <= accuracy <= 1:
-        return f"min_accuracy must be a number in [0, 1], got {accuracy!r}"
-    if not _is_number(latency) or math.isnan(latency) or latency <= 0:
-        return f"max_latency_ms must be a positive number of ms (inf: no limit), got {latency!r}"
-    return None
+def _check_targets(accuracy: object, latency: object) -> None:
+    """Raise ValueError naming the first of ``accuracy`` and ``latency`` that is not valid."""
+    check_number("min_accuracy", accuracy, low=0, high=1)
+    check_number("max_latency_ms", latency, low=0, low_open=True, allow_inf=True)
 
 
 def parse_targets(raw: Any) -> Targets | str:
@@ -58,9 +52,10 @@ def parse_targets(raw: Any) -> Targets | str:
         return f"targets miss {', '.join(missing)} (both {' and '.join(TARGET_FIELDS)} are needed)"
     if extra:
         return f"unknown target fields {', '.join(extra)}; known: {', '.join(TARGET_FIELDS)}"
-    problem = _problem(raw["min_accuracy"], raw["max_latency_ms"])
-    if problem is not None:
-        return problem
+    try:
+        _check_targets(raw["min_accuracy"], raw["max_latency_ms"])
+    except ValueError as exc:
+        return str(exc)
     return Targets(float(raw["min_accuracy"]), float(raw["max_latency_ms"]))
 
 

@@ -17,7 +17,6 @@ victims; ``tau`` and ``nu`` only change serving, so tuning them retrains nothing
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -29,6 +28,7 @@ from arena.defenses.base import Defense, FloatRange, ParamSpace
 from arena.defenses.preparation import PrepareContext
 from arena.defenses.registry import DEFENSES
 from arena.training import TrainRecipe, predict_probs, train_classifier
+from arena.validation import check_integer, check_number
 
 TILES_PER_SIDE = 4
 
@@ -58,22 +58,12 @@ class AdaptiveMisinformation(Defense):
     }
 
     def __post_init__(self) -> None:
-        for name in ("tau", "nu", "outlier_weight", "lr"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ValueError(f"{name} must be a number, got {value!r}")
-            if not math.isfinite(value) or value < 0:
-                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
-        if not 0 < self.tau <= 1:
-            raise ValueError(f"tau must be in (0, 1], got {self.tau}")
-        if self.lr == 0:
-            raise ValueError("lr must be > 0")
-        for name in ("epochs", "seed"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
-        if self.epochs == 0:
-            raise ValueError("epochs must be >= 1")
+        check_number("tau", self.tau, low=0, high=1, low_open=True)
+        check_number("nu", self.nu, low=0)
+        check_number("outlier_weight", self.outlier_weight, low=0)
+        check_number("lr", self.lr, low=0, low_open=True)
+        check_integer("epochs", self.epochs, low=1)
+        check_integer("seed", self.seed, low=0)
 
     def prepare(self, model: nn.Module, context: PrepareContext) -> nn.Module:
         recipe = TrainRecipe(epochs=self.epochs, lr=self.lr)

@@ -59,6 +59,7 @@ from torch import nn
 from arena.defenses.base import Defense, FloatRange, IntRange, OwnershipKeys, ParamSpace
 from arena.defenses.preparation import PrepareContext
 from arena.defenses.registry import DEFENSES
+from arena.validation import check_integer, check_number
 
 BATCH_SIZE = 128
 FGSM_STEP = 1.25
@@ -112,30 +113,19 @@ class AdversarialWatermark(Defense):
     }
 
     def __post_init__(self) -> None:
-        for name in ("eps_train", "eps_key", "lr", "threshold"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ValueError(f"{name} must be a number, got {value!r}")
-            if not math.isfinite(value) or value <= 0:
-                raise ValueError(f"{name} must be a finite number > 0, got {value}")
-        if self.eps_key > 1 or self.threshold > 1:
-            raise ValueError(
-                f"eps_key and threshold must be at most 1 (inputs lie in [0, 1]), got "
-                f"eps_key={self.eps_key}, threshold={self.threshold}"
-            )
+        check_number("eps_train", self.eps_train, low=0, low_open=True)
+        check_number("eps_key", self.eps_key, low=0, high=1, low_open=True)  # inputs lie in [0, 1]
+        check_number("lr", self.lr, low=0, low_open=True)
+        check_number("threshold", self.threshold, low=0, high=1, low_open=True)
         if self.eps_key <= self.eps_train:
             raise ValueError(
                 f"eps_key ({self.eps_key}) must exceed eps_train ({self.eps_train}): keys inside "
                 "the adversarially trained ball conflict with robustness"
             )
         for name in ("train_steps", "key_steps", "num_keys", "keys_per_batch", "epochs"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        for name in ("seed", "key_seed"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+            check_integer(name, getattr(self, name), low=1)
+        check_integer("seed", self.seed, low=0)
+        check_integer("key_seed", self.key_seed, low=0)
 
     def check_task(self, num_classes: int) -> None:
         if num_classes < 2:

@@ -19,7 +19,6 @@ independent models is reported in the docs).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -28,6 +27,7 @@ import torch
 from arena.defenses.base import Defense, FloatRange, OwnershipKeys, ParamSpace
 from arena.defenses.random_noise import row_keyed_uniforms
 from arena.defenses.registry import DEFENSES
+from arena.validation import check_integer, check_number
 
 
 @dataclass
@@ -57,18 +57,10 @@ class Dawn(Defense):
     search_space: ClassVar[dict[str, ParamSpace]] = {"fraction": FloatRange(0.001, 0.1, log=True)}
 
     def __post_init__(self) -> None:
-        for name, low, high in (("fraction", 0.0, 0.5), ("threshold", 0.0, 1.0)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ValueError(f"{name} must be a number, got {value!r}")
-            if not math.isfinite(value) or not low < value <= high:
-                raise ValueError(f"{name} must lie in ({low:g}, {high:g}], got {value}")
-        for name in ("max_keys", "key"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
-        if self.max_keys == 0:
-            raise ValueError("max_keys must be at least 1")
+        check_number("fraction", self.fraction, low=0, high=0.5, low_open=True)
+        check_number("threshold", self.threshold, low=0, high=1, low_open=True)
+        check_integer("max_keys", self.max_keys, low=1)
+        check_integer("key", self.key, low=0)
 
     def new_state(self) -> WatermarkLog:
         return WatermarkLog()

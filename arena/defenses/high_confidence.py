@@ -9,7 +9,6 @@ Confident rows are answered unchanged.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -17,6 +16,7 @@ import torch
 
 from arena.defenses.base import Choice, Defense, FloatRange, ParamSpace, one_hot_argmax
 from arena.defenses.registry import DEFENSES
+from arena.validation import check_choice, check_number
 
 MODES = ("uniform", "label")
 
@@ -37,13 +37,8 @@ class HighConfidence(Defense):
     }
 
     def __post_init__(self) -> None:
-        value = self.threshold
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"threshold must be a number, got {value!r}")
-        if not math.isfinite(value) or not 0 < value <= 1:
-            raise ValueError(f"threshold must be in (0, 1], got {value}")
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        check_number("threshold", self.threshold, low=0, high=1, low_open=True)
+        check_choice("mode", self.mode, MODES)
 
     def respond(self, probs: torch.Tensor, x: torch.Tensor, state: Any) -> torch.Tensor:
         unsure = probs.max(dim=1, keepdim=True).values < self.threshold

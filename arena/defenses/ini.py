@@ -84,6 +84,7 @@ from arena.defenses.adaptive_misinformation import synthetic_outliers
 from arena.defenses.base import Choice, Defense, FloatRange, ParamSpace
 from arena.defenses.preparation import PrepareContext
 from arena.defenses.registry import DEFENSES
+from arena.validation import check_bool, check_choice, check_integer, check_number
 
 BATCH_SIZE = 128
 """mini-batch size of in-distribution images (and of proxy queries), as in the release"""
@@ -149,33 +150,16 @@ class InI(Defense):
     }
 
     def __post_init__(self) -> None:
-        for name in ("gamma", "delta", "epsilon", "beta", "lr"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ValueError(f"{name} must be a number, got {value!r}")
-            if not math.isfinite(value) or value < 0:
-                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
-        if self.lr == 0:
-            raise ValueError("lr must be > 0")
-        choices = {
-            "induction": INDUCTIONS,
-            "adversary_loss": ADVERSARY_LOSSES,
-            "proxies": (*PROXY_KINDS, "mixed"),
-        }
-        for name, options in choices.items():
-            if getattr(self, name) not in options:
-                raise ValueError(
-                    f"{name} must be one of {', '.join(options)}, got {getattr(self, name)!r}"
-                )
-        for name in ("pcgrad", "warm_start"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
-        for name in ("epochs", "seed"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
-        if self.epochs == 0:
-            raise ValueError("epochs must be >= 1")
+        for name in ("gamma", "delta", "epsilon", "beta"):
+            check_number(name, getattr(self, name), low=0)
+        check_number("lr", self.lr, low=0, low_open=True)
+        check_choice("induction", self.induction, INDUCTIONS)
+        check_choice("adversary_loss", self.adversary_loss, ADVERSARY_LOSSES)
+        check_choice("proxies", self.proxies, (*PROXY_KINDS, "mixed"))
+        check_bool("pcgrad", self.pcgrad)
+        check_bool("warm_start", self.warm_start)
+        check_integer("epochs", self.epochs, low=1)
+        check_integer("seed", self.seed, low=0)
 
     def prepare(self, model: nn.Module, context: PrepareContext) -> nn.Module:
         params = self.params()

@@ -24,6 +24,7 @@ import torch
 from arena.defenses.base import Choice, FloatRange, ParamSpace, renormalise
 from arena.defenses.registry import DEFENSES
 from arena.defenses.surrogate import SurrogateGradientDefense
+from arena.validation import check_bool, check_choice
 
 NORMS = ("l1", "l2", "kl")
 _ARGMAX_MARGIN = 1e-6
@@ -47,11 +48,8 @@ class MaximumAngularDeviation(SurrogateGradientDefense):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.norm not in NORMS:
-            raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
-        if not isinstance(self.argmax_preserving, bool):
-            value = self.argmax_preserving
-            raise ValueError(f"argmax_preserving must be true or false, got {value!r}")
+        check_choice("norm", self.norm, NORMS)
+        check_bool("argmax_preserving", self.argmax_preserving)
 
     def respond(self, probs: torch.Tensor, x: torch.Tensor, state: Any) -> torch.Tensor:
         if len(probs) == 0:

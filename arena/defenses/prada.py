@@ -27,6 +27,7 @@ from scipy.stats import shapiro
 
 from arena.defenses.base import Choice, Defense, FloatRange, ParamSpace
 from arena.defenses.registry import DEFENSES
+from arena.validation import check_choice, check_integer, check_number
 
 RESPONSES = ("flag", "refuse", "misinformation")
 SHAPIRO_MAX = 5000
@@ -95,18 +96,9 @@ class Prada(Defense):
     }
 
     def __post_init__(self) -> None:
-        value = self.delta
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"delta must be a number, got {value!r}")
-        if not math.isfinite(value) or not 0 < value < 1:
-            raise ValueError(f"delta must be in (0, 1), got {value}")
-        samples = self.min_samples
-        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 3:
-            raise ValueError(f"min_samples must be an integer >= 3, got {samples!r}")
-        if self.response not in RESPONSES:
-            raise ValueError(
-                f"response must be one of {', '.join(RESPONSES)}, got {self.response!r}"
-            )
+        check_number("delta", self.delta, low=0, high=1, low_open=True, high_open=True)
+        check_integer("min_samples", self.min_samples, low=3)
+        check_choice("response", self.response, RESPONSES)
 
     def new_state(self) -> PradaState:
         return PradaState()

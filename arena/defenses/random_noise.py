@@ -22,6 +22,7 @@ from scipy.special import gammaincinv
 
 from arena.defenses.base import Choice, Defense, FloatRange, ParamSpace, project_to_simplex
 from arena.defenses.registry import DEFENSES
+from arena.validation import check_choice, check_integer, check_number
 
 KINDS = ("gaussian", "dirichlet")
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
@@ -47,18 +48,10 @@ class RandomNoise(Defense):
     }
 
     def __post_init__(self) -> None:
-        for name in ("scale", "concentration"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ValueError(f"{name} must be a number, got {value!r}")
-            if not math.isfinite(value) or value < 0:
-                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
-        if self.concentration <= 0:
-            raise ValueError(f"concentration must be > 0, got {self.concentration}")
-        if self.kind not in KINDS:
-            raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
+        check_number("scale", self.scale, low=0)
+        check_number("concentration", self.concentration, low=0, low_open=True)
+        check_choice("kind", self.kind, KINDS)
+        check_integer("seed", self.seed, low=0)
 
     def respond(self, probs: torch.Tensor, x: torch.Tensor, state: Any) -> torch.Tensor:
         classes = probs.shape[1]

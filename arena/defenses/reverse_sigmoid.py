@@ -9,7 +9,6 @@ perturb more; the top-1 label may change, so utility is measured, not assumed.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -17,6 +16,7 @@ import torch
 
 from arena.defenses.base import Defense, FloatRange, ParamSpace, renormalise
 from arena.defenses.registry import DEFENSES
+from arena.validation import check_number
 
 _CLIP = 1e-9
 
@@ -37,12 +37,8 @@ class ReverseSigmoid(Defense):
     }
 
     def __post_init__(self) -> None:
-        for name in ("beta", "gamma"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ValueError(f"{name} must be a number, got {value!r}")
-            if not math.isfinite(value) or value <= 0:
-                raise ValueError(f"{name} must be a finite number > 0, got {value}")
+        check_number("beta", self.beta, low=0, low_open=True)
+        check_number("gamma", self.gamma, low=0, low_open=True)
 
     def respond(self, probs: torch.Tensor, x: torch.Tensor, state: Any) -> torch.Tensor:
         clipped = probs.clamp(_CLIP, 1.0 - _CLIP)

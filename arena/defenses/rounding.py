@@ -9,6 +9,7 @@ import torch
 
 from arena.defenses.base import Defense, IntRange, ParamSpace, renormalise
 from arena.defenses.registry import DEFENSES
+from arena.validation import check_integer
 
 
 @DEFENSES.register("rounding")
@@ -22,10 +23,7 @@ class Rounding(Defense):
     search_space: ClassVar[dict[str, ParamSpace]] = {"decimals": IntRange(1, 4)}
 
     def __post_init__(self) -> None:
-        if isinstance(self.decimals, bool) or not isinstance(self.decimals, int):
-            raise ValueError(f"decimals must be an integer, got {self.decimals!r}")
-        if not 0 <= self.decimals <= 8:
-            raise ValueError(f"decimals must be in 0..8, got {self.decimals}")
+        check_integer("decimals", self.decimals, low=0, high=8)
 
     def respond(self, probs: torch.Tensor, x: torch.Tensor, state: Any) -> torch.Tensor:
         # Ties can move the argmax (two classes rounding to the same value), so no argmax flag.

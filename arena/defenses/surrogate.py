@@ -9,7 +9,6 @@ about as effective as a trained one), or the victim itself.
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +18,7 @@ from arena.defenses.base import Defense
 from arena.defenses.jacobians import per_sample_gram
 from arena.defenses.preparation import PrepareContext
 from arena.models import ARCHITECTURES
+from arena.validation import check_choice, check_integer, check_number
 
 SURROGATES = ("random", "victim")
 
@@ -37,19 +37,11 @@ class SurrogateGradientDefense(Defense):
     """initialisation seed of a random surrogate"""
 
     def __post_init__(self) -> None:
-        value = self.epsilon
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"epsilon must be a number, got {value!r}")
-        if not math.isfinite(value) or value <= 0:
-            raise ValueError(f"epsilon must be a finite number > 0, got {value}")
-        if self.surrogate not in SURROGATES:
-            known = ", ".join(SURROGATES)
-            raise ValueError(f"surrogate must be one of {known}, got {self.surrogate!r}")
-        if self.surrogate_arch is not None and self.surrogate_arch not in ARCHITECTURES.names():
-            known = ", ".join(ARCHITECTURES.names())
-            raise ValueError(f"surrogate_arch must be one of {known}, got {self.surrogate_arch!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
+        check_number("epsilon", self.epsilon, low=0, low_open=True)
+        check_choice("surrogate", self.surrogate, SURROGATES)
+        if self.surrogate_arch is not None:
+            check_choice("surrogate_arch", self.surrogate_arch, ARCHITECTURES.names())
+        check_integer("seed", self.seed, low=0)
 
     def prepare(self, model: nn.Module, context: PrepareContext) -> nn.Module:
         if self.surrogate == "victim":

@@ -25,6 +25,7 @@ import numpy as np
 from arena.defenses.base import Defense, FloatRange, ParamSpace
 from arena.defenses.registry import DEFENSES
 from arena.targets import Targets
+from arena.validation import check_number
 from arena.zoo import ZooProfile
 
 MIN_ACCURACY_SPREAD = 0.01
@@ -46,11 +47,7 @@ class TargetNoise(Defense):
     search_space: ClassVar[dict[str, ParamSpace]] = {"scale": FloatRange(0.01, 2.0, log=True)}
 
     def __post_init__(self) -> None:
-        value = self.scale
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"scale must be a number, got {value!r}")
-        if not math.isfinite(value) or value < 0:
-            raise ValueError(f"scale must be a finite number >= 0, got {value}")
+        check_number("scale", self.scale, low=0)
 
     def perturb_targets(
         self, targets: Targets, profile: ZooProfile, rng: np.random.Generator

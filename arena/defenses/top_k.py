@@ -10,6 +10,7 @@ import torch
 
 from arena.defenses.base import Defense, IntRange, ParamSpace, renormalise
 from arena.defenses.registry import DEFENSES
+from arena.validation import check_integer
 
 
 @DEFENSES.register("top_k")
@@ -25,8 +26,7 @@ class TopK(Defense):
     search_space: ClassVar[dict[str, ParamSpace]] = {"k": IntRange(1, 5)}
 
     def __post_init__(self) -> None:
-        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
-            raise ValueError(f"k must be an integer >= 1, got {self.k!r}")
+        check_integer("k", self.k, low=1)
 
     def check_task(self, num_classes: int) -> None:
         if self.k > num_classes:
