@@ -5,6 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TypeAlias
 
+import torch
+
+from arena.data import DataSplits
+from arena.knowledge import Knowledge
 from arena.oracle import Oracle
 from arena.service import VictimService
 from arena.specs import MatchSpec, PluginSpec, VictimSpec
@@ -42,3 +46,15 @@ def open_oracle(service: VictimService, attacker_id: str, budget: int) -> Oracle
     """Open ``attacker_id``'s account with ``budget`` and return the attacker's oracle."""
     service.open_account(attacker_id, budget)
     return Oracle(service, attacker_id)
+
+
+def pool_knowledge(data: DataSplits, pool: torch.Tensor | None = None) -> Knowledge:
+    """What the referee grants a pool thief on ``data``: the attacker pool (or ``pool``) and an
+    MLP substitute."""
+    return Knowledge(
+        pool=data.attacker_pool.x if pool is None else pool,
+        pool_name="in_distribution",
+        input_shape=data.input_shape,
+        num_classes=data.num_classes,
+        substitute_arch="mlp",
+    )

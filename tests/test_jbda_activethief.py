@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from arena_testkit import ServiceFactory, open_oracle
+from arena_testkit import ServiceFactory, open_oracle, pool_knowledge
 from torch import nn
 
 from agents.activethief import ActiveThief, entropy, k_center_greedy, round_sizes
@@ -18,7 +18,6 @@ from agents.jbda import Jbda, JbdaTR, class_logit, input_gradients, target_loss
 from arena.attacker import ATTACKS
 from arena.data import DataSplits
 from arena.errors import InvalidParameters
-from arena.knowledge import Knowledge
 from arena.models import build_model
 from arena.oracle import AccountStatus, Answer, InputSpec, Oracle, OutputSpec, Rejection
 from arena.registry import build_plugin
@@ -78,16 +77,6 @@ class Recorder:
         return torch.cat(self.batches)
 
 
-def knowledge(data: DataSplits, pool: torch.Tensor | None = None) -> Knowledge:
-    return Knowledge(
-        pool=data.attacker_pool.x if pool is None else pool,
-        pool_name="in_distribution",
-        input_shape=data.input_shape,
-        num_classes=data.num_classes,
-        substitute_arch="mlp",
-    )
-
-
 def steal(
     service: VictimService,
     data: DataSplits,
@@ -104,7 +93,7 @@ def steal(
     recorder.identity = identity
     attacker = build_plugin(ATTACKS, name, params)
     model = attacker.steal(
-        Oracle(recorder, identity), knowledge(data, pool), np.random.default_rng(seed)
+        Oracle(recorder, identity), pool_knowledge(data, pool), np.random.default_rng(seed)
     )
     return model, recorder
 
@@ -308,7 +297,7 @@ def test_activethief_entropy_queries_higher_entropy_images_than_random(
     oracle = open_oracle(service, "spy", 200)
     picked_entropies.clear()
     SpyThief(strategy="entropy", rounds=4, epochs=3, round_epochs=3).steal(
-        oracle, knowledge(digits_data), np.random.default_rng(0)
+        oracle, pool_knowledge(digits_data), np.random.default_rng(0)
     )
     assert len(picked_entropies) == 4
     assert all(picked > control for picked, control in picked_entropies)

@@ -11,14 +11,13 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from arena_testkit import match_spec
+from arena_testkit import match_spec, pool_knowledge
 from torch import nn
 
 from arena.data import DataSplits
 from arena.defenses import DEFENSES
 from arena.defenses.dawn import Dawn, WatermarkLog
 from arena.errors import InvalidParameters
-from arena.knowledge import Knowledge
 from arena.oracle import Oracle
 from arena.referee import build_service, key_agreement, play_match, verify_ownership
 from arena.registry import build_plugin
@@ -163,16 +162,6 @@ def test_key_agreement_of_an_empty_key_set_is_zero(digits_victim: Any) -> None:
 # ---- removal attacks ----------------------------------------------------------------------
 
 
-def knowledge(data: DataSplits) -> Knowledge:
-    return Knowledge(
-        pool=data.attacker_pool.x,
-        pool_name="in_distribution",
-        input_shape=data.input_shape,
-        num_classes=data.num_classes,
-        substitute_arch="mlp",
-    )
-
-
 def weights(model: nn.Module) -> torch.Tensor:
     return torch.cat(
         [m.weight.detach().flatten() for m in model.modules() if isinstance(m, nn.Linear)]
@@ -185,7 +174,7 @@ def test_pruning_zeroes_the_smallest_weights_of_a_copy(
 ) -> None:
     original = copy.deepcopy(digits_victim.model)
     pruned = build_plugin(REMOVALS, "prune", {"amount": amount}).apply(
-        digits_victim.model, knowledge(digits_data), np.random.default_rng(0)
+        digits_victim.model, pool_knowledge(digits_data), np.random.default_rng(0)
     )
     zeros = float((weights(pruned) == 0).float().mean())
     assert abs(zeros - amount) < 0.01
@@ -202,7 +191,7 @@ def test_fine_tuning_moves_the_weights_and_keeps_the_function(
     digits_victim: Any, digits_data: DataSplits
 ) -> None:
     tuned = build_plugin(REMOVALS, "fine_tune", {"images": 300, "epochs": 3}).apply(
-        digits_victim.model, knowledge(digits_data), np.random.default_rng(0)
+        digits_victim.model, pool_knowledge(digits_data), np.random.default_rng(0)
     )
     assert not torch.equal(weights(tuned), weights(digits_victim.model))
     test = digits_data.test
