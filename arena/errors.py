@@ -50,6 +50,25 @@ class BudgetExhausted(ArenaError):
         self.remaining = remaining
 
 
+class Overloaded(ArenaError):
+    """The victim's queue is full; retry later. Nothing was charged."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"[overloaded] {message}")
+        self.message = message
+
+
+class VictimUnavailable(ArenaError):
+    """The victim did not answer in time or is down (it is restarted when it can be).
+
+    Nothing is charged twice: a retry of the same query id returns the answer it was charged for.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"[unavailable] {message}")
+        self.message = message
+
+
 class UnknownPlugin(ArenaError):
     """A defense, attack, architecture or dataset name that is not registered."""
 

@@ -17,7 +17,14 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from arena.errors import BudgetExhausted, InvalidQuery, QueryErrorCode, QueryRefused
+from arena.errors import (
+    BudgetExhausted,
+    InvalidQuery,
+    Overloaded,
+    QueryErrorCode,
+    QueryRefused,
+    VictimUnavailable,
+)
 from arena.targets import Targets
 
 
@@ -63,6 +70,10 @@ class Rejection:
             return BudgetExhausted(self.requested, self.remaining)
         if self.code == "refused":
             return QueryRefused(self.message)
+        if self.code == "overloaded":
+            return Overloaded(self.message)
+        if self.code == "unavailable":
+            return VictimUnavailable(self.message)
         return InvalidQuery(QueryErrorCode(self.code), self.message)
 
 
