@@ -13,7 +13,7 @@ The Ray start (``ray.init``) is timed separately from the tournament. Usage (fro
 root)::
 
     python benchmarks/tournament_scaling.py [--config configs/fashion_mnist.yaml] \
-        [--budgets 1000] [--out benchmarks/results/tournament_scaling.json]
+        [--budgets 1000 5000] [--out benchmarks/results/tournament_scaling.json]
 """
 
 from __future__ import annotations
@@ -102,13 +102,14 @@ def on_ray(
         tracker = Tracker(
             f"sqlite:///{store}.db", config.tracking.experiment, artifact_root=store / "artifacts"
         )
+        done_at: list[float] = []
+
+        def finished(spec: MatchSpec, result: object) -> None:
+            done_at.append(time.perf_counter() - start)
+            console.print(f"  {cpus} CPU {_label(spec)}: done at {done_at[-1]:.1f} s")
+
         start = time.perf_counter()
-        outcome = run_tournament(
-            config,
-            tracker,
-            cache_dir=cache_dir,
-            on_result=lambda spec, r: console.print(f"  {cpus} CPU {_label(spec)}: done"),
-        )
+        outcome = run_tournament(config, tracker, cache_dir=cache_dir, on_result=finished)
         wall_s = time.perf_counter() - start
     finally:
         ray.shutdown()
@@ -119,6 +120,7 @@ def on_ray(
         "ray_init_s": init_s,
         "wall_s": wall_s,
         "match_seconds": {r.match_key: r.match_seconds for r in outcome.results},
+        "results_done_at_s": done_at,
     }
 
 
@@ -131,7 +133,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "fashion_mnist.yaml")
     parser.add_argument(
-        "--budgets", type=int, nargs="+", default=[1000], help="replace the config's budgets"
+        "--budgets", type=int, nargs="+", default=None, help="replace the config's budgets"
     )
     parser.add_argument(
         "--out", type=Path, default=REPO / "benchmarks" / "results" / "tournament_scaling.json"
@@ -139,11 +141,13 @@ def main() -> int:
     args = parser.parse_args()
     loadavg = os.getloadavg()
     console = Console(width=140)
-    config = load_config(args.config).model_copy(update={"budgets": args.budgets})
+    config = load_config(args.config)
+    if args.budgets:
+        config = config.model_copy(update={"budgets": args.budgets})
     specs = config.matches()
     home = arena_home()
     cache_dir = home / "victims"
-    console.print(f"{config.name}: {len(specs)} matches, budgets {args.budgets}, home {home}")
+    console.print(f"{config.name}: {len(specs)} matches, budgets {config.budgets}, home {home}")
     for victim in {s.victim.key(): s.victim for s in specs}.values():
         start = time.perf_counter()
         trained = load_or_train(victim, load_dataset(victim.dataset), cache_dir)
@@ -188,7 +192,9 @@ def main() -> int:
     console.print(
         f"parallel speed-up (1 CPU / 2 CPUs): {speedup:.2f}x; orchestration overhead "
         f"(1-CPU Ray wall / serial sum): {overhead:.2f}x; serial service builds "
-        f"{one['service_build_s']:.1f} s (not in the sum)"
+        f"{one['service_build_s']:.1f} s (not in the sum); first match result after "
+        f"{ray1['results_done_at_s'][0]:.1f} s (1 CPU) and {ray2['results_done_at_s'][0]:.1f} s "
+        "(2 CPUs)"
     )
     console.print(
         f"match records identical in all three runs (timings excluded): {not mismatched}"
@@ -200,7 +206,7 @@ def main() -> int:
         loadavg,
         {
             "config": str(args.config),
-            "budgets": args.budgets,
+            "budgets": config.budgets,
             "matches": len(specs),
             "serial_sum_s": one["sum_s"],
             "serial_service_build_s": one["service_build_s"],
@@ -208,6 +214,8 @@ def main() -> int:
             "ray_2cpu_wall_s": ray2["wall_s"],
             "ray_1cpu_init_s": ray1["ray_init_s"],
             "ray_2cpu_init_s": ray2["ray_init_s"],
+            "ray_1cpu_results_done_at_s": ray1["results_done_at_s"],
+            "ray_2cpu_results_done_at_s": ray2["results_done_at_s"],
             "parallel_speedup": speedup,
             "orchestration_overhead": overhead,
             "records_identical": not mismatched,
