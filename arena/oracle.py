@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -26,6 +27,9 @@ from arena.errors import (
     VictimUnavailable,
 )
 from arena.targets import Targets
+
+UNAVAILABLE_RETRY_PAUSES_S = (0.5, 2.0)
+"""pauses before re-sending a batch the victim could not answer (it may be restarting)"""
 
 
 @dataclass(frozen=True)
@@ -170,21 +174,35 @@ class Oracle:
         asks for; a single-model victim refuses them."""
         payload: Any = x
         if isinstance(x, torch.Tensor):
-            # numpy travels through Ray without a copy; other dtypes go as they are and are refused
-            tensor = x.detach().cpu()
-            payload = tensor.contiguous().numpy() if tensor.dtype == torch.float32 else tensor
+            # numpy travels through Ray without a copy; a batch of another dtype or shape goes as
+            # it is and is refused (never made contiguous: a huge expanded view would be copied)
+            tensor = x.detach()
+            fits = tensor.dtype == torch.float32 and self._fits_spec(tuple(tensor.shape))
+            payload = tensor.cpu().contiguous().numpy() if fits else tensor.cpu()
         # unique per oracle (a second oracle of the same attacker never collides); the counter is
         # itertools.count, safe when threads share one oracle
         query_id = f"{self._session}-{next(self._query_ids)}"
-        if targets is None:
-            result = self._endpoint.answer(self._attacker_id, query_id, payload)
-        else:
-            result = self._endpoint.answer(self._attacker_id, query_id, payload, targets)
+        for pause in (*UNAVAILABLE_RETRY_PAUSES_S, None):
+            if targets is None:
+                result = self._endpoint.answer(self._attacker_id, query_id, payload)
+            else:
+                result = self._endpoint.answer(self._attacker_id, query_id, payload, targets)
+            if (
+                not (isinstance(result, Rejection) and result.code == "unavailable")
+                or pause is None
+            ):
+                break
+            # the same query id again: the victim's ledger answers it at most one charge
+            time.sleep(pause)
         if isinstance(result, Rejection):
             raise result.to_error()
         with self._lock:
             self._used = max(self._used, result.used)
         return torch.from_numpy(np.array(result.outputs, dtype=np.float32, copy=True))
+
+    def _fits_spec(self, shape: tuple[int, ...]) -> bool:
+        spec = self.input_spec
+        return len(shape) > 0 and shape[1:] == spec.shape and 0 < shape[0] <= spec.max_batch
 
     def query_all(
         self,

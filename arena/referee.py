@@ -8,6 +8,7 @@ get the same record. Attackers are built by name from :data:`arena.attacker.ATTA
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from arena.data import DataSplits, load_dataset
 from arena.defenses.base import OwnershipKeys
 from arena.defenses.chain import build_chain
 from arena.knowledge import Knowledge
+from arena.ledger import AuditDigest
 from arena.metrics import agreement, kl_divergence, l1_distance
 from arena.oracle import InputSpec, Oracle, OracleEndpoint
 from arena.oracle_adapters import MultiAccountOracle
@@ -112,6 +114,11 @@ class MatchResult(BaseModel):
     reference_share: float | None = None
     """model zoos: share of the attacker's queries answered by the reference member (the one
     fidelity is measured against)"""
+    audit_queries: int = 0
+    """queries in the victim's audit log for the thief's identities (equals ``queries_used``)"""
+    audit_sha256: str = ""
+    """SHA-256 of the thief's audit records (per identity, in order), so the log that backs this
+    record can be checked later"""
 
 
 class ServiceAPI(OracleEndpoint, Protocol):
@@ -126,6 +133,8 @@ class ServiceAPI(OracleEndpoint, Protocol):
     def zoo_profile(self) -> ZooProfile | None: ...
 
     def ownership_keys(self, attacker_id: str) -> list[tuple[int, OwnershipKeys]]: ...
+
+    def audit(self, attacker_id: str) -> AuditDigest: ...
 
 
 @dataclass(frozen=True)
@@ -213,6 +222,7 @@ def referee_match(
     stolen = predict_probs(substitute, data.test_x)
     per_identity = [service.account_stats(identity) for identity in identities]
     stats = merged_stats(per_identity)
+    audits = [service.audit(identity) for identity in identities]
     used = max(stats.used, 1)
     goodput = zoo_goodput(spec, service, data, profile) if profile is not None else None
     steps = [
@@ -270,6 +280,8 @@ def referee_match(
         goodput=goodput,
         served_by=json.dumps(stats.served_by) if profile is not None else "",
         reference_share=None if profile is None else stats.served_by[profile.reference] / used,
+        audit_queries=sum(a.queries for a in audits),
+        audit_sha256=hashlib.sha256(" ".join(a.sha256 for a in audits).encode()).hexdigest(),
     )
 
 

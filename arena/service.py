@@ -6,17 +6,19 @@ Ray actor. The query half (``answer``, ``account_status``, ``public_spec``) is w
 reference outputs on the test set) is for the referee only.
 
 Charging rules: a batch is validated, checked against a detector's refusal and against the
-remaining budget *before* the model runs; a rejected or refused batch charges nothing; a replayed
-``(attacker, query id)`` returns the recorded answer without charging again.
+remaining budget, and charged in the :class:`~arena.ledger.Ledger` *before* the model runs; a
+rejected or refused batch charges nothing; a replayed ``(attacker, query id)`` returns the
+recorded answer without charging again. With a ledger file, a restarted service (a Ray actor
+after a crash) reopens every account exactly where it was.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import threading
 import time
 import zlib
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +28,7 @@ from torch import nn
 
 from arena.defenses.base import OwnershipKeys
 from arena.defenses.chain import DefenseChain
+from arena.ledger import AuditDigest, Ledger, input_hash
 from arena.metrics import exact_sum, kl_divergence, l1_distance
 from arena.oracle import AccountStatus, Answer, InputSpec, OutputSpec, Rejection, validate_query
 from arena.targets import NO_TARGETS, Targets, parse_targets
@@ -68,8 +71,6 @@ class ReferenceOutputs:
 
 
 REFERENCE_BATCH = 256
-REPLAY_WINDOW = 64
-"""how many recent answers per attacker are kept for retried calls"""
 
 
 @dataclass
@@ -78,8 +79,10 @@ class _Account:
     defense_states: list[Any]
     rng: np.random.Generator
     """randomness of the defenses that perturb targets, keyed by the caller's identity"""
-    recent: OrderedDict[str, tuple[int, Answer]] = field(default_factory=OrderedDict)
-    """the last :data:`REPLAY_WINDOW` answers by query id, with the digest of their input"""
+
+    def snapshot(self) -> dict[str, Any]:
+        """What the ledger keeps of this account besides its charges (JSON)."""
+        return {"stats": dataclasses.asdict(self.stats), "rng": self.rng.bit_generator.state}
 
 
 class VictimService:
@@ -98,10 +101,15 @@ class VictimService:
         num_classes: int,
         device: str = "cpu",
         undefended: nn.Module | None = None,
+        ledger: Ledger | None = None,
+        defense_label: str = "",
     ) -> None:
         """``undefended``: the victim as trained, when a training-time defense serves another
         model (``model``); perturbation, fidelity and the victim's accuracy are measured
-        against it, so a retrained victim's changes count as the defense's."""
+        against it, so a retrained victim's changes count as the defense's.
+
+        ``ledger``: budgets and audit log (in memory when ``None``); the accounts it already
+        holds are reopened. ``defense_label`` names the chain in the audit log."""
         self._device = torch.device(device)
         self._model = model.to(self._device).eval()
         self._undefended = None if undefended is None else undefended.to(self._device).eval()
@@ -113,6 +121,33 @@ class VictimService:
         self._lock = threading.Lock()
         self._zoo = model if isinstance(model, ZooModule) else None
         self._profile = self._zoo.profile() if self._zoo is not None else None
+        self._ledger = ledger if ledger is not None else Ledger()
+        self._defense_label = defense_label
+        self._restore_accounts()
+
+    def _restore_accounts(self) -> None:
+        """Reopen the ledger's accounts: statistics and randomness from their snapshots, the
+        budget used from the charges, and per-caller defense states by replaying the chain over
+        every answered batch (stored for stateful chains only)."""
+        for attacker_id, stored in self._ledger.accounts().items():
+            account = self._new_account(attacker_id, stored.budget)
+            if stored.snapshot is not None:
+                account.stats = AccountStats(**stored.snapshot["stats"])
+                account.rng.bit_generator.state = stored.snapshot["rng"]
+            account.stats.used = stored.used
+            if self._chain.stateful:
+                for inputs, served in self._ledger.answered_batches(attacker_id):
+                    x = torch.from_numpy(inputs.reshape(-1, *self._input_spec.shape))
+                    self._chain.respond(torch.from_numpy(served), x, account.defense_states)
+            self._accounts[attacker_id] = account
+
+    def _new_account(self, attacker_id: str, budget: int) -> _Account:
+        steps = len(self._chain.defenses)
+        stats = AccountStats(budget, step_seconds=[0.0] * steps, step_l1_sum=[0.0] * steps)
+        if self._profile is not None:
+            stats.served_by = [0] * self._profile.size
+        rng = np.random.default_rng(zlib.crc32(attacker_id.encode()))
+        return _Account(stats, self._chain.new_states(), rng)
 
     # ---- referee side -------------------------------------------------------------------------
 
@@ -123,13 +158,9 @@ class VictimService:
         with self._lock:
             account = self._accounts.get(attacker_id)
             if account is None:
-                states = self._chain.new_states()
-                steps = len(self._chain.defenses)
-                stats = AccountStats(budget, step_seconds=[0.0] * steps, step_l1_sum=[0.0] * steps)
-                if self._profile is not None:
-                    stats.served_by = [0] * self._profile.size
-                rng = np.random.default_rng(zlib.crc32(attacker_id.encode()))
-                self._accounts[attacker_id] = _Account(stats, states, rng)
+                account = self._new_account(attacker_id, budget)
+                self._ledger.open_account(attacker_id, budget, account.snapshot())
+                self._accounts[attacker_id] = account
             elif account.stats.budget != budget:
                 held = account.stats.budget
                 raise ValueError(
@@ -140,6 +171,11 @@ class VictimService:
         with self._lock:
             stats = self._accounts[attacker_id].stats
             return copy.deepcopy(stats)
+
+    def audit(self, attacker_id: str) -> AuditDigest:
+        """Count and SHA-256 of the attacker's audit records (logged with the match)."""
+        with self._lock:
+            return self._ledger.audit(attacker_id)
 
     def ownership_keys(self, attacker_id: str) -> list[tuple[int, OwnershipKeys]]:
         """The chain's verifiers' keys for this caller (referee only: they are the secret)."""
@@ -201,51 +237,68 @@ class VictimService:
             if isinstance(stated, Rejection):
                 return stated
             digest = _digest(x, stated)
-            if query_id in account.recent:
-                seen_digest, seen = account.recent[query_id]
-                if seen_digest == digest:
-                    return seen  # a retried call: same answer, charged once
+            stats = account.stats
+            batch = int(x.shape[0])
+            charged = self._ledger.lookup(attacker_id, query_id)
+            if charged is not None and charged.input_hash != digest:
                 return Rejection(
                     "query_id_reused", f"query id {query_id!r} was used for other inputs"
                 )
-            stats = account.stats
-            refusal = self._chain.refusal(account.defense_states)
-            if refusal is not None:
-                stats.refused_batches += 1
-                return Rejection("refused", refusal)
-            batch = int(x.shape[0])
-            remaining = stats.budget - stats.used
-            if batch > remaining:
-                return Rejection(
-                    "budget_exhausted",
-                    f"batch of {batch} exceeds the remaining budget {remaining}",
-                    requested=batch,
-                    remaining=remaining,
-                )
-            inputs = _as_tensor(x)
-            start = time.perf_counter()
-            probs = self._serve(inputs, stated, account)
-            model_seconds = time.perf_counter() - start
-            states = account.defense_states
-            defended, step_seconds, step_l1 = self._chain.respond(probs, inputs, states)
+            if charged is not None and charged.outputs is not None:
+                # a retried call: the recorded answer, charged once
+                return Answer(charged.outputs, stats.used, stats.budget - stats.used)
+            if charged is None:
+                refusal = self._chain.refusal(account.defense_states)
+                if refusal is not None:
+                    stats.refused_batches += 1
+                    self._ledger.save_snapshot(attacker_id, account.snapshot())
+                    return Rejection("refused", refusal)
+                remaining = stats.budget - stats.used
+                if batch > remaining:
+                    return Rejection(
+                        "budget_exhausted",
+                        f"batch of {batch} exceeds the remaining budget {remaining}",
+                        requested=batch,
+                        remaining=remaining,
+                    )
+                stats.used = self._ledger.charge(attacker_id, query_id, batch, digest)
+            # else: charged by a call that died before answering; answer it without a new charge
+            return self._answer_charged(attacker_id, query_id, account, x, stated)
 
-            stats.used += batch
-            stats.batches += 1
-            stats.model_seconds += model_seconds
-            stats.defense_seconds += sum(step_seconds)
-            for step, (seconds, l1) in enumerate(zip(step_seconds, step_l1, strict=True)):
-                stats.step_seconds[step] += seconds
-                stats.step_l1_sum[step] += l1
-            if stats.detected_after is None:
-                stats.detected_after = self._chain.detected_after(states)
-            original = self._as_trained(inputs, probs)
-            stats.l1_sum += exact_sum(l1_distance(original, defended))
-            stats.kl_sum += exact_sum(kl_divergence(defended, original))
-            result = Answer(defended.numpy(), used=stats.used, remaining=stats.budget - stats.used)
-            account.recent[query_id] = (digest, result)
-            if len(account.recent) > REPLAY_WINDOW:
-                account.recent.popitem(last=False)
-            return result
+    def _answer_charged(
+        self,
+        attacker_id: str,
+        query_id: str,
+        account: _Account,
+        x: np.ndarray | torch.Tensor,
+        stated: Targets | None,
+    ) -> Answer:
+        """Run the model and the chain on a charged batch, account it and record the answer."""
+        stats = account.stats
+        inputs = _as_tensor(x)
+        start = time.perf_counter()
+        probs = self._serve(inputs, stated, account)
+        model_seconds = time.perf_counter() - start
+        states = account.defense_states
+        defended, step_seconds, step_l1 = self._chain.respond(probs, inputs, states)
+
+        stats.batches += 1
+        stats.model_seconds += model_seconds
+        stats.defense_seconds += sum(step_seconds)
+        for step, (seconds, l1) in enumerate(zip(step_seconds, step_l1, strict=True)):
+            stats.step_seconds[step] += seconds
+            stats.step_l1_sum[step] += l1
+        if stats.detected_after is None:
+            stats.detected_after = self._chain.detected_after(states)
+        original = self._as_trained(inputs, probs)
+        stats.l1_sum += exact_sum(l1_distance(original, defended))
+        stats.kl_sum += exact_sum(kl_divergence(defended, original))
+        outputs = defended.numpy()
+        replay = (inputs.numpy(), probs.numpy()) if self._chain.stateful else None
+        self._ledger.record_answer(
+            attacker_id, query_id, outputs, self._defense_label, account.snapshot(), replay
+        )
+        return Answer(outputs, used=stats.used, remaining=stats.budget - stats.used)
 
     def _stated_targets(self, targets: Any) -> Targets | Rejection | None:
         """The targets a batch asks for: checked for a zoo, refused by a single model."""
@@ -284,19 +337,14 @@ class VictimService:
         return torch.softmax(logits.float(), dim=1).cpu()
 
 
-def _digest(x: np.ndarray | torch.Tensor, targets: Targets | None = None) -> int:
-    """Checksum of a validated batch, so a query id reused with other inputs is caught.
-
-    CRC-32 (4x cheaper than BLAKE2 here: 0.25 ms per 256-image batch) is enough: a crafted
-    collision would only return an answer the attacker already paid for.
-    """
+def _digest(x: np.ndarray | torch.Tensor, targets: Targets | None = None) -> str:
+    """Hash of a validated batch (and its targets), so a query id reused with other inputs is
+    caught and the audit log identifies what was asked."""
     array = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x
-    checksum = zlib.crc32(np.ascontiguousarray(array).data)
     if targets is None:
-        return checksum
+        return input_hash(array)
     # as floats: equal targets spelled otherwise (Targets(0, 1), Targets(0.0, 1.0)) are one query
-    stated = (float(targets.min_accuracy), float(targets.max_latency_ms))
-    return zlib.crc32(repr(stated).encode(), checksum)
+    return input_hash(array, repr((float(targets.min_accuracy), float(targets.max_latency_ms))))
 
 
 def _as_tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,7 @@ from pydantic import (
     Field,
     NonNegativeFloat,
     NonNegativeInt,
+    PositiveFloat,
     PositiveInt,
     ValidationError,
     field_validator,
@@ -94,6 +95,12 @@ class RaySettings(_Strict):
     """GPUs per victim-service actor; the victim runs on CUDA when given one"""
     object_store_mb: PositiveInt | None = None
     """object store size for a local Ray (``None``: Ray's default)"""
+    victim_max_restarts: NonNegativeInt = 3
+    """restarts of a crashed or hung victim-service actor (its ledger file is reopened)"""
+    victim_queue_cap: PositiveInt = 1024
+    """calls queued at one victim before further ones get a typed ``Overloaded`` error"""
+    victim_timeout_s: PositiveFloat = 300.0
+    """a victim call taking longer gets a typed timeout and the actor is restarted"""
 
 
 class TrackingSettings(_Strict):

@@ -3,10 +3,19 @@
 The actor hosts the very same :class:`arena.service.VictimService`; calls are sequential inside
 the actor, so each ledger is exact however many attackers query at once. Rejections come back as
 values (cheaper than exceptions through Ray) and the oracle raises them client-side.
+
+Faults: the actor restarts up to ``max_restarts`` times (a crash, a lost node, a hang the proxy
+gave up on) and Ray retries the calls in flight. Retries are at-least-once, so the ledger file
+(:class:`arena.ledger.Ledger`) is what keeps charges exact: the restarted service reopens it and
+answers a retried query id from it. A full queue (``max_pending_calls``) is a typed ``overloaded``
+rejection, a call that outlives its timeout a typed ``unavailable`` one; neither charges.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +27,19 @@ from ray.actor import ActorHandle
 from arena.data import DataSplits
 from arena.defenses.base import OwnershipKeys
 from arena.defenses.chain import build_chain
+from arena.ledger import AuditDigest, Ledger
 from arena.oracle import AccountStatus, Answer, InputSpec, OutputSpec, Rejection
+from arena.registry import plugin_label
 from arena.service import AccountStats, ReferenceOutputs, VictimService
 from arena.specs import PluginSpec, VictimSpec
 from arena.victims import build_victim_model, defended_model
 from arena.zoo import ZooProfile
+
+_log = logging.getLogger(__name__)
+
+RESTART_GRACE_S = 60.0
+"""after restarting a hung victim, further timeouts within this many seconds do not restart it
+again (it may still be starting up)"""
 
 SERVICE_NAMESPACE = "model-stealing-arena"
 """Ray namespace of named victim-service actors (find leftovers with ``list_named_actors``)."""
@@ -41,6 +58,7 @@ class HostedVictimService(VictimService):
         threads: int = 1,
         data: DataSplits | None = None,
         cache_dir: Path | None = None,
+        ledger_path: Path | None = None,
     ) -> None:
         torch.set_num_threads(max(1, threads))
         gpus = ray.get_gpu_ids()
@@ -55,7 +73,17 @@ class HostedVictimService(VictimService):
                 raise ValueError("defenses that prepare models need the victim's data")
             model = defended_model(victim, model, chain, data, cache_dir)
         undefended = None if model is trained else trained
-        super().__init__(model, chain, input_spec, num_classes, device, undefended)
+        label = " -> ".join(
+            plugin_label(spec.name, d) for spec, d in zip(defenses, chain.defenses, strict=True)
+        )
+        ledger = Ledger(ledger_path)
+        super().__init__(
+            model, chain, input_spec, num_classes, device, undefended, ledger, label or "none"
+        )
+
+    def process_id(self) -> int:
+        """The actor's process (operators and fault tests use it to find, or kill, the victim)."""
+        return os.getpid()
 
 
 def start_victim_service(
@@ -69,40 +97,95 @@ def start_victim_service(
     name: str | None = None,
     data: Any = None,
     cache_dir: Path | None = None,
+    ledger_path: Path | None = None,
+    max_restarts: int = 0,
+    max_pending_calls: int = -1,
+    service_cls: type[HostedVictimService] = HostedVictimService,
+    **options: Any,
 ) -> ActorHandle[Any]:
     """Start one victim-service actor; ``state`` (and ``data``, needed only by defenses that
-    prepare models) may be ObjectRefs."""
-    actor_cls: Any = ray.remote(HostedVictimService)
+    prepare models) may be ObjectRefs.
+
+    ``ledger_path``: the ledger file a restarted actor reopens (without one a restart would
+    start from empty accounts, so restarts are refused). ``max_pending_calls``: the queue cap
+    (-1: none). ``service_cls`` and ``options`` (Ray actor options, e.g. a node's resources)
+    let fault tests and clusters place or instrument the actor."""
+    if max_restarts and ledger_path is None:
+        raise ValueError("a victim service that restarts needs a ledger file to restore")
+    actor_cls: Any = ray.remote(service_cls)
     actor_cls = actor_cls.options(
         num_cpus=num_cpus,
         num_gpus=num_gpus,
         max_concurrency=1,
         name=name,
         namespace=SERVICE_NAMESPACE if name else None,
+        max_restarts=max_restarts,
+        # calls in flight when the actor died run again on the restarted one (idempotent ledger)
+        max_task_retries=-1 if max_restarts else 0,
+        max_pending_calls=max_pending_calls,
+        **options,
     )
     threads = max(1, int(num_cpus)) if num_cpus else 1
     handle: ActorHandle[Any] = actor_cls.remote(
-        victim, defenses, state, input_spec, num_classes, threads, data, cache_dir
+        victim, defenses, state, input_spec, num_classes, threads, data, cache_dir, ledger_path
     )
     return handle
 
 
 class RayServiceProxy:
-    """Implements the referee's service interface by calling a victim-service actor."""
+    """Implements the referee's service interface by calling a victim-service actor.
+
+    Faults become typed rejections for ``answer`` (what attackers call) and
+    :class:`~arena.errors.VictimUnavailable` / :class:`~arena.errors.Overloaded` for the rest. A
+    call that outlives ``timeout_s`` is abandoned and the actor is killed so Ray restarts it
+    (when it may restart) rather than leaving a hung victim in place."""
 
     def __init__(self, handle: ActorHandle[Any], timeout_s: float = 300.0) -> None:
         self._handle = handle
         self._timeout = timeout_s
         self._spec: tuple[InputSpec, OutputSpec] | None = None
+        self._killed_at: float | None = None
 
     def _call(self, method: str, *args: Any) -> Any:
-        return ray.get(getattr(self._handle, method).remote(*args), timeout=self._timeout)
+        result = self._try_call(method, *args)
+        if isinstance(result, Rejection):
+            raise result.to_error()
+        return result
+
+    def _try_call(self, method: str, *args: Any) -> Any:
+        try:
+            ref = getattr(self._handle, method).remote(*args)
+        except ray.exceptions.PendingCallsLimitExceeded:
+            return Rejection("overloaded", "the victim's queue is full: retry later")
+        try:
+            return ray.get(ref, timeout=self._timeout)
+        except ray.exceptions.GetTimeoutError:
+            now = time.monotonic()
+            if self._killed_at is None or now - self._killed_at > RESTART_GRACE_S:
+                # a hung victim is restarted; one that is still restarting is left to finish
+                _log.warning(
+                    "victim call %s timed out after %.0f s: restarting it", method, self._timeout
+                )
+                ray.kill(self._handle, no_restart=False)
+                self._killed_at = now
+            return Rejection("unavailable", f"the victim did not answer within {self._timeout:g} s")
+        except (ray.exceptions.ActorDiedError, ray.exceptions.ActorUnavailableError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            return Rejection("unavailable", f"the victim service is down: {first}")
 
     def answer(
         self, attacker_id: str, query_id: str, x: Any, targets: Any = None
     ) -> Answer | Rejection:
-        result: Answer | Rejection = self._call("answer", attacker_id, query_id, x, targets)
+        result: Answer | Rejection = self._try_call("answer", attacker_id, query_id, x, targets)
         return result
+
+    def audit(self, attacker_id: str) -> AuditDigest:
+        digest: AuditDigest = self._call("audit", attacker_id)
+        return digest
+
+    def process_id(self) -> int:
+        pid: int = self._call("process_id")
+        return pid
 
     def ownership_keys(self, attacker_id: str) -> list[tuple[int, OwnershipKeys]]:
         keys: list[tuple[int, OwnershipKeys]] = self._call("ownership_keys", attacker_id)

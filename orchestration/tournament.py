@@ -11,6 +11,7 @@ import signal
 import tempfile
 import time
 import traceback
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,11 +141,15 @@ def prepare_defenses(
 
 @ray.remote
 def play_match_task(
-    spec: MatchSpec, service: ActorHandle[Any], data: MatchData, threads: int
+    spec: MatchSpec,
+    service: ActorHandle[Any],
+    data: MatchData,
+    threads: int,
+    timeout_s: float = 300.0,
 ) -> MatchResult | MatchFailure:
     torch.set_num_threads(threads)
     try:
-        return referee_match(spec, RayServiceProxy(service), data)
+        return referee_match(spec, RayServiceProxy(service, timeout_s), data)
     except Exception as exc:  # reported as a value: one failing match must not sink the rest
         detail = traceback.format_exc(limit=8)
         return MatchFailure(spec.key(), f"{type(exc).__name__}: {exc}\n{detail}")
@@ -158,9 +163,11 @@ def service_for(
     data_ref: ObjectRef[Any],
     cache_dir: Path,
     name: str | None = None,
+    ledger_path: Path | None = None,
 ) -> ActorHandle[Any]:
     """Start the victim-service actor for a match's victim and defense chain (the data goes to
-    the actor only when the chain prepares something)."""
+    the actor only when the chain prepares something). With a ledger file it restarts up to
+    ``victim_max_restarts`` times."""
     return start_victim_service(
         spec.victim,
         spec.defenses,
@@ -172,7 +179,16 @@ def service_for(
         name=name,
         data=data_ref if build_chain(spec.defenses).needs_preparation else None,
         cache_dir=cache_dir,
+        ledger_path=ledger_path,
+        max_restarts=ray_settings.victim_max_restarts if ledger_path is not None else 0,
+        max_pending_calls=ray_settings.victim_queue_cap,
     )
+
+
+def ledger_dir(cache_dir: Path, run_id: str) -> Path:
+    """This driver run's victim ledgers (and audit logs). Fresh for every run: a rerun plays an
+    unfinished match again from the start, under the same attacker identities."""
+    return cache_dir.parent / "ledgers" / f"{run_id}-{uuid.uuid4().hex[:8]}"
 
 
 def ensure_victims(
@@ -264,6 +280,7 @@ def run_tournament(
 
             services: dict[tuple[str, tuple[str, ...]], ActorHandle[Any]] = {}
             running: dict[ObjectRef[Any], MatchSpec] = {}
+            ledgers = ledger_dir(cache_dir, parent)
             for spec in pending:
                 service_key = (spec.victim.key(), tuple(d.model_dump_json() for d in spec.defenses))
                 if service_key not in services:
@@ -275,6 +292,7 @@ def run_tournament(
                         data_refs[spec.victim.dataset],
                         cache_dir,
                         name=f"victim-{parent[:8]}-{len(services)}",
+                        ledger_path=ledgers / f"victim-{len(services)}.sqlite3",
                     )
                     actors.append(services[service_key])
                 task = play_match_task.options(num_cpus=config.ray.cpus_per_match)
@@ -283,6 +301,7 @@ def run_tournament(
                     services[service_key],
                     match_data[(spec.victim.dataset, spec.pool)],
                     config.ray.cpus_per_match,
+                    config.ray.victim_timeout_s,
                 )
                 running[ref] = spec
 
