@@ -1,9 +1,16 @@
 """The victim service hosted in a Ray actor: same answers and errors as in process, exact ledgers
-under concurrent attackers (B1, B3), typed errors returned through Ray (Q1 through the proxy)."""
+under concurrent attackers (B1, B3), typed errors returned through Ray (Q1: 10,000 malformed
+queries, nothing charged, no restart, no slowdown)."""
 
 from __future__ import annotations
 
 import contextlib
+import os
+import statistics
+import time
+import tracemalloc
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +22,7 @@ import torch
 import agents  # noqa: F401
 from arena.data import DataSplits, load_dataset
 from arena.errors import BudgetExhausted, InvalidQuery, QueryErrorCode
-from arena.oracle import InputSpec, Oracle
+from arena.oracle import InputSpec, Oracle, Rejection
 from arena.referee import MatchData, play_match, referee_match
 from arena.specs import MatchSpec, PluginSpec, VictimSpec
 from arena.victims import load_or_train
@@ -50,7 +57,7 @@ def service(ray_session: None, digits: DataSplits, cache_dir: Path) -> Any:
     ray.kill(handle)
 
 
-def test_ray_oracle_rejects_malformed_queries_and_charges_nothing(service: Any) -> None:
+def test_Q1_ray_oracle_rejects_malformed_queries_and_charges_nothing(service: Any) -> None:
     proxy = RayServiceProxy(service)
     proxy.open_account("malformed", 50)
     oracle = Oracle(proxy, "malformed")
@@ -75,6 +82,188 @@ def test_ray_oracle_rejects_malformed_queries_and_charges_nothing(service: Any) 
     out = oracle.query(torch.rand(50, 1, 8, 8))
     assert out.shape == (50, 10) and torch.allclose(out.sum(dim=1), torch.ones(50), atol=1e-5)
     assert oracle.remaining == 0
+
+
+MAX_BATCH = 64  # the module's victim service
+
+
+def _digits(batch: int, value: float | None = None) -> np.ndarray:
+    x = np.random.default_rng(batch).random((batch, 1, 8, 8), dtype=np.float32)
+    if value is not None:
+        x[-1, 0, 3, 4] = value
+    return x
+
+
+# (id, payload factory, code): every kind of malformed query of RELIABILITY Q1
+Q1_KINDS: list[tuple[str, Callable[[], Any], QueryErrorCode]] = [
+    ("none", lambda: None, QueryErrorCode.NOT_ARRAY),
+    ("str", lambda: "0.5", QueryErrorCode.NOT_ARRAY),
+    ("int", lambda: 7, QueryErrorCode.NOT_ARRAY),
+    ("bytes", lambda: _digits(2).tobytes(), QueryErrorCode.NOT_ARRAY),
+    ("dict", lambda: {"x": _digits(2)}, QueryErrorCode.NOT_ARRAY),
+    ("nested_list", lambda: _digits(2).tolist(), QueryErrorCode.NOT_ARRAY),
+    ("ragged_list", lambda: [[0.1], [0.2, 0.3]], QueryErrorCode.NOT_ARRAY),
+    ("masked_array", lambda: np.ma.masked_invalid(_digits(2, np.nan)), QueryErrorCode.NOT_ARRAY),
+    ("float64", lambda: _digits(2).astype(np.float64), QueryErrorCode.DTYPE),
+    ("int64", lambda: np.zeros((2, 1, 8, 8), np.int64), QueryErrorCode.DTYPE),
+    ("uint8", lambda: np.zeros((2, 1, 8, 8), np.uint8), QueryErrorCode.DTYPE),
+    ("bool", lambda: np.zeros((2, 1, 8, 8), bool), QueryErrorCode.DTYPE),
+    ("complex64", lambda: np.zeros((2, 1, 8, 8), np.complex64), QueryErrorCode.DTYPE),
+    ("object", lambda: _digits(2).astype(object), QueryErrorCode.DTYPE),
+    ("torch_float16", lambda: torch.zeros(2, 1, 8, 8, dtype=torch.float16), QueryErrorCode.DTYPE),
+    ("scalar_array", lambda: np.array(0.5, np.float32), QueryErrorCode.SHAPE),
+    ("no_batch_dim", lambda: np.zeros((1, 8, 8), np.float32), QueryErrorCode.SHAPE),
+    ("channels_last", lambda: np.zeros((2, 8, 8, 1), np.float32), QueryErrorCode.SHAPE),
+    ("wrong_size", lambda: np.zeros((2, 1, 28, 28), np.float32), QueryErrorCode.SHAPE),
+    ("five_dims", lambda: np.zeros((2, 1, 1, 8, 8), np.float32), QueryErrorCode.SHAPE),
+    ("empty", lambda: np.zeros((0, 1, 8, 8), np.float32), QueryErrorCode.EMPTY),
+    ("torch_empty", lambda: torch.zeros(0, 1, 8, 8), QueryErrorCode.EMPTY),
+    ("over_max_batch", lambda: _digits(MAX_BATCH + 1), QueryErrorCode.BATCH_TOO_LARGE),
+    ("nan", lambda: _digits(3, np.nan), QueryErrorCode.NON_FINITE),
+    ("pos_inf", lambda: _digits(3, np.inf), QueryErrorCode.NON_FINITE),
+    ("neg_inf", lambda: _digits(3, -np.inf), QueryErrorCode.NON_FINITE),
+    ("torch_nan", lambda: torch.full((2, 1, 8, 8), float("nan")), QueryErrorCode.NON_FINITE),
+    ("negative", lambda: _digits(3, -0.5), QueryErrorCode.OUT_OF_RANGE),
+    ("above_one", lambda: _digits(3, 2.0), QueryErrorCode.OUT_OF_RANGE),
+]  # fmt: skip
+
+Q1_QUERIES = 10_000
+IN_FLIGHT = 16
+"""malformed queries pipelined at once (the actor still serves them one at a time)"""
+LATENCY_CALLS = 100
+LATENCY_BATCH = 4
+
+
+def _actor_process(handle: Any) -> tuple[int, str, int]:
+    """(pid, actor id, restarts) of a victim actor. Test-only introspection: the pid is read
+    inside the actor, the restart count from Ray's actor table (the state API needs the
+    dashboard, which the session's Ray leaves out)."""
+    pid, actor_id = ray.get(
+        handle.__ray_call__.remote(
+            lambda _self: (os.getpid(), ray.get_runtime_context().get_actor_id())
+        )
+    )
+    record: dict[str, Any] = ray._private.state.actors(actor_id)
+    assert record["State"] == "ALIVE" and record["Pid"] == pid
+    return pid, actor_id, int(record["NumRestarts"])
+
+
+def _valid_latencies(oracle: Oracle) -> list[float]:
+    """Seconds per valid query through the oracle (one Ray round trip each)."""
+    times = []
+    for i in range(LATENCY_CALLS):
+        x = torch.from_numpy(_digits(LATENCY_BATCH)) * (i % 7 + 1) / 8  # distinct, in range
+        start = time.perf_counter()
+        out = oracle.query(x)
+        times.append(time.perf_counter() - start)
+        assert out.shape == (LATENCY_BATCH, 10)
+    return times
+
+
+@pytest.mark.timeout(120)
+def test_Q1_10000_malformed_queries_rejected_typed_uncharged_no_restart_no_slowdown(
+    service: Any,
+) -> None:
+    """Q1: 10,000 malformed queries of 29 kinds sent to the Ray-hosted victim: every one comes
+    back as the typed error of its kind, nothing is charged, the actor is the same process
+    afterwards, and a valid query is no slower (median of 100 before and 100 after)."""
+    proxy = RayServiceProxy(service)
+    budget = 2 * (LATENCY_CALLS + 10) * LATENCY_BATCH
+    proxy.open_account("q1", budget)
+    oracle = Oracle(proxy, "q1")
+    pid_before, actor_id, restarts_before = _actor_process(service)
+    for _ in range(10):  # warm-up, not measured
+        oracle.query(torch.from_numpy(_digits(LATENCY_BATCH)) / 2)
+    before = _valid_latencies(oracle)
+    used_before = proxy.account_stats("q1").used
+    assert used_before == (LATENCY_CALLS + 10) * LATENCY_BATCH
+
+    # every kind once through the attacker's oracle: raised as the typed error with its code
+    for kind, make, code in Q1_KINDS:
+        with pytest.raises(InvalidQuery) as info:
+            oracle.query(make())
+        assert info.value.code is code, kind
+
+    # then 10,000 straight at the actor, IN_FLIGHT at a time: a rejection value each
+    payloads = [(kind, make(), code) for kind, make, code in Q1_KINDS]
+    seen: Counter[str] = Counter()
+    pending: dict[Any, tuple[str, QueryErrorCode]] = {}
+    start = time.perf_counter()
+
+    def collect(refs: list[Any]) -> None:
+        for ref, result in zip(refs, ray.get(refs), strict=True):
+            kind, code = pending.pop(ref)
+            assert isinstance(result, Rejection), f"{kind} was answered"
+            error = result.to_error()
+            assert isinstance(error, InvalidQuery) and error.code is code, (kind, result)
+            seen[kind] += 1
+
+    for i in range(Q1_QUERIES):
+        kind, payload, code = payloads[i % len(payloads)]
+        pending[service.answer.remote("q1", f"bad-{i}", payload)] = (kind, code)
+        if len(pending) >= IN_FLIGHT:
+            ready, _ = ray.wait(list(pending), num_returns=IN_FLIGHT // 2)
+            collect(ready)
+    collect(list(pending))
+    flood = time.perf_counter() - start
+    assert sum(seen.values()) == Q1_QUERIES and set(seen) == {k for k, _, _ in Q1_KINDS}
+
+    stats = proxy.account_stats("q1")
+    assert stats.used == used_before, "a malformed query was charged"
+    assert stats.batches == LATENCY_CALLS + 10
+    assert _actor_process(service) == (pid_before, actor_id, restarts_before)
+    assert restarts_before == 0
+
+    after = _valid_latencies(oracle)
+    before_ms, after_ms = statistics.median(before) * 1e3, statistics.median(after) * 1e3
+    print(
+        f"Q1: {Q1_QUERIES} malformed queries of {len(Q1_KINDS)} kinds rejected in {flood:.1f} s "
+        f"({flood / Q1_QUERIES * 1e3:.2f} ms each, {IN_FLIGHT} in flight); valid-query median "
+        f"{before_ms:.2f} ms before, {after_ms:.2f} ms after ({after_ms / before_ms:.2f}x)"
+    )
+    assert after_ms <= 1.25 * before_ms
+    assert proxy.account_stats("q1").used == used_before + LATENCY_CALLS * LATENCY_BATCH
+
+
+@pytest.mark.timeout(60)
+def test_Q2_oversized_tensor_view_refused_through_ray_without_a_copy(service: Any) -> None:
+    """Q2 through Ray: a 25.6 GB expanded tensor view travels as its tiny storage, is refused on
+    its shape alone (the message names expected and got), and nothing is charged."""
+    proxy = RayServiceProxy(service)
+    proxy.open_account("q2", 10)
+    oracle = Oracle(proxy, "q2")
+    huge = torch.zeros(1, 1, 8, 8).expand(10**8, 1, 8, 8)
+    start = time.perf_counter()
+    with pytest.raises(InvalidQuery) as info:
+        oracle.query(huge)
+    elapsed = time.perf_counter() - start
+    print(f"Q2 through Ray: 10^8-image view refused in {elapsed * 1e3:.1f} ms")
+    assert info.value.code is QueryErrorCode.BATCH_TOO_LARGE
+    assert str(MAX_BATCH) in info.value.message and str(10**8) in info.value.message
+    assert elapsed < 2.0
+    assert proxy.account_stats("q2").used == 0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="RayServiceProxy.answer pickles a numpy view whole before the victim sees its shape",
+)
+def test_Q2_oversized_numpy_view_refused_through_ray_without_a_copy(service: Any) -> None:
+    """Q2 through Ray with a numpy view: pickling materialises a zero-stride array on the
+    caller's side (about twice its full size at peak), so a 10^8-image view would need 50 GB
+    there; refusing it on its shape before the Ray call would allocate nothing."""
+    proxy = RayServiceProxy(service)
+    proxy.open_account("q2-numpy", 10)
+    view = np.broadcast_to(np.zeros((1, 1, 8, 8), np.float32), (2 * 10**5, 1, 8, 8))  # 51 MB
+    tracemalloc.start()
+    try:
+        result = proxy.answer("q2-numpy", "q0", view)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert isinstance(result, Rejection) and result.code == "batch_too_large"
+    assert proxy.account_stats("q2-numpy").used == 0
+    assert peak < 16 * 2**20, f"{peak / 2**20:.0f} MiB allocated to refuse a 51 MB view"
 
 
 @ray.remote(num_cpus=0)
