@@ -30,6 +30,7 @@ import os
 import shlex
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ from torch import nn
 
 from arena.data import DataSplits, load_dataset
 from arena.defenses.chain import build_chain
+from arena.ledger import Ledger
 from arena.oracle import InputSpec, Oracle
 from arena.referee import ServiceAPI
 from arena.service import VictimService
@@ -53,6 +55,8 @@ from arena.specs import PluginSpec, VictimSpec
 from arena.victims import TrainedVictim, default_victim_cache, load_or_train
 from orchestration.ray_service import RayServiceProxy, start_victim_service
 
+LEDGER_LABEL = ("in-process service, ledger file", "-ledger_file")
+RAY_LEDGER_LABEL = ("Ray actor service, ledger file, restarts", "-ledger_file")
 BATCH_SIZES: tuple[int, ...] = (1, 64, 256)
 DEFENSES: tuple[str, ...] = ("none", "reverse_sigmoid")
 ATTACKER = "benchmark"
@@ -163,13 +167,15 @@ def defenses_for(name: str) -> tuple[PluginSpec, ...]:
     return (PluginSpec(name=name),)
 
 
-def metered_variant(service: ServiceAPI, where: str, label: str, defense: str) -> Variant:
+def metered_variant(
+    service: ServiceAPI, where: str, label: str, defense: str, suffix: str = ""
+) -> Variant:
     """An oracle on any victim service (in process or a Ray proxy) with the benchmark's account."""
     service.open_account(ATTACKER, BUDGET)
     oracle = Oracle(service, ATTACKER)
     prefix = "inproc" if where == "in-process" else where
     return Variant(
-        key=f"{prefix}-{defense}",
+        key=f"{prefix}-{defense}{suffix}",
         label=f"{label}, {defense}",
         where=where,
         defense=defense,
@@ -178,10 +184,20 @@ def metered_variant(service: ServiceAPI, where: str, label: str, defense: str) -
     )
 
 
-def in_process_variant(model: nn.Module, data: DataSplits, defense: str) -> Variant:
+def in_process_variant(
+    model: nn.Module, data: DataSplits, defense: str, ledger_file: Path | None = None
+) -> Variant:
+    """``ledger_file``: the ledger on disk, as tournaments keep it (default: in memory)."""
     chain = build_chain(defenses_for(defense))
-    service = VictimService(model, chain, InputSpec(shape=data.input_shape), data.num_classes)
-    return metered_variant(service, "in-process", "in-process service", defense)
+    service = VictimService(
+        model,
+        chain,
+        InputSpec(shape=data.input_shape),
+        data.num_classes,
+        ledger=Ledger(ledger_file),
+    )
+    label, suffix = ("in-process service", "") if ledger_file is None else LEDGER_LABEL
+    return metered_variant(service, "in-process", label, defense, suffix)
 
 
 def ray_variant(
@@ -189,7 +205,9 @@ def ray_variant(
     state: ray.ObjectRef[dict[str, torch.Tensor]],
     data: DataSplits,
     defense: str,
+    ledger_file: Path | None = None,
 ) -> Variant:
+    """``ledger_file``: as tournaments run it, with the ledger on disk and restarts allowed."""
     handle = start_victim_service(
         victim.spec,
         defenses_for(defense),
@@ -197,8 +215,11 @@ def ray_variant(
         InputSpec(shape=data.input_shape),
         data.num_classes,
         num_cpus=1,
+        ledger_path=ledger_file,
+        max_restarts=0 if ledger_file is None else 3,
     )
-    return metered_variant(RayServiceProxy(handle), "ray", "Ray actor service", defense)
+    label, suffix = ("Ray actor service", "") if ledger_file is None else RAY_LEDGER_LABEL
+    return metered_variant(RayServiceProxy(handle), "ray", label, defense, suffix)
 
 
 def input_batches(data: DataSplits, batch_size: int) -> list[torch.Tensor]:
@@ -298,7 +319,22 @@ def summarise(variants: Sequence[Variant]) -> dict[str, Any]:
             str(b): ratio(statistics.median(ray_v.qps[b]), statistics.median(local.qps[b]))
             for b in BATCH_SIZES
         }
-    return {"variants": results, "ray_vs_in_process": ray_vs_inproc}
+    ledger_cost = {
+        where: {
+            str(b): ratio(
+                statistics.median(by_key[f"{where}-none"].qps[b]),
+                statistics.median(by_key[f"{where}-none-ledger_file"].qps[b]),
+            )
+            for b in BATCH_SIZES
+        }
+        for where in ("inproc", "ray")
+        if f"{where}-none-ledger_file" in by_key
+    }
+    return {
+        "variants": results,
+        "ray_vs_in_process": ray_vs_inproc,
+        "ledger_file_slowdown": ledger_cost,
+    }
 
 
 def ledgers(variants: Sequence[Variant]) -> dict[str, dict[str, int | bool]]:
@@ -378,6 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{time.perf_counter() - begin:.1f} s, test accuracy {victim.test_accuracy:.4f}"
     )
     model = victim.model.eval()
+    ledger_dir = Path(tempfile.mkdtemp(prefix="serving-ledgers-"))
 
     ray.init(
         num_cpus=2,
@@ -391,6 +428,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             Variant("raw", "raw forward pass", "raw", None, raw_query(model)),
             *(in_process_variant(model, data, d) for d in DEFENSES),
             *(ray_variant(victim, state, data, d) for d in DEFENSES),
+            # what the persistent ledger costs: the same undefended service, ledger on disk
+            in_process_variant(model, data, "none", ledger_dir / "in-process.sqlite3"),
+            ray_variant(victim, state, data, "none", ledger_dir / "ray.sqlite3"),
         ]
         checks = check_outputs(variants, data)
         total = settings.rounds * len(BATCH_SIZES) * len(variants) * settings.seconds
