@@ -91,10 +91,19 @@ class FineTune(Removal):
     def apply(self, model: nn.Module, knowledge: Knowledge, rng: np.random.Generator) -> nn.Module:
         if knowledge.pool is None:
             return model  # a data-free thief has nothing to fine-tune on
-        pool = knowledge.pool
+        x = knowledge.pool[self.pick(knowledge.pool, rng)]
+        return self.tune(model, x, predict_probs(model, x).argmax(dim=1), rng)
+
+    def pick(self, pool: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        """Indices of the ``images`` pool rows fine-tuned on (all of a smaller pool)."""
         rows = rng.choice(int(pool.shape[0]), min(self.images, int(pool.shape[0])), replace=False)
-        x = pool[torch.from_numpy(rows)]
-        labels = predict_probs(model, x).argmax(dim=1)
+        return torch.from_numpy(rows)
+
+    def tune(
+        self, model: nn.Module, x: torch.Tensor, labels: torch.Tensor, rng: np.random.Generator
+    ) -> nn.Module:
+        """A fine-tuned copy on ``x`` with ``labels``: the model's own, or true labels for a
+        thief that has some (the benchmarks' stronger-thief variant)."""
         tuned = copy.deepcopy(model)
         recipe = TrainRecipe(epochs=self.epochs, lr=float(self.lr), batch_size=128)
         return train_classifier(tuned, x, labels, recipe, seed=int(rng.integers(0, 2**31 - 1)))

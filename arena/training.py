@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -81,6 +81,51 @@ def train_classifier(
             schedule.step()
     model.eval()
     return model
+
+
+@dataclass(frozen=True)
+class FitReport:
+    """How long a fit-until-memorised run took and how well it reproduces its targets."""
+
+    epochs: int
+    """epochs trained in all"""
+    agreement: float
+    """share of the training rows whose top-1 prediction equals the target's top-1"""
+
+
+def train_until_fitted(
+    model: nn.Module,
+    x: torch.Tensor,
+    targets: torch.Tensor,
+    recipe: TrainRecipe,
+    seed: int,
+    target_agreement: float,
+    max_epochs: int,
+    on_round: Callable[[nn.Module, FitReport], None] | None = None,
+) -> tuple[nn.Module, FitReport]:
+    """Train in rounds of ``recipe.epochs`` (each a fresh Adam run on the recipe's schedule,
+    i.e. warm restarts) until the model's top-1 agrees with ``targets`` on at least
+    ``target_agreement`` of ``x`` or ``max_epochs`` are spent.
+
+    Why: a thief that memorises its answers (rather than stopping when it generalises) is the
+    case a serving-side watermark is built for; how many epochs that takes is part of the answer.
+    ``on_round`` sees the model after every round (e.g. to follow another metric).
+    """
+    labels = targets.argmax(dim=1) if targets.dim() == 2 else targets
+    epochs, agreement, round_index = 0, 0.0, 0
+    while epochs < max_epochs:
+        step = min(recipe.epochs, max_epochs - epochs)
+        round_recipe = replace(recipe, epochs=step)
+        model = train_classifier(model, x, targets, round_recipe, seed=seed + round_index)
+        epochs += step
+        round_index += 1
+        agreement = accuracy(predict_probs(model, x), labels) if len(labels) else 1.0
+        report = FitReport(epochs=epochs, agreement=agreement)
+        if on_round is not None:
+            on_round(model, report)
+        if agreement >= target_agreement:
+            break
+    return model, FitReport(epochs=epochs, agreement=agreement)
 
 
 @torch.no_grad()

@@ -10,10 +10,21 @@ and survival under removal attacks; and what the training-time defenses cost and
    stolen model as is and after each removal attack (pruning at several amounts, fine-tuning),
    and checks the same keys against ``--independent`` models of the victim's architecture
    trained from other seeds with no access to the victim (the false-claim rate).
+3. With ``--survival``, a positive control for the removal attacks, on models that do carry the
+   watermark (the thieves of part 2 carry none, so nothing is left to remove there):
+   - the adversarially watermarked victim itself, as a thief who copied its weights holds it;
+   - DAWN against a memorising thief: Knockoff's random queries and soft targets at each of
+     ``--memorise-budgets``, trained in rounds until the substitute reproduces the answers'
+     top-1 on ``--memorise-target`` of its queries or ``--memorise-max-epochs`` are spent.
+   Each is scored as is, after the same removals as part 2, and after fine-tuning on the same
+   number of pool images with their true labels (a thief who has labels); the same keys are
+   checked on the same independent models. Written to ``--survival-out``.
+   ``--skip-tournament`` runs only this part (parts 1 and 2 and their JSON are left alone).
 
 Usage (from the repository root)::
 
     python benchmarks/ownership.py [--config configs/ownership.yaml] [--out FILE]
+    python benchmarks/ownership.py --survival --skip-tournament
 """
 
 from __future__ import annotations
@@ -35,9 +46,11 @@ from machine import write_record
 from rich.console import Console
 
 import agents  # noqa: F401  (registers the attacks)
+from agents._transfer import TransferSetAttack, query_random_subset
 from arena.attacker import ATTACKS
-from arena.data import Split, load_dataset
+from arena.data import DataSplits, Split, load_dataset
 from arena.defenses.base import OwnershipKeys
+from arena.defenses.chain import build_chain
 from arena.knowledge import Knowledge
 from arena.oracle import Oracle
 from arena.referee import (
@@ -49,11 +62,11 @@ from arena.referee import (
     key_agreement,
 )
 from arena.registry import build_plugin
-from arena.removal import REMOVALS
+from arena.removal import REMOVALS, FineTune
 from arena.specs import MatchSpec, PluginSpec
-from arena.training import accuracy, predict_probs
-from arena.victims import load_or_train
-from orchestration.config import load_config
+from arena.training import FitReport, TrainRecipe, accuracy, predict_probs, train_until_fitted
+from arena.victims import defended_model, load_or_train
+from orchestration.config import TournamentConfig, load_config
 from orchestration.leaderboard import markdown_table
 
 REPO = Path(__file__).resolve().parents[1]
@@ -138,6 +151,56 @@ def score(model: torch.nn.Module, keys: OwnershipKeys, test: Split) -> dict[str,
     }
 
 
+def thief_knowledge(spec: MatchSpec, data: DataSplits) -> tuple[Knowledge, MatchData]:
+    """What the match's thief is granted (pool, shapes, substitute) and the pool's labels."""
+    match_data = MatchData.from_splits(data, spec.pool)
+    knowledge = Knowledge(
+        pool=match_data.pool,
+        pool_name=spec.pool,
+        input_shape=data.input_shape,
+        num_classes=data.num_classes,
+        substitute_arch=spec.substitute_arch or spec.victim.arch,
+    )
+    return knowledge, match_data
+
+
+def after_removals(
+    model: torch.nn.Module,
+    keys: OwnershipKeys,
+    knowledge: Knowledge,
+    spec: MatchSpec,
+    test: Split,
+    pool_labels: torch.Tensor | None = None,
+) -> dict[str, dict[str, Any]]:
+    """The model scored as is and after each removal attack; with ``pool_labels``, also after
+    fine-tuning on the same number of pool images with their true labels."""
+    removals = {"none": score(model, keys, test)}
+    for removal in REMOVAL_ATTACKS:
+        remover = build_plugin(REMOVALS, removal.name, removal.params)
+        rng = np.random.default_rng(int(spec.key(), 16) ^ 0x5E11)
+        label = f"{removal.name}{json.dumps(removal.params) if removal.params else ''}"
+        removals[label] = score(remover.apply(model, knowledge, rng), keys, test)
+    if pool_labels is not None and knowledge.pool is not None:
+        tuner, rng = FineTune(), np.random.default_rng(int(spec.key(), 16) ^ 0x5E11)
+        rows = tuner.pick(knowledge.pool, rng)
+        tuned = tuner.tune(model, knowledge.pool[rows], pool_labels[rows], rng)
+        removals["fine_tune(true labels)"] = score(tuned, keys, test)
+    return removals
+
+
+def independent_claims(
+    spec: MatchSpec, data: DataSplits, keys: OwnershipKeys, independent: int
+) -> list[dict[str, Any]]:
+    """The keys checked on models of the victim's recipe from other seeds (cached once trained),
+    which never saw the victim: any claim is a false one."""
+    claims = []
+    for seed in range(1, independent + 1):
+        other = spec.victim.model_copy(update={"seed": spec.victim.seed + seed})
+        model = load_or_train(other, data).model
+        claims.append({"seed": other.seed, **score(model, keys, data.test)})
+    return claims
+
+
 def removal_study(
     specs: list[MatchSpec], independent: int, console: Console
 ) -> list[dict[str, Any]]:
@@ -149,14 +212,7 @@ def removal_study(
         service = build_service(spec, data)
         identity = attacker_id(spec)
         service.open_account(identity, spec.budget)
-        match_data = MatchData.from_splits(data, spec.pool)
-        knowledge = Knowledge(
-            pool=match_data.pool,
-            pool_name=spec.pool,
-            input_shape=data.input_shape,
-            num_classes=data.num_classes,
-            substitute_arch=spec.substitute_arch or spec.victim.arch,
-        )
+        knowledge, _ = thief_knowledge(spec, data)
         attacker = build_plugin(ATTACKS, spec.attack.name, spec.attack.params)
         start = time.perf_counter()
         stolen = attacker.steal(Oracle(service, identity), knowledge, attacker_rng(spec))
@@ -165,17 +221,7 @@ def removal_study(
         if not found:
             continue
         [(_, keys)] = found
-        removals = {"none": score(stolen, keys, data.test)}
-        for removal in REMOVAL_ATTACKS:
-            remover = build_plugin(REMOVALS, removal.name, removal.params)
-            rng = np.random.default_rng(int(spec.key(), 16) ^ 0x5E11)
-            label = f"{removal.name}{json.dumps(removal.params) if removal.params else ''}"
-            removals[label] = score(remover.apply(stolen, knowledge, rng), keys, data.test)
-        claims = []
-        for seed in range(1, independent + 1):
-            other = spec.victim.model_copy(update={"seed": spec.victim.seed + seed})
-            model = load_or_train(other, data).model
-            claims.append({"seed": other.seed, **score(model, keys, data.test)})
+        claims = independent_claims(spec, data, keys, independent)
         row = {
             "defense": spec.defenses[0].name,
             "attack": spec.attack.name,
@@ -183,17 +229,21 @@ def removal_study(
             "keys": int(keys.y.numel()),
             "threshold": keys.threshold,
             "theft_seconds": seconds,
-            "removals": removals,
+            "removals": after_removals(stolen, keys, knowledge, spec, data.test),
             "independent": claims,
             "false_claims": sum(c["verified"] for c in claims),
         }
-        console.print(
-            f"  {row['defense']} / {row['attack']}: {row['keys']} keys, "
-            + ", ".join(f"{k} {v['score']:.2f}" for k, v in removals.items())
-            + f"; independent {[round(c['score'], 2) for c in claims]}"
-        )
+        print_row(row, console)
         out.append(row)
     return out
+
+
+def print_row(row: dict[str, Any], console: Console) -> None:
+    console.print(
+        f"  {row['defense']} / {row['attack']}: {row['keys']} keys, "
+        + ", ".join(f"{k} {v['score']:.2f}" for k, v in row["removals"].items())
+        + f"; independent {[round(c['score'], 2) for c in row['independent']]}"
+    )
 
 
 def removal_markdown(rows: list[dict[str, Any]]) -> str:
@@ -219,6 +269,161 @@ def removal_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def copied_watermark(spec: MatchSpec, independent: int, console: Console) -> dict[str, Any]:
+    """The watermarked victim itself (a thief who exfiltrated its weights) under every removal."""
+    data = load_dataset(spec.victim.dataset)
+    chain = build_chain(spec.defenses)
+    served = defended_model(spec.victim, load_or_train(spec.victim, data).model, chain, data)
+    [(_, keys)] = chain.ownership_keys(chain.new_states())
+    knowledge, match_data = thief_knowledge(spec, data)
+    claims = independent_claims(spec, data, keys, independent)
+    row = {
+        "defense": spec.defenses[0].name,
+        "attack": "weights copied",
+        "budget": 0,
+        "keys": int(keys.y.numel()),
+        "threshold": keys.threshold,
+        "removals": after_removals(
+            served, keys, knowledge, spec, data.test, match_data.pool_labels
+        ),
+        "independent": claims,
+        "false_claims": sum(c["verified"] for c in claims),
+    }
+    print_row(row, console)
+    return row
+
+
+def memorising_theft(
+    spec: MatchSpec,
+    target: float,
+    max_epochs: int,
+    round_epochs: int,
+    independent: int,
+    console: Console,
+) -> dict[str, Any]:
+    """Knockoff's random policy (budget drawn uniformly from the pool, soft targets, its lr and
+    batch) with the substitute trained until it reproduces its answers, the wrong ones included
+    (a thief who stops when it generalises learns none of them); then every removal and the
+    false claims."""
+    data = load_dataset(spec.victim.dataset)
+    service = build_service(spec, data)
+    identity = attacker_id(spec)
+    service.open_account(identity, spec.budget)
+    knowledge, match_data = thief_knowledge(spec, data)
+    assert knowledge.pool is not None
+    knockoff = build_plugin(ATTACKS, "knockoff", spec.attack.params)
+    assert isinstance(knockoff, TransferSetAttack)
+    rng = attacker_rng(spec)
+    oracle = Oracle(service, identity)
+    queries, answers = query_random_subset(oracle, knowledge.pool, rng, knockoff.query_batch)
+    [(_, keys)] = service.ownership_keys(identity)
+    seed = int(rng.integers(0, 2**31 - 1))
+    recipe = TrainRecipe(epochs=round_epochs, lr=knockoff.lr, batch_size=knockoff.batch_size)
+    rounds: list[dict[str, float]] = []
+
+    def follow(model: torch.nn.Module, report: FitReport) -> None:
+        key_score = key_agreement(model, keys.x, keys.y)
+        rounds.append(
+            {"epochs": report.epochs, "train_agreement": report.agreement, "key_score": key_score}
+        )
+        console.print(
+            f"    {report.epochs} epochs: train agreement {report.agreement:.4f}, "
+            f"keys {key_score:.2f}"
+        )
+
+    start = time.perf_counter()
+    stolen, fit = train_until_fitted(
+        knowledge.make_substitute(seed),
+        queries,
+        answers,
+        recipe,
+        seed,
+        target,
+        max_epochs,
+        follow,
+    )
+    seconds = time.perf_counter() - start
+    claims = independent_claims(spec, data, keys, independent)
+    row = {
+        "defense": spec.defenses[0].name,
+        "attack": f"memorising knockoff @{budget_label(spec.budget)}",
+        "budget": spec.budget,
+        "queries_answered": int(answers.shape[0]),
+        "keys": int(keys.y.numel()),
+        "threshold": keys.threshold,
+        "target_agreement": target,
+        "max_epochs": max_epochs,
+        "epochs": fit.epochs,
+        "train_agreement": fit.agreement,
+        "reached_target": fit.agreement >= target,
+        "train_seconds": seconds,
+        "rounds": rounds,
+        "removals": after_removals(
+            stolen, keys, knowledge, spec, data.test, match_data.pool_labels
+        ),
+        "independent": claims,
+        "false_claims": sum(c["verified"] for c in claims),
+    }
+    print_row(row, console)
+    return row
+
+
+def budget_label(budget: int) -> str:
+    return f"{budget // 1000}k" if budget % 1000 == 0 else str(budget)
+
+
+def survival_study(
+    config: TournamentConfig, args: argparse.Namespace, console: Console
+) -> dict[str, Any]:
+    """Part 3: the positive controls (a copied watermarked victim, memorising DAWN thieves)."""
+    matches = config.matches()
+    [watermark] = [
+        s
+        for s in matches
+        if s.defenses
+        and s.defenses[0].name == "adversarial_watermark"
+        and s.attack.name == "knockoff"
+        and s.budget == max(config.budgets)
+    ]
+    copy_row = copied_watermark(watermark, args.independent, console)
+    memorising = [
+        memorising_theft(
+            s,
+            args.memorise_target,
+            args.memorise_max_epochs,
+            args.memorise_round,
+            args.independent,
+            console,
+        )
+        for s in matches
+        if s.defenses
+        and s.defenses[0].name == "dawn"
+        and s.attack.name == "knockoff"
+        and s.budget in args.memorise_budgets
+    ]
+    rows = [copy_row, *memorising]
+    claimed = [m["removals"]["none"]["verified"] for m in memorising]
+    return {
+        "rows": rows,
+        "memorising_true_positive_rate": sum(claimed) / len(claimed) if claimed else None,
+        "removal_markdown": removal_markdown(rows),
+        "memorising_markdown": memorising_markdown(memorising),
+    }
+
+
+def memorising_markdown(rows: list[dict[str, Any]]) -> str:
+    header = ["budget", "keys", "epochs", "train agreement", "stolen acc", "claimed (score)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        plain = row["removals"]["none"]
+        lines.append(
+            f"| {row['budget']} | {row['keys']} | {row['epochs']} | {row['train_agreement']:.4f} "
+            f"| {plain['stolen_accuracy']:.4f} | {'yes' if plain['verified'] else 'no'} "
+            f"({plain['score']:.2f}) |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "ownership.yaml")
@@ -227,12 +432,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--out", type=Path, default=REPO / "benchmarks" / "results" / "ownership.json"
     )
+    parser.add_argument("--survival", action="store_true", help="also run part 3")
+    parser.add_argument(
+        "--skip-tournament", action="store_true", help="skip parts 1 and 2 (with --survival)"
+    )
+    parser.add_argument(
+        "--survival-out",
+        type=Path,
+        default=REPO / "benchmarks" / "results" / "ownership_survival.json",
+    )
+    parser.add_argument("--memorise-budgets", type=int, nargs="+", default=[1000, 5000, 10000])
+    parser.add_argument(
+        "--memorise-target",
+        type=float,
+        default=0.999,
+        help="train agreement to reach (0.5 %% of answers are wrong: 0.99 can leave them all out)",
+    )
+    parser.add_argument("--memorise-max-epochs", type=int, default=150)
+    parser.add_argument("--memorise-round", type=int, default=10, help="epochs per round")
     args = parser.parse_args(argv)
+    if args.skip_tournament and not args.survival:
+        parser.error("--skip-tournament leaves nothing to run without --survival")
     console = Console(width=220)
     loadavg_start = os.getloadavg()
     torch.set_num_threads(1)
     config = load_config(args.config)
     start = time.perf_counter()
+    if args.skip_tournament:
+        torch.set_num_threads(2)
+        return run_survival(config, args, console, loadavg_start, start)
     outcome, tournament_seconds = run_config(config, console)
     rows = tournament_rows(outcome.results)
     console.print(tournament_markdown(rows))
@@ -266,7 +494,34 @@ def main(argv: Sequence[str] | None = None) -> int:
             "matches": [r.model_dump() for r in outcome.results],
         },
     )
+    if args.survival:
+        run_survival(config, args, console, loadavg_start, start)
     return 1 if outcome.failures else 0
+
+
+def run_survival(
+    config: TournamentConfig,
+    args: argparse.Namespace,
+    console: Console,
+    loadavg_start: tuple[float, float, float],
+    start: float,
+) -> int:
+    """Part 3, printed and written to ``--survival-out``."""
+    study = survival_study(config, args, console)
+    console.print(study["removal_markdown"])
+    console.print(study["memorising_markdown"])
+    write_record(
+        args.survival_out,
+        "ownership_survival",
+        loadavg_start,
+        {
+            "config": str(args.config),
+            "wall_seconds": time.perf_counter() - start,
+            "torch_threads": torch.get_num_threads(),
+            **study,
+        },
+    )
+    return 0
 
 
 if __name__ == "__main__":

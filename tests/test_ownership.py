@@ -21,9 +21,15 @@ from arena.errors import InvalidParameters
 from arena.oracle import Oracle
 from arena.referee import build_service, key_agreement, play_match, verify_ownership
 from arena.registry import build_plugin
-from arena.removal import REMOVALS
+from arena.removal import REMOVALS, FineTune
 from arena.specs import PluginSpec, VictimSpec
-from arena.training import TrainRecipe, accuracy, predict_probs, train_classifier
+from arena.training import (
+    TrainRecipe,
+    accuracy,
+    predict_probs,
+    train_classifier,
+    train_until_fitted,
+)
 from arena.victims import load_or_train
 from orchestration.config import ConfigError, parse_config
 from orchestration.leaderboard import build_leaderboard, markdown_table
@@ -129,6 +135,60 @@ def test_verification_claims_a_model_copied_from_the_answers_and_not_an_independ
         ).model
         [claim] = verify_ownership(independent, spec, service, ["thief"])
         assert not claim["verified"] and claim["score"] < 0.2, (seed, claim)
+
+
+def digits_mlp(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 10))
+
+
+def test_training_until_fitted_stops_at_the_target_and_the_memorised_copy_is_claimed(
+    digits_data: DataSplits, victim_cache: Path, digits_victim_spec: VictimSpec
+) -> None:
+    """The benchmark's memorising thief: rounds of training until the served answers' top-1 is
+    reproduced (wrong ones included); DAWN then claims it. A cap ends a run short of the target,
+    its last round cut to fit."""
+    spec = match_spec(digits_victim_spec, [DAWN], budget=400)
+    service = build_service(spec, digits_data, victim_cache)
+    service.open_account("thief", 400)
+    x = digits_data.attacker_pool.x[:400]
+    answers = Oracle(service, "thief").query_all(x)
+    rounds: list[int] = []
+    recipe = TrainRecipe(epochs=25, lr=3e-3, batch_size=64)
+    copied, report = train_until_fitted(
+        digits_mlp(0), x, answers, recipe, 0, 0.985, 200, lambda _, r: rounds.append(r.epochs)
+    )
+    assert report.agreement >= 0.985 and report.epochs < 200
+    assert rounds == list(range(25, report.epochs + 1, 25))
+    assert report.agreement == accuracy(predict_probs(copied, x), answers.argmax(1))
+    [verdict] = verify_ownership(copied, spec, service, ["thief"])
+    assert verdict["verified"] and verdict["score"] >= 0.9, verdict
+    _, capped = train_until_fitted(digits_mlp(0), x, answers, recipe, 0, 1.0, 30)
+    assert capped.epochs == 30 and capped.agreement < 0.99
+
+
+def test_fine_tuning_with_true_labels_uses_the_same_images_as_self_labelled_fine_tuning(
+    digits_victim: Any, digits_data: DataSplits
+) -> None:
+    """``apply`` is ``pick`` then ``tune`` on the model's own labels, so the benchmark's
+    true-label variant differs from it only in the labels."""
+    tuner = FineTune(images=300, epochs=3)
+    knowledge = pool_knowledge(digits_data)
+    assert knowledge.pool is not None
+    model = digits_victim.model
+    applied = tuner.apply(model, knowledge, np.random.default_rng(0))
+    rng = np.random.default_rng(0)
+    rows = tuner.pick(knowledge.pool, rng)
+    x = knowledge.pool[rows]
+    assert torch.equal(
+        weights(tuner.tune(model, x, predict_probs(model, x).argmax(1), rng)), weights(applied)
+    )
+    truth = digits_data.attacker_pool.y[rows]
+    labelled = tuner.tune(model, x, truth, np.random.default_rng(0))
+    assert not torch.equal(weights(labelled), weights(applied))
+    test = digits_data.test
+    before = accuracy(predict_probs(model, test.x), test.y)
+    assert accuracy(predict_probs(labelled, test.x), test.y) > before - 0.05
 
 
 def test_match_records_the_ownership_verdict(
