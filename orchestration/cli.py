@@ -1,5 +1,6 @@
 """The ``arena`` command line: ``arena tournament CONFIG``, ``arena tune CONFIG``,
-``arena frontier STUDY...`` and ``arena list``.
+``arena frontier STUDY...``, ``arena list``, and the untrusted mode: ``arena serve CONFIG`` (a
+victim over HTTP) and ``arena attack --url`` (an attack on it from another process).
 
 User mistakes (bad configs, unknown names, missing datasets) print one line each and exit
 non-zero without a traceback; ``--debug`` shows the traceback. Ray starts only once the config
@@ -347,6 +348,219 @@ def _run(config: object, address: str | None, tracking_uri: str | None, home: Pa
     )
     if outcome.failures:
         raise _fail(f"{len(outcome.failures)} match(es) failed; rerun to retry them")
+
+
+# ---- untrusted mode: serve a victim over HTTP, attack it from another process ----------------
+
+
+@app.command()
+def serve(
+    config_path: Annotated[Path, typer.Argument(metavar="CONFIG", help="tournament YAML file")],
+    tokens: Annotated[
+        Path, typer.Option("--tokens", help="YAML: attackers: [{id, budget, tokens: [...]}]")
+    ],
+    host: Annotated[str, typer.Option("--host", help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="port (0: any free port)")] = 8765,
+    victim: Annotated[int, typer.Option("--victim", help="index into the config's victims")] = 0,
+    defense: Annotated[
+        int | None,
+        typer.Option(
+            "--defense",
+            help="index into the config's defense chains (default: the first chain that defends)",
+        ),
+    ] = None,
+    home: HomeOption = Path(".arena"),
+    debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False,
+) -> None:
+    """Serve one defended victim of CONFIG over HTTP to untrusted attackers, a bearer token per
+    attacker (several tokens of one attacker share its budget). Runs until Ctrl-C."""
+    from arena.errors import ArenaError
+    from orchestration.config import load_config
+    from orchestration.endpoint import load_tokens
+
+    config = _validated(load_config, config_path)
+    try:
+        table = load_tokens(tokens)
+    except ArenaError as exc:
+        raise _fail(str(exc), 2) from None
+    if not 0 <= victim < len(config.victims):
+        raise _fail(f"--victim must be 0..{len(config.victims) - 1}, got {victim}", 2)
+    chains = config.defenses
+    if defense is None:
+        defense = next((i for i, c in enumerate(chains) if any(d.name != "none" for d in c)), 0)
+    if not 0 <= defense < len(chains):
+        raise _fail(f"--defense must be 0..{len(chains) - 1}, got {defense}", 2)
+    home = home.expanduser().resolve()
+    os.environ["ARENA_HOME"] = str(home)
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        _serve(config, victim, defense, table, host, port)
+    except ArenaError as exc:
+        if debug:
+            raise
+        raise _fail(str(exc)) from None
+    except OSError as exc:
+        if debug:
+            raise
+        raise _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}", 2) from None
+    except KeyboardInterrupt:
+        console.print("stopped")
+
+
+def _serve(config: object, victim: int, defense: int, table: object, host: str, port: int) -> None:
+    from arena.data import load_dataset
+    from arena.defenses import DEFENSES
+    from arena.referee import build_service
+    from arena.registry import canonical_params
+    from arena.specs import MatchSpec, PluginSpec
+    from arena.victims import default_victim_cache
+    from orchestration.config import TournamentConfig
+    from orchestration.endpoint import IsolatedEndpoint, TokenTable
+
+    assert isinstance(config, TournamentConfig) and isinstance(table, TokenTable)
+    chain = tuple(
+        PluginSpec(name=p.name, params=canonical_params(DEFENSES, p.name, p.params))
+        for p in config.defenses[defense]
+    )
+    target = config.victims[victim]
+    spec = MatchSpec(victim=target, defenses=chain, attack=config.attacks[0], budget=1)
+    service = build_service(spec, load_dataset(target.dataset), default_victim_cache())
+    endpoint = IsolatedEndpoint(service, table, host, port)
+    label = " -> ".join(d.name for d in chain) or "none"
+    console.print(
+        f"serving {target.dataset}/{target.arch} behind {label} at {endpoint.url} to "
+        f"{len(table.budgets)} attacker(s), {len(table.owners)} token(s) (untrusted-http)",
+        highlight=False,
+        soft_wrap=True,
+    )
+    sys.stdout.flush()
+    try:
+        endpoint.serve_forever()
+    finally:
+        endpoint.close()
+
+
+@app.command()
+def attack(
+    url: Annotated[str, typer.Option("--url", help="the endpoint, e.g. http://127.0.0.1:8765")],
+    token: Annotated[str, typer.Option("--token", envvar="ARENA_TOKEN", help="bearer token")],
+    attack_name: Annotated[str, typer.Option("--attack", help="a registered attack")],
+    dataset: Annotated[
+        str, typer.Option("--dataset", help="the attacker's public data")
+    ] = "fashion_mnist",
+    options: Annotated[
+        str, typer.Option("--options", help="the attack's hyperparameters as JSON")
+    ] = "{}",
+    pool: Annotated[str, typer.Option("--pool", help="query pool granted")] = "in_distribution",
+    substitute_arch: Annotated[
+        str, typer.Option("--substitute-arch", help="the thief's architecture")
+    ] = "mlp",
+    seed: Annotated[int, typer.Option("--seed", help="the attacker's randomness")] = 0,
+    home: HomeOption = Path(".arena"),
+    debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False,
+) -> None:
+    """Run a registered attack against a victim served by `arena serve` (another process) and
+    print the substitute's test accuracy. Results are labelled untrusted-http."""
+    import json
+
+    from rich.markup import escape
+
+    from arena.errors import ArenaError, VictimUnavailable
+    from arena.http_oracle import EndpointError
+
+    try:
+        params = json.loads(options)
+    except ValueError:
+        raise _fail(escape(f"--options is not JSON: {options!r}"), 2) from None
+    if not isinstance(params, dict):
+        raise _fail("--options must be a JSON object of hyperparameters", 2)
+    home = home.expanduser().resolve()
+    os.environ["ARENA_HOME"] = str(home)
+    try:  # everything before the first query: a mistake here is bad input, exit 2
+        steal = _attack(url, token, attack_name, dataset, params, pool, substitute_arch, seed)
+    except ArenaError as exc:
+        if debug:
+            raise
+        raise _fail(escape(str(exc)), 2) from None
+    try:
+        steal()
+    except ArenaError as exc:
+        if debug:
+            raise
+        lost = isinstance(exc, EndpointError | VictimUnavailable)
+        raise _fail(escape(str(exc)), 2 if lost else 1) from None
+
+
+def _attack(
+    url: str,
+    token: str,
+    name: str,
+    dataset: str,
+    params: dict[str, object],
+    pool: str,
+    substitute_arch: str,
+    seed: int,
+) -> Callable[[], None]:
+    """Check the attack, the endpoint and the data; return the theft itself."""
+    import time
+
+    import numpy as np
+
+    import agents  # noqa: F401  (registers the attacks)
+    from arena.attacker import ATTACKS
+    from arena.data import load_dataset
+    from arena.errors import ArenaError, InvalidParameters
+    from arena.http_oracle import EndpointError, HttpEndpoint
+    from arena.knowledge import Knowledge
+    from arena.models import ARCHITECTURES
+    from arena.oracle import Oracle
+    from arena.pools import POOL_NAMES
+    from arena.referee import MatchData
+    from arena.registry import build_plugin, plugin_label
+    from arena.training import accuracy, predict_probs
+
+    attacker = build_plugin(ATTACKS, name, params)
+    ARCHITECTURES.get(substitute_arch)
+    if pool not in POOL_NAMES:
+        raise InvalidParameters(f"--pool must be one of {', '.join(POOL_NAMES)}, got {pool!r}")
+    endpoint = HttpEndpoint(url, token)
+    input_spec, output_spec = endpoint.public_spec()
+    data = load_dataset(dataset)
+    if data.input_shape != input_spec.shape or data.num_classes != output_spec.num_classes:
+        raise EndpointError(
+            0,
+            "wrong_dataset",
+            f"{dataset} has inputs {list(data.input_shape)} and {data.num_classes} classes; the "
+            f"served victim takes {list(input_spec.shape)} and {output_spec.num_classes}",
+        )
+    granted = MatchData.from_splits(data, pool)
+    knowledge = Knowledge(
+        pool=granted.pool,
+        pool_name=pool,
+        input_shape=data.input_shape,
+        num_classes=data.num_classes,
+        substitute_arch=substitute_arch,
+        pool_labels=granted.pool_labels if type(attacker).upper_bound else None,
+    )
+    oracle = Oracle(endpoint, "http")
+
+    def steal() -> None:
+        if oracle.remaining == 0:
+            raise ArenaError(f"this token's budget is spent ({oracle.used}/{oracle.budget} used)")
+        started = time.perf_counter()
+        substitute = attacker.steal(oracle, knowledge, np.random.default_rng(seed))
+        seconds = time.perf_counter() - started
+        stolen = accuracy(predict_probs(substitute, granted.test_x), granted.test_y)
+        console.print(
+            f"untrusted-http: {plugin_label(name, attacker)} on {dataset}: stolen accuracy "
+            f"{stolen:.4f} with {oracle.used}/{oracle.budget} queries in {seconds:.1f}s "
+            "(fidelity needs the victim: not measured)",
+            highlight=False,
+            soft_wrap=True,
+            markup=False,
+        )
+
+    return steal
 
 
 @app.command("list")

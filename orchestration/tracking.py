@@ -28,6 +28,10 @@ TOURNAMENT_TAG = "arena.tournament"
 MATCH_KEY_TAG = "arena.match_key"
 KIND_TAG = "arena.kind"
 RESULT_TAG_PREFIX = "result."
+TRUST_TAG = "trust"
+TRUSTED_IN_CLUSTER = "trusted-in-cluster"
+"""tournament runs: attackers ran inside the Ray cluster as trusted code held to the oracle by
+contract and static checks (RELIABILITY fact 1); ``arena attack`` results say untrusted-http"""
 
 
 def default_tracking_uri(home: Path) -> str:
@@ -142,6 +146,8 @@ class Tracker:
                 self.experiment_id, run_name=name, tags={name_tag: name, KIND_TAG: kind}
             )
             run_id = run.info.run_id
+        if kind == "tournament":
+            self.client.set_tag(run_id, TRUST_TAG, TRUSTED_IN_CLUSTER)
         self.client.log_dict(run_id, dict(config), f"{kind}_config.json")
         return run_id
 
@@ -227,6 +233,7 @@ class Tracker:
             MLFLOW_PARENT_RUN_ID: parent_id,
             MATCH_KEY_TAG: spec.key(),
             KIND_TAG: "match",
+            TRUST_TAG: TRUSTED_IN_CLUSTER,
             "arena.attack": spec.attack.name,
             "arena.defense": " -> ".join(d.name for d in spec.defenses),
             "arena.victim": spec.victim.key(),

@@ -1,0 +1,175 @@
+"""An oracle endpoint over HTTP: attack a victim served by ``arena serve`` from another process.
+
+``Oracle(HttpEndpoint(url, token), attacker_id)`` works for any registered attack. The token, not
+``attacker_id``, decides which ledger is charged: the server maps each token to one attacker. The
+protocol (``orchestration/endpoint.py``) carries raw float32 bytes out and JSON numbers back;
+rejections come back as the same :class:`~arena.oracle.Rejection` codes an in-process service
+returns, so the oracle raises the same typed errors. Errors of the HTTP layer itself (bad token,
+unknown route) are :class:`EndpointError`; an unreachable server is a
+``Rejection("unavailable")`` for a query (the oracle retries it with the same query id, which is
+never charged twice) and an :class:`EndpointError` for the spec and status.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+import requests
+import torch
+
+from arena.errors import ArenaError, QueryErrorCode
+from arena.oracle import AccountStatus, Answer, InputSpec, OutputSpec, Rejection
+from arena.targets import Targets
+
+REJECTION_CODES = frozenset(
+    {c.value for c in QueryErrorCode} | {"budget_exhausted", "refused", "overloaded", "unavailable"}
+)
+"""codes that are the service's own rejections (everything else is the HTTP layer's)"""
+
+
+class EndpointError(ArenaError):
+    """The endpoint refused the request itself (token, route, protocol) or cannot be reached."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"[{code}] {message}" + (f" (HTTP {status})" if status else ""))
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class HttpEndpoint:
+    """Implements :class:`arena.oracle.OracleEndpoint` against an ``arena serve`` URL."""
+
+    def __init__(self, url: str, token: str, timeout_s: float = 60.0) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise EndpointError(0, "bad_url", f"expected http(s)://host:port, got {url!r}")
+        self._url = url.rstrip("/")
+        self._headers = {"Authorization": f"Bearer {token}"}
+        self._timeout = timeout_s
+        self._local = threading.local()
+        self._spec: tuple[InputSpec, OutputSpec] | None = None
+
+    def _session(self) -> requests.Session:
+        """One keep-alive session per thread (a ``requests.Session`` is not thread-safe)."""
+        session: requests.Session | None = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = requests.Session()
+        return session
+
+    def _get(self, route: str) -> dict[str, Any]:
+        try:
+            response = self._session().get(
+                f"{self._url}{route}", headers=self._headers, timeout=self._timeout
+            )
+        except requests.RequestException as exc:
+            raise EndpointError(
+                0, "unreachable", f"{self._url} is not reachable ({type(exc).__name__})"
+            ) from None
+        body = _json(response)
+        if response.status_code != 200:
+            raise _error(response.status_code, body)
+        return body
+
+    def public_spec(self) -> tuple[InputSpec, OutputSpec]:
+        if self._spec is None:
+            body = self._get("/v1/spec")
+            try:
+                given, out = body["input"], body["output"]
+                self._spec = (
+                    InputSpec(
+                        shape=tuple(int(s) for s in given["shape"]),
+                        dtype=str(given["dtype"]),
+                        low=float(given["low"]),
+                        high=float(given["high"]),
+                        max_batch=int(given["max_batch"]),
+                    ),
+                    OutputSpec(
+                        num_classes=int(out["num_classes"]), label_only=bool(out["label_only"])
+                    ),
+                )
+            except (KeyError, TypeError, ValueError):
+                raise EndpointError(200, "bad_response", "the spec is malformed") from None
+        return self._spec
+
+    def account_status(self, attacker_id: str) -> AccountStatus:
+        """The token's attacker's account (``attacker_id`` is not sent: the token decides)."""
+        body = self._get("/v1/status")
+        try:
+            return AccountStatus(budget=int(body["budget"]), used=int(body["used"]))
+        except (KeyError, TypeError, ValueError):
+            raise EndpointError(200, "bad_response", "the status is malformed") from None
+
+    def answer(
+        self, attacker_id: str, query_id: str, x: Any, targets: Any = None
+    ) -> Answer | Rejection:
+        """Send one batch; the server validates it again (this side only refuses what cannot
+        be written as float32 bytes, with the same codes the service would use)."""
+        if isinstance(x, torch.Tensor):
+            x = x.detach().cpu()
+            x = x.numpy() if x.dtype == torch.float32 else x
+        if type(x) is not np.ndarray and not isinstance(x, torch.Tensor):
+            kind = type(x).__name__
+            return Rejection("not_array", f"expected a numpy array or torch tensor, got {kind}")
+        dtype = str(x.dtype).removeprefix("torch.")
+        if dtype != "float32":
+            return Rejection("dtype", f"expected dtype float32, got {dtype}")
+        assert isinstance(x, np.ndarray)
+        headers = {
+            **self._headers,
+            "Content-Type": "application/octet-stream",
+            "X-Arena-Shape": ",".join(str(int(s)) for s in x.shape) or "0",
+            "X-Arena-Query-Id": query_id,
+        }
+        if targets is not None:
+            fields = targets.as_dict() if isinstance(targets, Targets) else targets
+            try:
+                headers["X-Arena-Targets"] = json.dumps(dict(fields))
+            except (TypeError, ValueError):
+                return Rejection("targets", "targets must be a mapping of numbers")
+        body = np.ascontiguousarray(x, dtype="<f4").tobytes()
+        try:
+            response = self._session().post(
+                f"{self._url}/v1/query", data=body, headers=headers, timeout=self._timeout
+            )
+        except requests.RequestException as exc:
+            return Rejection("unavailable", f"{self._url} did not answer ({type(exc).__name__})")
+        reply = _json(response)
+        if response.status_code == 200:
+            try:
+                outputs = np.asarray(reply["outputs"], dtype=np.float32)
+                return Answer(outputs, used=int(reply["used"]), remaining=int(reply["remaining"]))
+            except (KeyError, TypeError, ValueError):
+                raise EndpointError(200, "bad_response", "the answer is malformed") from None
+        code = str(reply.get("code", ""))
+        if code in REJECTION_CODES:
+            return Rejection(
+                code,
+                str(reply.get("message", "")),
+                requested=_int(reply.get("requested")),
+                remaining=_int(reply.get("remaining")),
+            )
+        raise _error(response.status_code, reply)
+
+
+def _json(response: requests.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        status = response.status_code
+        return {"code": "bad_response", "message": f"not a JSON object (HTTP {status})"}
+    return body
+
+
+def _int(value: Any) -> int:
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _error(status: int, body: dict[str, Any]) -> EndpointError:
+    return EndpointError(status, str(body.get("code", "error")), str(body.get("message", "")))
