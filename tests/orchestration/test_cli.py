@@ -1,18 +1,36 @@
-"""C3 and the CLI's handling of user mistakes: clear messages, right exit codes, no tracebacks,
-nothing created and no Ray started before the config is valid."""
+"""C1, C3 and the CLI's handling of user mistakes: clear messages, right exit codes, no
+tracebacks, nothing created and no Ray started before the config is valid."""
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+import typer.main
 import yaml
 
+from orchestration.cli import app
+
 REPO = Path(__file__).resolve().parents[2]
+SUBCOMMANDS = sorted(typer.main.get_command(app).commands)  # type: ignore[attr-defined]
+"""every ``arena`` subcommand, read from the app so a new one is covered without editing here"""
+
+# The CLI as `python -m orchestration` runs it, plus a line at exit saying whether Ray was ever
+# imported (config loading and --help must not import it, let alone start it).
+PROBE = """
+import atexit, sys
+atexit.register(lambda: print(f"PROBE ray={'ray' in sys.modules}", file=sys.stderr))
+sys.argv = ["arena", *sys.argv[1:]]
+from orchestration.cli import main
+main()
+"""
 
 
 def run_arena(*args: str, home: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -30,19 +48,82 @@ def run_arena(*args: str, home: Path | None = None) -> subprocess.CompletedProce
     )
 
 
-def test_C3_help_exits_0_without_ray() -> None:
-    for args in (["--help"], ["tournament", "--help"], ["list", "--help"]):
-        result = run_arena(*args)
-        assert result.returncode == 0, result.stderr
-        assert "Usage" in result.stdout
-    assert "--address" in run_arena("tournament", "--help").stdout
+def run_probed(
+    *args: str, cwd: Path = REPO, home: Path | None = None
+) -> tuple[subprocess.CompletedProcess[str], bool, float]:
+    """Run the CLI; return the result, whether Ray was imported, and the wall time."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env.pop("RAY_ADDRESS", None)
+    if home is not None:
+        env["ARENA_HOME"] = str(home)
+    start = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE, *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=120,
+    )
+    elapsed = time.perf_counter() - start
+    probes = [line for line in result.stderr.splitlines() if line.startswith("PROBE ray=")]
+    assert len(probes) == 1, result.stderr
+    return result, probes[0] == "PROBE ray=True", elapsed
 
 
-def test_C3_bad_flag_exits_2_with_usage() -> None:
-    result = run_arena("tournament", "configs/digits_smoke.yaml", "--no-such-flag")
-    assert result.returncode == 2
-    assert "Usage" in result.stderr and "Traceback" not in result.stderr
-    assert run_arena("no-such-command").returncode == 2
+HELP_SECONDS = 10.0
+"""`--help` must not pay for torch, Ray or MLflow: about a second here, 10 s leaves room for load"""
+
+
+def test_C3_help_of_every_subcommand_exits_0_quickly_without_ray() -> None:
+    assert {"tournament", "tune", "frontier", "list"} <= set(SUBCOMMANDS)
+    times = {}
+    for args in (["--help"], *([name, "--help"] for name in SUBCOMMANDS)):
+        result, ray_imported, elapsed = run_probed(*args)
+        label = " ".join(args)
+        assert result.returncode == 0, (label, result.stderr)
+        assert "Usage" in result.stdout and "Traceback" not in result.stderr, label
+        assert not ray_imported, f"`arena {label}` imported Ray"
+        assert elapsed < HELP_SECONDS, (label, elapsed)
+        times[label] = elapsed
+    for name in SUBCOMMANDS:
+        assert name in run_probed("--help")[0].stdout
+    assert "--address" in run_probed("tournament", "--help")[0].stdout
+    print("C3 help times: " + ", ".join(f"{k} {v:.2f} s" for k, v in times.items()))
+
+
+@pytest.mark.parametrize("name", SUBCOMMANDS)
+def test_C3_bad_flag_exits_2_with_usage(name: str) -> None:
+    result, ray_imported, _ = run_probed(name, "--no-such-flag")
+    assert result.returncode == 2, result.stderr
+    assert "Usage" in result.stderr and "No such option" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not ray_imported
+
+
+def test_C3_unknown_command_and_missing_argument_exit_2() -> None:
+    for args in (["no-such-command"], ["tournament"], ["tournament", "a.yaml", "b.yaml"]):
+        result, ray_imported, _ = run_probed(*args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert "Usage" in result.stderr and "Traceback" not in result.stderr, args
+        assert not ray_imported
+
+
+def test_C3_unexpected_error_is_one_line_without_debug_and_a_traceback_with_it(
+    tmp_path: Path,
+) -> None:
+    """An error nobody anticipated (here: --home below a regular file, so the tracking store
+    cannot be created) prints one line and exits 1; ``--debug`` shows the traceback."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    args = ("tournament", "configs/digits_smoke.yaml", "--home", str(blocker / "home"))
+    quiet, _, _ = run_probed(*args)
+    assert quiet.returncode == 1, quiet.stderr
+    assert "Traceback" not in quiet.stderr + quiet.stdout
+    errors = [line for line in quiet.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "--debug" in errors[0], quiet.stderr
+    loud, _, _ = run_probed(*args, "--debug")
+    assert loud.returncode != 0 and "Traceback" in loud.stderr
 
 
 def test_list_shows_every_registered_plugin() -> None:
@@ -55,20 +136,44 @@ def test_list_shows_every_registered_plugin() -> None:
         assert name in out
 
 
+def _structural_mistakes(c: dict[str, Any]) -> list[str]:
+    """Typo key, wrong type, negative budget, empty list, NaN: pydantic reports them together."""
+    c["typo_key"] = 1
+    c["budgte"] = [100]
+    c["victims"][0]["epochs"] = "ten"
+    c["budgets"] = [-1, 100]
+    c["attacks"] = []
+    c["victims"][0]["lr"] = math.nan
+    return ["typo_key", "budgte", "victims.0.epochs", "budgets.0", "attacks", "victims.0.lr"]
+
+
+def _registry_mistakes(c: dict[str, Any]) -> list[str]:
+    """NaN and negative defense strengths, typo names: checked once the structure is valid."""
+    c["defenses"][1]["params"] = {"beta": math.nan}
+    c["defenses"][2]["params"] = {"decimals": -3}
+    c["defenses"].append("reverse_sigmod")
+    c["attacks"] = ["knockof", "copycat"]
+    return ["defenses.1.0.params", "defenses.2.0.params", "defenses.4.0.name", "attacks.0.name"]
+
+
+@pytest.mark.parametrize("mistakes", [_structural_mistakes, _registry_mistakes])
 def test_C1_bad_config_exits_before_anything_is_created(
-    tmp_path: Path, smoke_config_dict: dict[str, Any]
+    tmp_path: Path, smoke_config_dict: dict[str, Any], mistakes: Any
 ) -> None:
-    smoke_config_dict["budgets"] = [-1, 100]
-    smoke_config_dict["attacks"] = ["knockof"]
-    smoke_config_dict["typo_key"] = 1
-    bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump(smoke_config_dict))
+    paths = mistakes(smoke_config_dict)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "bad.yaml").write_text(yaml.safe_dump(smoke_config_dict))
     home = tmp_path / "home"
-    result = run_arena("tournament", str(bad), "--home", str(home))
-    assert result.returncode == 2
-    assert "budgets.0" in result.stderr and "typo_key" in result.stderr
+    result, ray_imported, _ = run_probed("tournament", "bad.yaml", cwd=work, home=home)
+    assert result.returncode == 2, result.stderr
+    listed = [line.strip() for line in result.stderr.splitlines() if line.startswith("  ")]
+    for path in paths:  # every problem on its own line, by its dotted path
+        assert any(line.startswith(f"{path}:") for line in listed), (path, result.stderr)
     assert "Traceback" not in result.stderr + result.stdout
+    assert not ray_imported, "Ray was imported for an invalid config"
     assert not home.exists(), "nothing may be created for an invalid config"
+    assert sorted(p.name for p in work.iterdir()) == ["bad.yaml"]
 
 
 def test_missing_config_file_is_one_clear_line(tmp_path: Path) -> None:

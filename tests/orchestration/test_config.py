@@ -9,10 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from orchestration.config import ConfigError, load_config, parse_config
+from orchestration.tune_config import parse_tune_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -56,9 +58,20 @@ def _problems(raw: Any) -> dict[str, str]:
         (lambda c: c["attacks"][0].update(params={"epochs": 0}), "attacks.0.params"),
         (lambda c: c.update(ray={"gpus_per_victim": -1}), "ray.gpus_per_victim"),
         (lambda c: c.update(substitute_arch="vgg"), "substitute_arch"),
+        (lambda c: c.update(budgets="100"), "budgets"),
+        (lambda c: c.update(budgets=[math.inf]), "budgets.0"),
+        (lambda c: c.update(seeds=[]), "seeds"),
+        (lambda c: c.update(victims=[]), "victims"),
+        (lambda c: c["victims"][0].update(epochs="ten"), "victims.0.epochs"),
+        (lambda c: c["victims"][0].update(epochs=-1), "victims.0.epochs"),
+        (lambda c: c["defenses"][1].update(params={"beta": math.inf}), "defenses.1.0.params"),
+        (lambda c: c["defenses"][1].update(params={"beta": "strong"}), "defenses.1.0.params"),
+        (lambda c: c["defenses"][1].update(params={"betta": 1.0}), "defenses.1.0.params"),
+        (lambda c: c["attacks"][0].update(params={"lr": math.nan}), "attacks.0.params"),
+        (lambda c: c["tracking"].update(experimnt="x"), "tracking.experimnt"),
     ],
 )
-def test_bad_config_names_the_dotted_path(
+def test_C1_bad_config_names_the_dotted_path(
     smoke_config_dict: dict[str, Any], mutate: Any, path: str
 ) -> None:
     mutate(smoke_config_dict)
@@ -66,7 +79,7 @@ def test_bad_config_names_the_dotted_path(
     assert path in problems, problems
 
 
-def test_every_problem_is_listed_at_once(smoke_config_dict: dict[str, Any]) -> None:
+def test_C1_every_problem_is_listed_at_once(smoke_config_dict: dict[str, Any]) -> None:
     smoke_config_dict["budgets"] = [0]
     smoke_config_dict["attacks"].append("nope")
     smoke_config_dict["defenses"].append({"name": "rounding", "params": {"decimals": -3}})
@@ -146,3 +159,113 @@ def test_C2_config_fuzz_raises_only_config_errors(
     raw[key] = value
     with contextlib.suppress(ConfigError):  # any other exception fails the test
         parse_config(raw).matches()
+
+
+# C2 beyond the top level: a random value (or a deletion) at a random nested location
+NESTED_SITES: list[tuple[str | int, ...]] = [
+    ("victims", 0),
+    ("victims", 0, "dataset"),
+    ("victims", 0, "arch"),
+    ("victims", 0, "epochs"),
+    ("victims", 0, "lr"),
+    ("victims", 0, "seed"),
+    ("victims", 0, "surprise"),
+    ("defenses", 0),
+    ("defenses", 1),
+    ("defenses", 1, "name"),
+    ("defenses", 1, "params"),
+    ("defenses", 1, "params", "beta"),
+    ("defenses", 1, "params", "gamma"),
+    ("defenses", 2, "params", "decimals"),
+    ("attacks", 0),
+    ("attacks", 0, "name"),
+    ("attacks", 0, "params"),
+    ("attacks", 0, "params", "epochs"),
+    ("attacks", 1, "params", "lr"),
+    ("budgets", 0),
+    ("seeds", 0),
+    ("ray", "object_store_mb"),
+    ("ray", "cpus_per_match"),
+    ("ray", "gpus_per_victim"),
+    ("tracking", "experiment"),
+]
+DELETE = object()
+
+
+def _place(raw: dict[str, Any], site: tuple[str | int, ...], value: Any) -> None:
+    """Set (or delete) ``raw`` at ``site``, creating nothing the config does not already have
+    above the last step (a string defense entry becomes a mapping first)."""
+    node: Any = raw
+    for step in site[:-1]:
+        child = node[step]
+        if isinstance(child, str):  # "none" is shorthand for {"name": "none"}
+            child = node[step] = {"name": child}
+        node = child
+    last = site[-1]
+    if value is DELETE:
+        if isinstance(node, dict):
+            node.pop(last, None)
+        else:
+            del node[last]
+    else:
+        node[last] = value
+
+
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    edits=st.lists(
+        st.tuples(st.sampled_from(NESTED_SITES), json_values | st.just(DELETE)),
+        min_size=1,
+        max_size=3,
+    )
+)
+def test_C2_nested_config_fuzz_raises_only_config_errors(
+    smoke_config_dict: dict[str, Any], edits: list[tuple[tuple[str | int, ...], Any]]
+) -> None:
+    raw = copy.deepcopy(smoke_config_dict)
+    for site, value in edits:
+        with contextlib.suppress(KeyError, IndexError, TypeError):  # an earlier edit removed it
+            _place(raw, site, value)
+    try:
+        parse_config(raw).matches()
+    except ConfigError as exc:
+        assert exc.problems, "a config error must list at least one problem"
+        assert all(isinstance(where, str) and message for where, message in exc.problems)
+
+
+TUNE_SMOKE = REPO / "configs" / "tuning" / "digits_smoke.yaml"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    key=st.sampled_from(
+        [
+            "name",
+            "victim",
+            "defense",
+            "fixed",
+            "search_space",
+            "attacks",
+            "budget",
+            "trials",
+            "concurrency",
+            "utility_floor",
+            "utility",
+            "cost",
+            "defaults",
+            "storage",
+            "extra",
+        ]
+    ),
+    value=json_values,
+)
+def test_C2_tune_config_fuzz_raises_only_config_errors(key: str, value: Any) -> None:
+    """The tuning-study config (``arena tune``) holds to the same contract."""
+    raw = yaml.safe_load(TUNE_SMOKE.read_text())
+    raw[key] = value
+    with contextlib.suppress(ConfigError):  # any other exception fails the test
+        config = parse_tune_config(raw)
+        config.space()
+        config.specs_for({})

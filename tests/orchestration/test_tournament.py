@@ -135,3 +135,44 @@ def test_F2_failing_match_is_recorded_failed_and_others_finish(
     )
     assert summary["rows"][0]["defense"] == "none"
     assert ray.is_initialized()  # the tournament did not shut down a Ray it did not start
+
+
+def _alive_actor_ids() -> set[str]:
+    """Ids of every live actor in the cluster, from Ray's actor table (``ray.util.state`` needs
+    the dashboard, which the session's Ray leaves out)."""
+    table: dict[str, Any] = ray._private.state.actors()
+    return {actor_id for actor_id, info in table.items() if info["State"] == "ALIVE"}
+
+
+def _settled_cpus(seconds: float = 10.0) -> tuple[float, float]:
+    """(available, total) CPUs once every CPU is free again, or when ``seconds`` have passed
+    (actors and workers release their CPUs asynchronously)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        total = float(ray.cluster_resources().get("CPU", 0.0))  # type: ignore[no-untyped-call]
+        available = float(ray.available_resources().get("CPU", 0.0))  # type: ignore[no-untyped-call]
+        if available == total or time.monotonic() > deadline:
+            return available, total
+        time.sleep(0.2)
+
+
+def test_F4_after_a_tournament_all_cpus_are_free_and_no_project_actor_is_alive(
+    ray_session: None, tmp_path: Path, smoke_config_dict: dict[str, Any]
+) -> None:
+    raw = _small(smoke_config_dict)
+    raw["defenses"] = raw["defenses"][:2]  # none, reverse_sigmoid: two victim services
+    raw["attacks"] = raw["attacks"][:1]
+    raw["budgets"] = [100]
+    config = parse_config(raw)
+    alive_before = _alive_actor_ids()
+    tracker = Tracker(default_tracking_uri(tmp_path), "t-f4", artifact_root=tmp_path / "a")
+    outcome = run_tournament(config, tracker, cache_dir=tmp_path / "victims")
+    assert outcome.played == 2 and not outcome.failures
+    start = time.monotonic()
+    available, total = _settled_cpus()
+    settle = time.monotonic() - start
+    print(f"F4: {available:g} of {total:g} CPUs free {settle:.1f} s after the tournament")
+    assert total > 0 and available == total
+    assert _live_project_actors() == []
+    assert _alive_actor_ids() - alive_before == set(), "the tournament left actors alive"
+    assert ray.is_initialized()  # and it did not shut down the session's Ray
