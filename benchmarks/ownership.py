@@ -35,7 +35,7 @@ import os
 import statistics
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -373,9 +373,14 @@ def budget_label(budget: int) -> str:
 
 
 def survival_study(
-    config: TournamentConfig, args: argparse.Namespace, console: Console
+    config: TournamentConfig,
+    args: argparse.Namespace,
+    console: Console,
+    on_row: Callable[[dict[str, Any]], None],
 ) -> dict[str, Any]:
-    """Part 3: the positive controls (a copied watermarked victim, memorising DAWN thieves)."""
+    """Part 3: the positive controls (a copied watermarked victim, memorising DAWN thieves,
+    largest budget first); ``on_row`` gets the study so far after each row (a long run that is
+    stopped keeps what it measured)."""
     matches = config.matches()
     [watermark] = [
         s
@@ -385,23 +390,38 @@ def survival_study(
         and s.attack.name == "knockoff"
         and s.budget == max(config.budgets)
     ]
-    copy_row = copied_watermark(watermark, args.independent, console)
-    memorising = [
-        memorising_theft(
-            s,
-            args.memorise_target,
-            args.memorise_max_epochs,
-            args.memorise_round,
-            args.independent,
-            console,
+    dawn = sorted(
+        (
+            s
+            for s in matches
+            if s.defenses
+            and s.defenses[0].name == "dawn"
+            and s.attack.name == "knockoff"
+            and s.budget in args.memorise_budgets
+        ),
+        key=lambda s: -s.budget,
+    )
+    study = summarise([copied_watermark(watermark, args.independent, console)], [])
+    on_row(study)
+    memorising: list[dict[str, Any]] = []
+    for spec in dawn:
+        memorising.append(
+            memorising_theft(
+                spec,
+                args.memorise_target,
+                args.memorise_max_epochs,
+                args.memorise_round,
+                args.independent,
+                console,
+            )
         )
-        for s in matches
-        if s.defenses
-        and s.defenses[0].name == "dawn"
-        and s.attack.name == "knockoff"
-        and s.budget in args.memorise_budgets
-    ]
-    rows = [copy_row, *memorising]
+        study = summarise(study["rows"][:1], memorising)
+        on_row(study)
+    return study
+
+
+def summarise(copies: list[dict[str, Any]], memorising: list[dict[str, Any]]) -> dict[str, Any]:
+    rows = [*copies, *memorising]
     claimed = [m["removals"]["none"]["verified"] for m in memorising]
     return {
         "rows": rows,
@@ -506,21 +526,26 @@ def run_survival(
     loadavg_start: tuple[float, float, float],
     start: float,
 ) -> int:
-    """Part 3, printed and written to ``--survival-out``."""
-    study = survival_study(config, args, console)
-    console.print(study["removal_markdown"])
-    console.print(study["memorising_markdown"])
-    write_record(
-        args.survival_out,
-        "ownership_survival",
-        loadavg_start,
-        {
+    """Part 3, printed and written to ``--survival-out`` (rewritten after every row)."""
+
+    def record(study: dict[str, Any], complete: bool = False) -> None:
+        fields = {
             "config": str(args.config),
+            "complete": complete,
+            "memorise_budgets": args.memorise_budgets,
+            "memorise_target": args.memorise_target,
+            "memorise_max_epochs": args.memorise_max_epochs,
+            "memorise_round": args.memorise_round,
             "wall_seconds": time.perf_counter() - start,
             "torch_threads": torch.get_num_threads(),
             **study,
-        },
-    )
+        }
+        write_record(args.survival_out, "ownership_survival", loadavg_start, fields)
+
+    study = survival_study(config, args, console, record)
+    record(study, complete=True)
+    console.print(study["removal_markdown"])
+    console.print(study["memorising_markdown"])
     return 0
 
 
