@@ -421,6 +421,8 @@ def _handler(endpoint: IsolatedEndpoint, timeout_s: float) -> type[BaseHTTPReque
             self._send(status, body)
 
         def _route(self, method: str) -> tuple[int, dict[str, Any]]:
+            if method == "GET" and self.headers.get("Content-Length", "0").strip() != "0":
+                self.close_connection = True  # a GET body is never read: end the connection
             if self.request_version == "HTTP/0.9":
                 self.request_version = "HTTP/1.1"
                 raise _HttpError(400, "bad_request", "HTTP/1.0 or HTTP/1.1 only")

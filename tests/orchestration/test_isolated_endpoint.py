@@ -580,3 +580,43 @@ def test_I2_tournament_runs_are_labelled_trusted(tmp_path: Path) -> None:
     child = tracker.log_failure(parent, spec, "a failed match is still an in-cluster run")
     for run_id in (parent, child):
         assert tracker.client.get_run(run_id).data.tags[TRUST_TAG] == TRUSTED_IN_CLUSTER
+
+
+@pytest.mark.ray
+def test_I1_endpoint_in_front_of_the_ray_victim_actor(
+    ray_session: None,
+    digits_victim: TrainedVictim,
+    digits_data: DataSplits,
+    make_service: ServiceFactory,
+) -> None:
+    """The endpoint in front of a victim actor (RayServiceProxy): the outside attacker gets the
+    same answers as from the service in this process, and still no way into the actor."""
+    import ray
+
+    from arena.oracle import InputSpec
+    from orchestration.ray_service import RayServiceProxy, start_victim_service
+
+    handle = start_victim_service(
+        digits_victim.spec,
+        (),
+        ray.put(digits_victim.model.state_dict()),
+        InputSpec(shape=digits_data.input_shape),
+        digits_data.num_classes,
+    )
+    try:
+        table = TokenTable({BOB: "bob"}, {"bob": 64})
+        with IsolatedEndpoint(RayServiceProxy(handle, timeout_s=60), table) as endpoint:
+            oracle = Oracle(HttpEndpoint(endpoint.url, BOB), "bob")
+            answers = oracle.query(digits_data.test.x[:16])
+            host, port = endpoint.url.removeprefix("http://").split(":")
+            served = Served(endpoint, make_service(), host, int(port))
+            for path in ("/v1/__ray_call__", "/v1/get_actor", "/v1/kill", "/v1/open_account"):
+                status, raw, _ = served.request("POST", path, b"{}", token=BOB)
+                assert status == 404 and set(json.loads(raw)) <= ERROR_FIELDS
+            status, raw, _ = served.request("GET", "/v1/status", token=BOB)
+            assert json.loads(raw) == {"budget": 64, "used": 16, "remaining": 48}
+        local = make_service()
+        local.open_account("bob", 64)
+        assert torch.equal(answers, Oracle(local, "bob").query(digits_data.test.x[:16]))
+    finally:
+        ray.kill(handle)
