@@ -13,6 +13,7 @@ never charged twice) and an :class:`EndpointError` for the spec and status.
 from __future__ import annotations
 
 import json
+import math
 import threading
 from typing import Any
 from urllib.parse import urlsplit
@@ -119,6 +120,15 @@ class HttpEndpoint:
         if dtype != "float32":
             return Rejection("dtype", f"expected dtype float32, got {dtype}")
         assert isinstance(x, np.ndarray)
+        spec = self.public_spec()[0]
+        # refused here only so a huge view (an expanded tensor) is never copied into a body;
+        # the server checks everything again
+        if x.ndim and x.shape[0] > spec.max_batch:
+            message = f"batch of {x.shape[0]} exceeds the maximum {spec.max_batch}"
+            return Rejection("batch_too_large", message)
+        if x.size > spec.max_batch * math.prod(spec.shape):
+            expected = ", ".join(map(str, spec.shape))
+            return Rejection("shape", f"expected shape [B, {expected}], got {list(x.shape)}")
         headers = {
             **self._headers,
             "Content-Type": "application/octet-stream",

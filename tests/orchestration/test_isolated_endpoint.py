@@ -361,6 +361,9 @@ def test_I1_rejections_over_http_are_the_same_typed_errors(
         (x + 5, QueryErrorCode.OUT_OF_RANGE),
         (x[:0], QueryErrorCode.EMPTY),
         (digits_data.test.x[:1].expand(1025, 1, 8, 8), QueryErrorCode.BATCH_TOO_LARGE),
+        # a 2.6 GB view: refused without ever being copied into a request body
+        (digits_data.test.x[:1].expand(10**7, 1, 8, 8), QueryErrorCode.BATCH_TOO_LARGE),
+        (digits_data.test.x[:1].expand(1, 10**7, 8, 8), QueryErrorCode.SHAPE),
     ]
     for bad, code in cases:
         with pytest.raises(InvalidQuery) as caught:
