@@ -244,10 +244,6 @@ def test_Q2_oversized_tensor_view_refused_through_ray_without_a_copy(service: An
     assert proxy.account_stats("q2").used == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="RayServiceProxy.answer pickles a numpy view whole before the victim sees its shape",
-)
 def test_Q2_oversized_numpy_view_refused_through_ray_without_a_copy(service: Any) -> None:
     """Q2 through Ray with a numpy view: pickling materialises a zero-stride array on the
     caller's side (about twice its full size at peak), so a 10^8-image view would need 50 GB
