@@ -32,8 +32,7 @@ from optuna.distributions import (
     FloatDistribution,
     IntDistribution,
 )
-from optuna.storages import BaseStorage, JournalStorage, RDBStorage
-from optuna.storages.journal import JournalFileBackend
+from optuna.storages import BaseStorage, RDBStorage
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 from ray import ObjectRef
@@ -53,9 +52,11 @@ from orchestration.frontier import (
     plot_png,
     study_view,
 )
+from orchestration.journal_repair import open_journal
 from orchestration.tournament import (
     MatchFailure,
     ensure_victims,
+    ledger_dir,
     play_match_task,
     prepare_defenses,
     release,
@@ -173,7 +174,8 @@ def utility_baseline(config: TuneConfig, victim_accuracy: float) -> float:
 
 def open_storage(config: TuneConfig, home: Path) -> BaseStorage:
     """The configured storage, or a journal file under ``home/optuna`` (absolute path, so a stale
-    lock can be released)."""
+    lock can be released). A journal a killed writer left with a stale lock or a torn last
+    record is repaired first, or the study could not be resumed (D3)."""
     target = config.storage
     try:
         if target is not None and "://" in target:
@@ -181,7 +183,7 @@ def open_storage(config: TuneConfig, home: Path) -> BaseStorage:
         path = Path(target) if target else home / "optuna" / f"{config.name}.journal"
         path = path.expanduser().resolve()
         path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
+        return open_journal(path)
     except Exception as exc:  # optuna/sqlalchemy raise many types for a bad URL or path
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise StudyError(f"cannot open Optuna storage {target!r}: {first}") from None
@@ -280,6 +282,7 @@ def run_study(
     reaped = reap_interrupted(study, list(space))
     dists = distributions(space)
     parent = tracker.open_parent("study", config.name, config.model_dump(mode="json"))
+    ledgers = ledger_dir(cache_dir, parent)
     status = "FAILED"
     started_ray = False
     actors: list[ActorHandle[Any]] = []
@@ -332,12 +335,17 @@ def run_study(
                 {data.name: data_ref},
                 cache_dir,
             )
-            actor = service_for(specs[0], config.ray, weights, data, data_ref, cache_dir)
+            ledger = ledgers / f"victim-{len(actors)}.sqlite3"
+            actor = service_for(
+                specs[0], config.ray, weights, data, data_ref, cache_dir, ledger_path=ledger
+            )
             actors.append(actor)
             job = _Job(label, params, trial, actor)
             task = play_match_task.options(num_cpus=config.ray.cpus_per_match)
             for spec in specs:
-                ref = task.remote(spec, actor, match_data, config.ray.cpus_per_match)
+                ref = task.remote(
+                    spec, actor, match_data, config.ray.cpus_per_match, config.ray.victim_timeout_s
+                )
                 job.waiting[ref] = spec.attack.name
                 jobs[ref] = job
             in_flight.append(job)
