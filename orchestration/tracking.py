@@ -4,11 +4,18 @@ child run per match (params = flattened spec, metrics = the record, tags = names
 Child runs are created only when a match's record arrives and are closed at once, so a run is
 FINISHED exactly when its match finished. A rerun reopens the tournament's parent run and skips
 every match key that already has a FINISHED child.
+
+Every run is tagged with the driver process that created it (``arena.driver``). A driver killed
+by SIGKILL (or dying before it could close its runs) leaves them RUNNING; the next driver that
+opens a parent run in the experiment marks them KILLED (``arena.reaped`` says why), so MLflow
+never shows a run as live or finished when it is neither (D4).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import socket
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -32,6 +39,8 @@ TRUST_TAG = "trust"
 TRUSTED_IN_CLUSTER = "trusted-in-cluster"
 """tournament runs: attackers ran inside the Ray cluster as trusted code held to the oracle by
 contract and static checks (RELIABILITY fact 1); ``arena attack`` results say untrusted-http"""
+DRIVER_TAG = "arena.driver"
+REAPED_TAG = "arena.reaped"
 
 
 def default_tracking_uri(home: Path) -> str:
@@ -49,6 +58,43 @@ def flatten(value: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
             yield from flatten(inner, f"{prefix}{index}.")
     else:
         yield prefix.rstrip("."), value
+
+
+def _start_time(pid: int) -> str | None:
+    """A process's start time (clock ticks since boot, field 22 of /proc/<pid>/stat): with the
+    pid it names one process, so a reused pid is not mistaken for a dead driver."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # the command name (field 2) is in parentheses and may contain spaces
+    fields = stat.rsplit(")", 1)[-1].split()
+    return fields[19] if len(fields) > 19 else None
+
+
+def driver_identity() -> str:
+    """``host:pid:start time`` of this process, the value of ``arena.driver`` on its runs."""
+    pid = os.getpid()
+    return f"{socket.gethostname()}:{pid}:{_start_time(pid) or '?'}"
+
+
+def driver_alive(identity: str) -> bool | None:
+    """Whether the driver named by an ``arena.driver`` tag is still running; None when that
+    cannot be known here (another host, an unreadable tag)."""
+    host, _, rest = identity.rpartition(":")
+    host, _, pid_text = host.rpartition(":")
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return None
+    pid = int(pid_text)
+    if rest != "?" and Path("/proc/self/stat").exists():
+        return _start_time(pid) == rest
+    try:
+        os.kill(pid, 0)  # no /proc: the pid alone (a reused pid counts as alive)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _result_fields(result: MatchResult) -> tuple[list[Metric], list[RunTag]]:
@@ -132,6 +178,7 @@ class Tracker:
         """Reopen the latest parent run of this ``kind`` ("tournament", "study") and name, or
         start one; the config goes with it as an artifact."""
         name_tag = TOURNAMENT_TAG if kind == "tournament" else f"arena.{kind}"
+        self.reap_orphans()
         runs = self.client.search_runs(
             [self.experiment_id],
             filter_string=f"tags.`{name_tag}` = '{name}' and tags.`{KIND_TAG}` = '{kind}'",
@@ -141,15 +188,36 @@ class Tracker:
         if runs:
             run_id: str = runs[0].info.run_id
             self.client.update_run(run_id, status="RUNNING")
+            self.client.set_tag(run_id, DRIVER_TAG, driver_identity())
         else:
-            run = self.client.create_run(
-                self.experiment_id, run_name=name, tags={name_tag: name, KIND_TAG: kind}
-            )
+            tags = {name_tag: name, KIND_TAG: kind, DRIVER_TAG: driver_identity()}
+            run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
             run_id = run.info.run_id
         if kind == "tournament":
             self.client.set_tag(run_id, TRUST_TAG, TRUSTED_IN_CLUSTER)
         self.client.log_dict(run_id, dict(config), f"{kind}_config.json")
         return run_id
+
+    def reap_orphans(self) -> list[str]:
+        """Mark KILLED every run of this experiment (parent or child) left RUNNING by a driver on
+        this host that is no longer alive; return their ids. Runs of live drivers, of other
+        hosts (their liveness cannot be checked from here) and runs without an ``arena.driver``
+        tag are left as they are."""
+        reaped = []
+        me = driver_identity()
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        running = self.client.search_runs(
+            [self.experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=50000
+        )
+        for run in running:
+            owner = run.data.tags.get(DRIVER_TAG)
+            if owner is None or driver_alive(owner) is not False:
+                continue
+            why = f"left RUNNING by driver {owner}, which is gone; marked KILLED by {me} at {stamp}"
+            self.client.set_tag(run.info.run_id, REAPED_TAG, why)
+            self.client.set_terminated(run.info.run_id, status="KILLED")
+            reaped.append(str(run.info.run_id))
+        return reaped
 
     def log_trial(
         self,
@@ -164,7 +232,12 @@ class Tracker:
         run = self.client.create_run(
             self.experiment_id,
             run_name=label,
-            tags={MLFLOW_PARENT_RUN_ID: parent_id, KIND_TAG: "trial", **tags},
+            tags={
+                MLFLOW_PARENT_RUN_ID: parent_id,
+                KIND_TAG: "trial",
+                DRIVER_TAG: driver_identity(),
+                **tags,
+            },
         )
         run_id: str = run.info.run_id
         now = int(time.time() * 1000)
@@ -234,6 +307,7 @@ class Tracker:
             MATCH_KEY_TAG: spec.key(),
             KIND_TAG: "match",
             TRUST_TAG: TRUSTED_IN_CLUSTER,
+            DRIVER_TAG: driver_identity(),
             "arena.attack": spec.attack.name,
             "arena.defense": " -> ".join(d.name for d in spec.defenses),
             "arena.victim": spec.victim.key(),
