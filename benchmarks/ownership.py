@@ -269,14 +269,13 @@ def removal_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def copied_watermark(spec: MatchSpec, independent: int, console: Console) -> dict[str, Any]:
+def copied_watermark(spec: MatchSpec, console: Console) -> tuple[dict[str, Any], OwnershipKeys]:
     """The watermarked victim itself (a thief who exfiltrated its weights) under every removal."""
     data = load_dataset(spec.victim.dataset)
     chain = build_chain(spec.defenses)
     served = defended_model(spec.victim, load_or_train(spec.victim, data).model, chain, data)
     [(_, keys)] = chain.ownership_keys(chain.new_states())
     knowledge, match_data = thief_knowledge(spec, data)
-    claims = independent_claims(spec, data, keys, independent)
     row = {
         "defense": spec.defenses[0].name,
         "attack": "weights copied",
@@ -286,11 +285,11 @@ def copied_watermark(spec: MatchSpec, independent: int, console: Console) -> dic
         "removals": after_removals(
             served, keys, knowledge, spec, data.test, match_data.pool_labels
         ),
-        "independent": claims,
-        "false_claims": sum(c["verified"] for c in claims),
+        "independent": [],
+        "false_claims": 0,
     }
     print_row(row, console)
-    return row
+    return row, keys
 
 
 def memorising_theft(
@@ -298,9 +297,8 @@ def memorising_theft(
     target: float,
     max_epochs: int,
     round_epochs: int,
-    independent: int,
     console: Console,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], OwnershipKeys]:
     """Knockoff's random policy (budget drawn uniformly from the pool, soft targets, its lr and
     batch) with the substitute trained until it reproduces its answers, the wrong ones included
     (a thief who stops when it generalises learns none of them); then every removal and the
@@ -343,7 +341,6 @@ def memorising_theft(
         follow,
     )
     seconds = time.perf_counter() - start
-    claims = independent_claims(spec, data, keys, independent)
     row = {
         "defense": spec.defenses[0].name,
         "attack": f"memorising knockoff @{budget_label(spec.budget)}",
@@ -361,11 +358,11 @@ def memorising_theft(
         "removals": after_removals(
             stolen, keys, knowledge, spec, data.test, match_data.pool_labels
         ),
-        "independent": claims,
-        "false_claims": sum(c["verified"] for c in claims),
+        "independent": [],
+        "false_claims": 0,
     }
     print_row(row, console)
-    return row
+    return row, keys
 
 
 def budget_label(budget: int) -> str:
@@ -378,9 +375,9 @@ def survival_study(
     console: Console,
     on_row: Callable[[dict[str, Any]], None],
 ) -> dict[str, Any]:
-    """Part 3: the positive controls (a copied watermarked victim, memorising DAWN thieves,
-    largest budget first); ``on_row`` gets the study so far after each row (a long run that is
-    stopped keeps what it measured)."""
+    """Part 3: the positive controls (memorising DAWN thieves, largest budget first, and a copied
+    watermarked victim), then the same independent models against every row's keys; ``on_row``
+    gets the study so far after each step (a long run that is stopped keeps what it measured)."""
     matches = config.matches()
     [watermark] = [
         s
@@ -401,23 +398,33 @@ def survival_study(
         ),
         key=lambda s: -s.budget,
     )
-    study = summarise([copied_watermark(watermark, args.independent, console)], [])
-    on_row(study)
+    copies: list[dict[str, Any]] = []
     memorising: list[dict[str, Any]] = []
+    checked: list[tuple[dict[str, Any], MatchSpec, OwnershipKeys]] = []
+    # cheapest first: the memorising thieves need only the victim, the copy needs the watermarked
+    # victim trained, and the independent models (the costliest) come last, once for all rows
     for spec in dawn:
-        memorising.append(
-            memorising_theft(
-                spec,
-                args.memorise_target,
-                args.memorise_max_epochs,
-                args.memorise_round,
-                args.independent,
-                console,
-            )
+        row, keys = memorising_theft(
+            spec,
+            args.memorise_target,
+            args.memorise_max_epochs,
+            args.memorise_round,
+            console,
         )
-        study = summarise(study["rows"][:1], memorising)
-        on_row(study)
-    return study
+        memorising.append(row)
+        checked.append((row, spec, keys))
+        on_row(summarise(copies, memorising))
+    row, keys = copied_watermark(watermark, console)
+    copies.append(row)
+    checked.append((row, watermark, keys))
+    on_row(summarise(copies, memorising))
+    for row, spec, keys in checked:
+        data = load_dataset(spec.victim.dataset)
+        row["independent"] = independent_claims(spec, data, keys, args.independent)
+        row["false_claims"] = sum(c["verified"] for c in row["independent"])
+        print_row(row, console)
+        on_row(summarise(copies, memorising))
+    return summarise(copies, memorising)
 
 
 def summarise(copies: list[dict[str, Any]], memorising: list[dict[str, Any]]) -> dict[str, Any]:
