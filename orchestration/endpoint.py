@@ -24,8 +24,9 @@ error) with an HTTP status: 400 malformed (the service's own codes: ``shape``, `
 ``non_finite`` ...), 401 missing or unknown token, 402 budget exhausted, 403 refused by a
 detector, 404 unknown route, 405 wrong method, 409 query id reused for other inputs, 411 no
 ``Content-Length``, 413 body larger than ``max_batch`` inputs (checked on ``Content-Length``
-before a byte of the body is read), 415 a body that is not raw float32, 429 too many queries in
-flight, 503 victim unavailable, 500 anything unexpected (no detail leaves the server).
+before a byte of the body is read), 415 a body that is not raw float32, 408 a body that stalls,
+429 too many queries in flight, 503 victim unavailable, 500 anything unexpected (no detail
+leaves the server).
 
 Tokens: several tokens may name one attacker, whose one ledger (and so one budget) they share;
 the endpoint opens each attacker's account with its budget at start. The ledger is idempotent on
@@ -449,7 +450,10 @@ def _handler(endpoint: IsolatedEndpoint, timeout_s: float) -> type[BaseHTTPReque
             )
             query_id, shape = endpoint.check_headers(self.headers, size)
             targets = endpoint.parse_targets(self.headers.get(TARGETS_HEADER))
-            body = self.rfile.read(size)
+            try:
+                body = self.rfile.read(size)
+            except TimeoutError:
+                raise _HttpError(408, "timeout", "the body did not arrive in time") from None
             if len(body) != size:
                 raise _HttpError(400, "bad_request", "the body ended early")
             return endpoint.query(attacker, query_id, body, shape, targets)

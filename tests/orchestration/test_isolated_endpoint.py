@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -330,7 +331,7 @@ def test_I1_outside_attacker_escapes_all_fail(
     for garbage in (b"\x80\x04\x95 pickle\r\n\r\n", b"GET /v1/spec HTTP/9.9\r\n\r\n"):
         with socket.create_connection((served.host, served.port), timeout=10) as sock:
             sock.sendall(garbage)
-            answer = sock.recv(4096)
+            answer = sock.recv(4096)  # the status line is all this needs
         assert answer.startswith(b"HTTP/") and b" 200 " not in answer.split(b"\r\n")[0]
     assert not marker.exists(), "a pickle or an expression was executed"
     # another attacker's ledger: a token only ever sees its own attacker
@@ -623,3 +624,26 @@ def test_I1_endpoint_in_front_of_the_ray_victim_actor(
         assert torch.equal(answers, Oracle(local, "bob").query(digits_data.test.x[:16]))
     finally:
         ray.kill(handle)
+
+
+def test_I1_a_stalled_body_times_out_uncharged(
+    make_service: ServiceFactory, digits_data: DataSplits
+) -> None:
+    """A client that promises a body and never sends it holds a thread for ``timeout_s`` only."""
+    service = make_service()
+    with IsolatedEndpoint(service, TokenTable({BOB: "bob"}, {"bob": 10}), timeout_s=1) as endpoint:
+        host, port = endpoint.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            head = "".join(f"{k}: {v}\r\n" for k, v in query_headers((2, 1, 8, 8)).items())
+            sock.sendall(
+                f"POST /v1/query HTTP/1.1\r\nAuthorization: Bearer {BOB}\r\n{head}"
+                f"Content-Length: 512\r\n\r\n".encode()
+                + images(digits_data, 2).tobytes()[:100]
+            )
+            started = time.perf_counter()
+            answer = b""
+            while chunk := sock.recv(4096):  # headers and body may come apart: read to the end
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 408 ") and b'"timeout"' in answer
+        assert time.perf_counter() - started < 5
+    assert service.account_status("bob").used == 0
