@@ -288,7 +288,7 @@ def _drive(args: argparse.Namespace) -> dict[str, Any]:
         started.append(handle)
         return handle
 
-    tournament.start_victim_service = placed_service  # type: ignore[assignment]
+    tournament.start_victim_service = placed_service  # type: ignore[attr-defined]
     config = parse_config(json.loads(args.config))
     (spec,) = config.matches()
     home = Path(args.home)
