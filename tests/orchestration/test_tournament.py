@@ -52,7 +52,7 @@ def _live_project_actors() -> list[Any]:
         time.sleep(0.2)
 
 
-def test_tournament_logs_runs_and_resumes_without_duplicates(
+def test_D5_tournament_logs_runs_and_resumes_without_duplicates(
     ray_session: None, tmp_path: Path, smoke_config_dict: dict[str, Any]
 ) -> None:
     config = parse_config(_small(smoke_config_dict))
@@ -66,7 +66,8 @@ def test_tournament_logs_runs_and_resumes_without_duplicates(
     assert first.played == expected and first.skipped == 0 and not first.failures
 
     client = MlflowClient(uri)
-    parent = client.get_run(first.parent_run_id)
+    parent_id = first.parent_run_id
+    parent = client.get_run(parent_id)
     assert parent.info.status == "FINISHED"
     children = _children(client, tracker.experiment_id, first.parent_run_id)
     assert len(children) == expected
@@ -86,10 +87,14 @@ def test_tournament_logs_runs_and_resumes_without_duplicates(
     assert board[0].protection >= board[-1].protection
     assert _live_project_actors() == []  # F4: victim services are gone
 
+    every_run = {r.info.run_id for r in client.search_runs([tracker.experiment_id])}
     second = run_tournament(config, tracker, cache_dir=cache)
     assert second.played == 0 and second.skipped == expected
-    assert len(_children(client, tracker.experiment_id, first.parent_run_id)) == expected
     assert second.parent_run_id == first.parent_run_id
+    # D5: the rerun created no run at all, and there is exactly one run per match key
+    assert {r.info.run_id for r in client.search_runs([tracker.experiment_id])} == every_run
+    keys = [c.data.tags[MATCH_KEY_TAG] for c in _children(client, tracker.experiment_id, parent_id)]
+    assert sorted(keys) == sorted(spec.key() for spec in config.matches())
     # the record read back from MLflow is the record that was logged
     by_key = {r.match_key: r for r in first.results}
     for r in second.results:

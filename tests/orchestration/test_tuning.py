@@ -214,7 +214,7 @@ def test_defaults_are_compared_with_the_frontier() -> None:
 # ---- the study end to end: kill -9 and resume -------------------------------------------------
 
 
-def test_killed_study_resumes_to_exactly_the_configured_trials(tmp_path: Path) -> None:
+def test_D1_killed_study_resumes_to_exactly_the_configured_trials(tmp_path: Path) -> None:
     """D1: SIGKILL the driver once a trial has finished; the same command finishes the study with
     exactly ``trials`` COMPLETE trials, none RUNNING, every interrupted trial retried with the
     same parameters, one MLflow child run per trial, and the frontier plot logged."""
@@ -250,6 +250,8 @@ def test_killed_study_resumes_to_exactly_the_configured_trials(tmp_path: Path) -
     before = optuna.load_study(study_name="digits-reverse-sigmoid-smoke", storage=storage)
     complete_before = [t for t in before.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert 1 <= len(complete_before) < 4
+    # the kill lands while the other trial in flight (concurrency 2) is RUNNING
+    assert any(t.state == optuna.trial.TrialState.RUNNING for t in before.trials)
 
     again = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stdout + again.stderr
@@ -265,6 +267,7 @@ def test_killed_study_resumes_to_exactly_the_configured_trials(tmp_path: Path) -
         if t.state == optuna.trial.TrialState.FAIL and space <= set(t.params)
     ]
     retried = {t.user_attrs["retry_of"]: t for t in study.trials if "retry_of" in t.user_attrs}
+    assert failed, "no trial was interrupted: the kill did not land mid-trial"
     assert {t.number for t in failed} == set(retried)
     for trial in failed:
         assert retried[trial.number].params == trial.params
