@@ -459,6 +459,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--out", type=Path, default=REPO / "benchmarks" / "results" / "ownership.json"
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=2,
+        help="torch threads for parts 2 and 3 (1 on a busy machine: waiting threads spin)",
+    )
     parser.add_argument("--survival", action="store_true", help="also run part 3")
     parser.add_argument(
         "--skip-tournament", action="store_true", help="skip parts 1 and 2 (with --survival)"
@@ -486,13 +492,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = load_config(args.config)
     start = time.perf_counter()
     if args.skip_tournament:
-        torch.set_num_threads(2)
+        torch.set_num_threads(args.threads)
         return run_survival(config, args, console, loadavg_start, start)
     outcome, tournament_seconds = run_config(config, console)
     rows = tournament_rows(outcome.results)
     console.print(tournament_markdown(rows))
     console.print(markdown_table(outcome.leaderboard))
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     verifier_specs = [
         s
         for s in config.matches()
