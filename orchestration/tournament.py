@@ -248,17 +248,17 @@ def run_tournament(
     started = time.perf_counter()
     specs = config.matches()
     parent = tracker.open_tournament(config.name, config.model_dump(mode="json"))
-    done = tracker.finished_results(parent)
-    pending = [s for s in specs if s.key() not in done]
-    if on_start:
-        on_start(len(pending), len(specs) - len(pending))
-    results: dict[str, MatchResult] = {k: r for k, r in done.items()}
     failures: list[MatchFailure] = []
     victims_info: dict[str, TrainedVictimInfo] = {}
     status = "FAILED"
     started_ray = False
     actors: list[ActorHandle[Any]] = []
-    try:
+    try:  # from here on every exit gives the parent run its true status
+        done = tracker.finished_results(parent)
+        pending = [s for s in specs if s.key() not in done]
+        if on_start:
+            on_start(len(pending), len(specs) - len(pending))
+        results: dict[str, MatchResult] = {k: r for k, r in done.items()}
         if pending:
             torch.set_num_threads(config.ray.cpus_per_match)
             # data first: a missing dataset is reported before any Ray process starts
