@@ -121,6 +121,25 @@ class MatchResult(BaseModel):
     record can be checked later"""
 
 
+RUN_DEPENDENT_FIELDS = frozenset(
+    {
+        "attack_seconds",
+        "match_seconds",
+        "defense_us_per_query",
+        "latency_ratio",
+        "chain_steps",
+        "audit_sha256",
+    }
+)
+"""match-record fields that differ between any two runs of the same match: timings, and the
+audit digest (it covers each answer's time)"""
+
+
+def comparable(result: MatchResult, mode: str = "python") -> dict[str, Any]:
+    """A record without its run-dependent fields: equal for two runs of one match (R1, R2)."""
+    return result.model_dump(mode=mode, exclude=set(RUN_DEPENDENT_FIELDS))
+
+
 class ServiceAPI(OracleEndpoint, Protocol):
     """The victim-service interface the referee needs (query half plus the trusted half)."""
 

@@ -35,7 +35,7 @@ from rich.table import Table
 
 import agents  # noqa: F401  (registers the attacks)
 from arena.data import arena_home, load_dataset
-from arena.referee import MatchData, MatchResult, build_service, referee_match
+from arena.referee import MatchData, MatchResult, build_service, comparable, referee_match
 from arena.specs import MatchSpec
 from arena.victims import load_or_train
 from orchestration.config import TournamentConfig, load_config
@@ -43,20 +43,6 @@ from orchestration.tournament import run_tournament
 from orchestration.tracking import Tracker
 
 REPO = Path(__file__).resolve().parents[1]
-TIMING_FIELDS = {
-    "attack_seconds",
-    "match_seconds",
-    "defense_us_per_query",
-    "latency_ratio",
-    "chain_steps",
-    "audit_sha256",
-}
-"""fields that measure time, so differ between any two runs (the audit digest covers each
-record's answer time)"""
-
-
-def deterministic(result: MatchResult) -> dict[str, Any]:
-    return result.model_dump(exclude=TIMING_FIELDS)
 
 
 def serial(config: TournamentConfig, cache_dir: Path, console: Console) -> dict[str, Any]:
@@ -169,9 +155,9 @@ def main() -> int:
         k
         for k in keys
         if not (
-            deterministic(one["results"][k])
-            == deterministic(ray1["results"][k])
-            == deterministic(ray2["results"][k])
+            comparable(one["results"][k])
+            == comparable(ray1["results"][k])
+            == comparable(ray2["results"][k])
         )
     ]
     speedup = ray1["wall_s"] / ray2["wall_s"]

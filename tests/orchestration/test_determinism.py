@@ -12,28 +12,13 @@ import numpy as np
 import pytest
 
 from arena.data import DataSplits
-from arena.referee import MatchData, MatchResult, build_service, referee_match
+from arena.referee import MatchData, MatchResult, build_service, comparable, referee_match
 from arena.service import VictimService
 from arena.specs import MatchSpec, PluginSpec, VictimSpec
 from arena.victims import load_or_train
 from orchestration.config import parse_config
 from orchestration.tournament import run_tournament
 from orchestration.tracking import Tracker, default_tracking_uri
-
-TIMING_FIELDS = {
-    "attack_seconds",
-    "match_seconds",
-    "defense_us_per_query",
-    "latency_ratio",
-    "chain_steps",
-    "audit_sha256",
-}
-"""fields that measure time, so differ between any two runs (the audit digest covers each
-record's answer time)"""
-
-
-def deterministic(result: MatchResult) -> dict[str, Any]:
-    return result.model_dump(exclude=TIMING_FIELDS)
 
 
 def test_R1_same_config_and_seed_twice_identical(
@@ -51,7 +36,7 @@ def test_R1_same_config_and_seed_twice_identical(
         service = build_service(spec, digits_data, victim_cache)  # a fresh service each time
         runs.append((referee_match(spec, service, MatchData.from_splits(digits_data)), service))
     (first, service_a), (second, service_b) = runs
-    assert deterministic(first) == deterministic(second)
+    assert comparable(first) == comparable(second)
     assert first.queries_used == 200 and first.perturbation_l1 > 0  # the noise did perturb
     out_a = service_a.reference_outputs(digits_data.test.x)
     out_b = service_b.reference_outputs(digits_data.test.x)
@@ -83,7 +68,7 @@ def test_R2_one_and_two_workers_give_identical_results(
     tracker = Tracker(default_tracking_uri(tmp_path), "r2", artifact_root=tmp_path / "artifacts")
     outcome = run_tournament(config, tracker, cache_dir=cache)
     assert not outcome.failures and outcome.played == 4
-    parallel = {r.match_key: deterministic(r) for r in outcome.results}
+    parallel = {r.match_key: comparable(r) for r in outcome.results}
 
     # (a) serially in this process, in a shuffled order
     specs = config.matches()
@@ -94,7 +79,7 @@ def test_R2_one_and_two_workers_give_identical_results(
     serial: dict[str, dict[str, Any]] = {}
     for spec in order:
         result = referee_match(spec, service, MatchData.from_splits(digits_data))
-        serial[spec.key()] = deterministic(result)
+        serial[spec.key()] = comparable(result)
 
     assert set(serial) == set(parallel) and len(serial) == 4
     for key, record in serial.items():

@@ -25,6 +25,7 @@ from optuna.distributions import distribution_to_json
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
+from ray_testkit import live_project_actors
 
 from arena.data import DataSplits
 from arena.victims import load_or_train
@@ -36,7 +37,6 @@ from orchestration.journal_repair import (
     release_stale_lock,
     repair_journal,
 )
-from orchestration.ray_service import SERVICE_NAMESPACE
 from orchestration.tracking import (
     DRIVER_TAG,
     MATCH_KEY_TAG,
@@ -388,20 +388,6 @@ print("DONE", outcome.parent_run_id, flush=True)
 """
 
 
-def _live_project_actors() -> list[Any]:
-    """Victim-service actors still alive (a dead driver's actors are reclaimed asynchronously)."""
-    deadline = time.monotonic() + 20
-    while True:
-        live = [
-            a
-            for a in ray.util.list_named_actors(all_namespaces=True)
-            if a["namespace"] == SERVICE_NAMESPACE
-        ]
-        if not live or time.monotonic() > deadline:
-            return live
-        time.sleep(0.2)
-
-
 def _tournament_runs(uri: str, name: str) -> tuple[Any, list[Any]]:
     """The parent run of tournament ``name`` and its children."""
     client = MlflowClient(uri)
@@ -489,4 +475,4 @@ def test_D4_run_status_on_every_exit_path(
     assert {c.info.run_id for c in before} < {c.info.run_id for c in children}
     for mode, status in (("raise", "FAILED"), ("sigint", "KILLED"), ("sigterm", "KILLED")):
         assert _tournament_runs(uri, f"d4-{mode}")[0].info.status == status  # left alone
-    assert _live_project_actors() == []
+    assert live_project_actors() == []

@@ -39,16 +39,6 @@ RAY_CLI = Path(sys.executable).with_name("ray")
 WORKERS = ("node_a", "node_b")
 VICTIM_SLOT = "victim_host"
 """custom resource each worker node offers once: where a victim-service actor may run"""
-TIMING_FIELDS = {
-    "attack_seconds",
-    "match_seconds",
-    "defense_us_per_query",
-    "latency_ratio",
-    "chain_steps",
-    "audit_sha256",
-}
-"""match-record fields that measure time (they differ between any two runs; the audit digest
-covers each record's answer time)"""
 REPLACE_WITHIN_S = 30.0
 
 
@@ -261,7 +251,7 @@ def _drive(args: argparse.Namespace) -> dict[str, Any]:
     """Play the match without a fault, then again killing the victim's node mid-match."""
     import ray
 
-    from arena.referee import MatchResult, attacker_id
+    from arena.referee import MatchResult, attacker_id, comparable
     from orchestration import tournament
     from orchestration.config import parse_config
     from orchestration.ray_service import start_victim_service
@@ -300,7 +290,7 @@ def _drive(args: argparse.Namespace) -> dict[str, Any]:
         return tournament.run_tournament(config, tracker, cache_dir=home / "victims")
 
     def record(results: list[MatchResult]) -> list[dict[str, Any]]:
-        return [r.model_dump(mode="json", exclude=TIMING_FIELDS) for r in results]
+        return [comparable(r, mode="json") for r in results]
 
     calm = play("nofault")
     report: dict[str, Any] = {"nofault": record(calm.results), "error": None}

@@ -13,9 +13,9 @@ import pytest
 import ray
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from ray_testkit import live_project_actors
 
 from orchestration.config import parse_config
-from orchestration.ray_service import SERVICE_NAMESPACE
 from orchestration.tournament import run_tournament
 from orchestration.tracking import MATCH_KEY_TAG, Tracker, default_tracking_uri
 
@@ -36,20 +36,6 @@ def _children(client: MlflowClient, experiment_id: str, parent: str) -> list[Any
             [experiment_id], filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent}'"
         )
     )
-
-
-def _live_project_actors() -> list[Any]:
-    """Named victim-service actors still alive (ray.kill is asynchronous: allow it 10 s)."""
-    deadline = time.monotonic() + 10
-    while True:
-        live = [
-            a
-            for a in ray.util.list_named_actors(all_namespaces=True)
-            if a["namespace"] == SERVICE_NAMESPACE
-        ]
-        if not live or time.monotonic() > deadline:
-            return live
-        time.sleep(0.2)
 
 
 def test_D5_tournament_logs_runs_and_resumes_without_duplicates(
@@ -85,7 +71,7 @@ def test_D5_tournament_logs_runs_and_resumes_without_duplicates(
         assert row.stolen_accuracy == max(r.stolen_accuracy for r in mine)
         assert row.protection == pytest.approx(1 - row.stolen_accuracy)
     assert board[0].protection >= board[-1].protection
-    assert _live_project_actors() == []  # F4: victim services are gone
+    assert live_project_actors() == []  # F4: victim services are gone
 
     every_run = {r.info.run_id for r in client.search_runs([tracker.experiment_id])}
     second = run_tournament(config, tracker, cache_dir=cache)
@@ -124,7 +110,7 @@ def test_F2_failing_match_is_recorded_failed_and_others_finish(
     assert sorted(r.info.status for r in runs) == ["FAILED", "FAILED"]
     assert all("arena.failure" in r.data.tags for r in runs)
     assert client.get_run(outcome.parent_run_id).info.status == "FAILED"
-    assert _live_project_actors() == []
+    assert live_project_actors() == []
 
     # the fixed config (a separate tournament name) plays both matches
     fixed = parse_config({**raw, "name": "digits-fixed"})
@@ -178,6 +164,6 @@ def test_F4_after_a_tournament_all_cpus_are_free_and_no_project_actor_is_alive(
     settle = time.monotonic() - start
     print(f"F4: {available:g} of {total:g} CPUs free {settle:.1f} s after the tournament")
     assert total > 0 and available == total
-    assert _live_project_actors() == []
+    assert live_project_actors() == []
     assert _alive_actor_ids() - alive_before == set(), "the tournament left actors alive"
     assert ray.is_initialized()  # and it did not shut down the session's Ray
