@@ -105,7 +105,7 @@ def shared_identity_round(service: VictimService, attacker: str) -> tuple[list[A
 
 
 @pytest.mark.parametrize("repeat", range(20))
-def test_shared_identity_answers_exactly_the_budget(
+def test_B1_shared_identity_answers_exactly_the_budget(
     make_service: ServiceFactory, repeat: int
 ) -> None:
     service = make_service()

@@ -281,6 +281,15 @@ def test_B1_concurrent_callers_are_charged_exactly(service: Any) -> None:
     answered = ray.get([_hammer.remote(service, f"parallel-{i}", 30, 6) for i in range(8)])
     assert answered == [90] * 8  # the 4th batch of 30 crosses 100 and is refused whole (B3)
     assert all(proxy.account_stats(f"parallel-{i}").used == 90 for i in range(8))
+    # the row itself: one attacker with a budget of 1,000, 8 callers at once sending 1,500
+    # queries (4 send 8 batches of 25, 4 send 7), 20 times
+    for repeat in range(20):
+        attacker = f"shared-{repeat}"
+        proxy.open_account(attacker, 1000)
+        rounds = [8, 8, 8, 8, 7, 7, 7, 7]
+        answered = ray.get([_hammer.remote(service, attacker, 25, r) for r in rounds])
+        assert sum(answered) == 1000, (repeat, answered)
+        assert proxy.account_stats(attacker).used == 1000
 
 
 def test_ray_and_in_process_matches_are_identical(
