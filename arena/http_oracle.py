@@ -13,7 +13,6 @@ never charged twice) and an :class:`EndpointError` for the spec and status.
 from __future__ import annotations
 
 import json
-import math
 import threading
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,7 +22,14 @@ import requests
 import torch
 
 from arena.errors import ArenaError, QueryErrorCode
-from arena.oracle import AccountStatus, Answer, InputSpec, OutputSpec, Rejection
+from arena.oracle import (
+    AccountStatus,
+    Answer,
+    InputSpec,
+    OutputSpec,
+    Rejection,
+    check_structure,
+)
 from arena.targets import Targets
 
 REJECTION_CODES = frozenset(
@@ -108,27 +114,18 @@ class HttpEndpoint:
     def answer(
         self, attacker_id: str, query_id: str, x: Any, targets: Any = None
     ) -> Answer | Rejection:
-        """Send one batch; the server validates it again (this side only refuses what cannot
-        be written as float32 bytes, with the same codes the service would use)."""
+        """Send one batch; the server validates it again (this side refuses only what fails the
+        service's structural checks, with the same codes)."""
         if isinstance(x, torch.Tensor):
             x = x.detach().cpu()
             x = x.numpy() if x.dtype == torch.float32 else x
-        if type(x) is not np.ndarray and not isinstance(x, torch.Tensor):
-            kind = type(x).__name__
-            return Rejection("not_array", f"expected a numpy array or torch tensor, got {kind}")
-        dtype = str(x.dtype).removeprefix("torch.")
-        if dtype != "float32":
-            return Rejection("dtype", f"expected dtype float32, got {dtype}")
-        assert isinstance(x, np.ndarray)
         spec = self.public_spec()[0]
-        # refused here only so a huge view (an expanded tensor) is never copied into a body;
-        # the server checks everything again
-        if x.ndim and x.shape[0] > spec.max_batch:
-            message = f"batch of {x.shape[0]} exceeds the maximum {spec.max_batch}"
-            return Rejection("batch_too_large", message)
-        if x.size > spec.max_batch * math.prod(spec.shape):
-            expected = ", ".join(map(str, spec.shape))
-            return Rejection("shape", f"expected shape [B, {expected}], got {list(x.shape)}")
+        # the service's own structural checks, here so a huge view (an expanded tensor) is never
+        # copied into a body; the server checks everything again
+        rejection = check_structure(x, spec)
+        if rejection is not None:
+            return rejection
+        assert isinstance(x, np.ndarray)  # a float32 tensor was turned into one above
         headers = {
             **self._headers,
             "Content-Type": "application/octet-stream",

@@ -96,8 +96,9 @@ class AuditDigest:
     sha256: str
 
 
-def input_hash(array: np.ndarray, extra: str = "") -> str:
-    """BLAKE2b-128 of a validated batch (and of what else identifies the query, e.g. targets)."""
+def array_hash(array: np.ndarray, extra: str = "") -> str:
+    """BLAKE2b-128 of a batch's bytes (and of what else identifies a query, e.g. its targets):
+    the audit log's input and output hashes."""
     digest = hashlib.blake2b(np.ascontiguousarray(array).data, digest_size=16)
     digest.update(extra.encode())
     return digest.hexdigest()
@@ -208,7 +209,7 @@ class Ledger:
             self._db.execute(
                 "INSERT INTO audit (attacker, query_id, size, input_hash, output_hash, defense, "
                 "answered_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (attacker, query_id, size, digest, _output_hash(answer), defense, time.time()),
+                (attacker, query_id, size, digest, array_hash(answer), defense, time.time()),
             )
             self._update_snapshot(attacker, snapshot)
 
@@ -264,10 +265,6 @@ class _Transaction:
 
     def __exit__(self, kind: object, *_: object) -> None:
         self._db.execute("ROLLBACK" if kind is not None else "COMMIT")
-
-
-def _output_hash(outputs: np.ndarray) -> str:
-    return hashlib.blake2b(outputs.data, digest_size=16).hexdigest()
 
 
 def _from_blob(blob: bytes, rows: int) -> np.ndarray:

@@ -105,6 +105,24 @@ class OracleEndpoint(Protocol):
 
 def validate_query(x: Any, spec: InputSpec) -> Rejection | None:
     """Check a batch against the input spec without copying it; cheap checks come first."""
+    rejection = check_structure(x, spec)
+    if rejection is not None:
+        return rejection
+    array = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x
+    if not np.isfinite(array).all():
+        return Rejection("non_finite", "the batch contains NaN or infinite values")
+    low, high = float(array.min()), float(array.max())
+    if low < spec.low or high > spec.high:
+        return Rejection(
+            "out_of_range", f"values must lie in [{spec.low}, {spec.high}], got [{low:g}, {high:g}]"
+        )
+    return None
+
+
+def check_structure(x: Any, spec: InputSpec) -> Rejection | None:
+    """The checks of :func:`validate_query` that need no pass over the values (type, dtype,
+    rank, batch size, sample shape). Clients run them before a batch is copied or serialised,
+    so a huge broadcast view is refused without ever being materialised."""
     if not (type(x) is np.ndarray or isinstance(x, torch.Tensor)):
         # ndarray subclasses are refused too: a masked array would hide NaNs from the checks
         kind = type(x).__name__
@@ -126,14 +144,6 @@ def validate_query(x: Any, spec: InputSpec) -> Rejection | None:
     if tuple(int(s) for s in x.shape[1:]) != spec.shape:
         return Rejection(
             "shape", f"expected shape [B, {', '.join(map(str, spec.shape))}], got {list(x.shape)}"
-        )
-    array = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x
-    if not np.isfinite(array).all():
-        return Rejection("non_finite", "the batch contains NaN or infinite values")
-    low, high = float(array.min()), float(array.max())
-    if low < spec.low or high > spec.high:
-        return Rejection(
-            "out_of_range", f"values must lie in [{spec.low}, {spec.high}], got [{low:g}, {high:g}]"
         )
     return None
 
@@ -177,7 +187,7 @@ class Oracle:
             # numpy travels through Ray without a copy; a batch of another dtype or shape goes as
             # it is and is refused (never made contiguous: a huge expanded view would be copied)
             tensor = x.detach()
-            fits = tensor.dtype == torch.float32 and self._fits_spec(tuple(tensor.shape))
+            fits = check_structure(tensor, self.input_spec) is None
             payload = tensor.cpu().contiguous().numpy() if fits else tensor.cpu()
         # unique per oracle (a second oracle of the same attacker never collides); the counter is
         # itertools.count, safe when threads share one oracle
@@ -199,10 +209,6 @@ class Oracle:
         with self._lock:
             self._used = max(self._used, result.used)
         return torch.from_numpy(np.array(result.outputs, dtype=np.float32, copy=True))
-
-    def _fits_spec(self, shape: tuple[int, ...]) -> bool:
-        spec = self.input_spec
-        return len(shape) > 0 and shape[1:] == spec.shape and 0 < shape[0] <= spec.max_batch
 
     def query_all(
         self,

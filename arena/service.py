@@ -28,7 +28,7 @@ from torch import nn
 
 from arena.defenses.base import OwnershipKeys
 from arena.defenses.chain import DefenseChain
-from arena.ledger import AuditDigest, Ledger, input_hash
+from arena.ledger import AuditDigest, Ledger, array_hash
 from arena.metrics import exact_sum, kl_divergence, l1_distance
 from arena.oracle import AccountStatus, Answer, InputSpec, OutputSpec, Rejection, validate_query
 from arena.targets import NO_TARGETS, Targets, parse_targets
@@ -342,9 +342,9 @@ def _digest(x: np.ndarray | torch.Tensor, targets: Targets | None = None) -> str
     caught and the audit log identifies what was asked."""
     array = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x
     if targets is None:
-        return input_hash(array)
+        return array_hash(array)
     # as floats: equal targets spelled otherwise (Targets(0, 1), Targets(0.0, 1.0)) are one query
-    return input_hash(array, repr((float(targets.min_accuracy), float(targets.max_latency_ms))))
+    return array_hash(array, repr((float(targets.min_accuracy), float(targets.max_latency_ms))))
 
 
 def _as_tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -34,7 +34,7 @@ from arena.oracle import (
     InputSpec,
     OutputSpec,
     Rejection,
-    validate_query,
+    check_structure,
 )
 from arena.registry import plugin_label
 from arena.service import AccountStats, ReferenceOutputs, VictimService
@@ -186,10 +186,9 @@ class RayServiceProxy:
         """A batch whose type, rank, size or sample shape is wrong is refused here, with the
         victim's own check, before Ray would pickle it (a huge broadcast view would be copied
         whole); everything else is validated by the victim."""
-        if not _fits(x, self.public_spec()[0]):
-            rejection = validate_query(x, self.public_spec()[0])
-            if rejection is not None:
-                return rejection
+        rejection = check_structure(x, self.public_spec()[0])
+        if rejection is not None:
+            return rejection
         result: Answer | Rejection = self._try_call("answer", attacker_id, query_id, x, targets)
         return result
 
@@ -228,11 +227,3 @@ class RayServiceProxy:
     def reference_outputs(self, x: np.ndarray | torch.Tensor) -> ReferenceOutputs:
         outputs: ReferenceOutputs = self._call("reference_outputs", x)
         return outputs
-
-
-def _fits(x: Any, spec: InputSpec) -> bool:
-    """Structure only (no pass over the values): an array or tensor ``[1..max_batch, *shape]``."""
-    if not (type(x) is np.ndarray or isinstance(x, torch.Tensor)):
-        return False
-    shape = tuple(int(s) for s in x.shape)
-    return len(shape) > 0 and shape[1:] == spec.shape and 0 < shape[0] <= spec.max_batch

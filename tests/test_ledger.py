@@ -17,7 +17,7 @@ from arena_testkit import DefenseArg, as_plugin_specs
 
 from arena.data import DataSplits
 from arena.defenses.chain import build_chain
-from arena.ledger import Ledger, input_hash
+from arena.ledger import Ledger, array_hash
 from arena.oracle import Answer, InputSpec, Rejection
 from arena.service import VictimService
 from arena.specs import PluginSpec
@@ -91,7 +91,7 @@ def test_B2_a_charge_whose_answer_was_lost_is_answered_without_a_second_charge(
     service = _service(digits_victim, digits_data, Ledger(path), ())
     service.open_account("thief", 20)
     # the service died between charging and answering: only the charge reached the file
-    Ledger(path).charge("thief", "q0", 8, input_hash(x))
+    Ledger(path).charge("thief", "q0", 8, array_hash(x))
     reopened = _service(digits_victim, digits_data, Ledger(path), ())
     assert reopened.account_status("thief").used == 8
     outputs = _answer(reopened, "q0", x)

@@ -11,8 +11,21 @@ import pytest
 import ray
 import yaml
 
+from arena.data import DataSplits, load_dataset
+
 REPO = Path(__file__).resolve().parents[2]
 SMOKE_CONFIG = REPO / "configs" / "digits_smoke.yaml"
+
+
+@pytest.fixture(scope="session")
+def digits() -> DataSplits:
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Victims trained by the Ray service and fault tests (each is trained once a session)."""
+    return tmp_path_factory.mktemp("victims")
 
 
 @pytest.fixture(scope="session")

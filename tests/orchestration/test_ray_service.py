@@ -20,7 +20,7 @@ import ray
 import torch
 
 import agents  # noqa: F401
-from arena.data import DataSplits, load_dataset
+from arena.data import DataSplits
 from arena.errors import BudgetExhausted, InvalidQuery, QueryErrorCode
 from arena.oracle import InputSpec, Oracle, Rejection
 from arena.referee import MatchData, play_match, referee_match
@@ -31,16 +31,6 @@ from orchestration.ray_service import RayServiceProxy, start_victim_service
 pytestmark = pytest.mark.ray
 
 VICTIM = VictimSpec(dataset="digits", arch="mlp", epochs=10, lr=3e-3)
-
-
-@pytest.fixture(scope="module")
-def digits() -> DataSplits:
-    return load_dataset("digits")
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("victims")
 
 
 @pytest.fixture(scope="module")

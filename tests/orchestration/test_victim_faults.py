@@ -27,7 +27,7 @@ import ray.cloudpickle
 import torch
 
 import agents  # noqa: F401
-from arena.data import DataSplits, load_dataset
+from arena.data import DataSplits
 from arena.errors import Overloaded, VictimUnavailable
 from arena.oracle import Answer, InputSpec, Oracle, Rejection
 from arena.referee import MatchData, MatchResult, play_match, referee_match
@@ -81,16 +81,6 @@ class FaultyVictimService(HostedVictimService):
             if step["action"] == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)
             time.sleep(step["seconds"])
-
-
-@pytest.fixture(scope="module")
-def digits() -> DataSplits:
-    return load_dataset("digits")
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("victims")
 
 
 @pytest.fixture(scope="module")
