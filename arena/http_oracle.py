@@ -21,7 +21,8 @@ import numpy as np
 import requests
 import torch
 
-from arena.errors import ArenaError, QueryErrorCode
+from arena import wire
+from arena.errors import ArenaError
 from arena.oracle import (
     AccountStatus,
     Answer,
@@ -31,11 +32,6 @@ from arena.oracle import (
     check_structure,
 )
 from arena.targets import Targets
-
-REJECTION_CODES = frozenset(
-    {c.value for c in QueryErrorCode} | {"budget_exhausted", "refused", "overloaded", "unavailable"}
-)
-"""codes that are the service's own rejections (everything else is the HTTP layer's)"""
 
 
 class EndpointError(ArenaError):
@@ -51,13 +47,18 @@ class EndpointError(ArenaError):
 class HttpEndpoint:
     """Implements :class:`arena.oracle.OracleEndpoint` against an ``arena serve`` URL."""
 
-    def __init__(self, url: str, token: str, timeout_s: float = 60.0) -> None:
+    def __init__(
+        self, url: str, token: str, timeout_s: float = 60.0, ca_file: str | None = None
+    ) -> None:
+        """``ca_file``: the certificate (or CA bundle) to trust for an ``https`` server whose
+        certificate is not signed by a CA the system trusts (a self-signed one)."""
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise EndpointError(0, "bad_url", f"expected http(s)://host:port, got {url!r}")
         self._url = url.rstrip("/")
         self._headers = {"Authorization": f"Bearer {token}"}
         self._timeout = timeout_s
+        self._verify: bool | str = ca_file if ca_file is not None else True
         self._local = threading.local()
         self._spec: tuple[InputSpec, OutputSpec] | None = None
 
@@ -66,6 +67,7 @@ class HttpEndpoint:
         session: requests.Session | None = getattr(self._local, "session", None)
         if session is None:
             session = self._local.session = requests.Session()
+            session.verify = self._verify
         return session
 
     def _get(self, route: str) -> dict[str, Any]:
@@ -84,7 +86,7 @@ class HttpEndpoint:
 
     def public_spec(self) -> tuple[InputSpec, OutputSpec]:
         if self._spec is None:
-            body = self._get("/v1/spec")
+            body = self._get(wire.SPEC_ROUTE)
             try:
                 given, out = body["input"], body["output"]
                 self._spec = (
@@ -105,7 +107,7 @@ class HttpEndpoint:
 
     def account_status(self, attacker_id: str) -> AccountStatus:
         """The token's attacker's account (``attacker_id`` is not sent: the token decides)."""
-        body = self._get("/v1/status")
+        body = self._get(wire.STATUS_ROUTE)
         try:
             return AccountStatus(budget=int(body["budget"]), used=int(body["used"]))
         except (KeyError, TypeError, ValueError):
@@ -128,20 +130,20 @@ class HttpEndpoint:
         assert isinstance(x, np.ndarray)  # a float32 tensor was turned into one above
         headers = {
             **self._headers,
-            "Content-Type": "application/octet-stream",
-            "X-Arena-Shape": ",".join(str(int(s)) for s in x.shape) or "0",
-            "X-Arena-Query-Id": query_id,
+            "Content-Type": wire.BODY_TYPE,
+            wire.SHAPE_HEADER: ",".join(str(int(s)) for s in x.shape) or "0",
+            wire.QUERY_ID_HEADER: query_id,
         }
         if targets is not None:
             fields = targets.as_dict() if isinstance(targets, Targets) else targets
             try:
-                headers["X-Arena-Targets"] = json.dumps(dict(fields))
+                headers[wire.TARGETS_HEADER] = json.dumps(dict(fields))
             except (TypeError, ValueError):
                 return Rejection("targets", "targets must be a mapping of numbers")
         body = np.ascontiguousarray(x, dtype="<f4").tobytes()
         try:
             response = self._session().post(
-                f"{self._url}/v1/query", data=body, headers=headers, timeout=self._timeout
+                f"{self._url}{wire.QUERY_ROUTE}", data=body, headers=headers, timeout=self._timeout
             )
         except requests.RequestException as exc:
             return Rejection("unavailable", f"{self._url} did not answer ({type(exc).__name__})")
@@ -153,7 +155,7 @@ class HttpEndpoint:
             except (KeyError, TypeError, ValueError):
                 raise EndpointError(200, "bad_response", "the answer is malformed") from None
         code = str(reply.get("code", ""))
-        if code in REJECTION_CODES:
+        if code in wire.REJECTION_CODES:
             return Rejection(
                 code,
                 str(reply.get("message", "")),

@@ -25,7 +25,7 @@ from arena.data import DataSplits, load_dataset
 from arena.defenses.base import OwnershipKeys
 from arena.defenses.chain import build_chain
 from arena.knowledge import Knowledge
-from arena.ledger import AuditDigest
+from arena.ledger import AuditDigest, Ledger
 from arena.metrics import agreement, kl_divergence, l1_distance
 from arena.oracle import InputSpec, Oracle, OracleEndpoint
 from arena.oracle_adapters import MultiAccountOracle
@@ -254,10 +254,7 @@ def referee_match(
         dataset=spec.victim.dataset,
         victim_arch=spec.victim.arch,
         substitute_arch=knowledge.substitute_arch,
-        defense=" -> ".join(
-            plugin_label(s.name, d) for s, d in zip(spec.defenses, chain.defenses, strict=True)
-        )
-        or "none",
+        defense=chain.label,
         attack=plugin_label(spec.attack.name, attacker),
         attack_name=spec.attack.name,
         budget=spec.budget,
@@ -424,15 +421,24 @@ def benign_traffic(spec: MatchSpec, service: ServiceAPI, data: MatchData) -> Acc
 
 
 def build_service(
-    spec: MatchSpec, data: DataSplits, cache_dir: Path | None = None, device: str = "cpu"
+    spec: MatchSpec,
+    data: DataSplits,
+    cache_dir: Path | None = None,
+    device: str = "cpu",
+    ledger: Ledger | None = None,
 ) -> VictimService:
-    """Load or train the victim and put it behind the match's defense chain, in this process."""
+    """Load or train the victim and put it behind the match's defense chain, in this process.
+
+    ``ledger``: budgets and audit log (a file is reopened where it left off; in memory when
+    ``None``)."""
     victim = load_or_train(spec.victim, data, cache_dir)
     chain = build_chain(spec.defenses)
     model = defended_model(spec.victim, victim.model, chain, data, cache_dir)
     input_spec = InputSpec(shape=data.input_shape)
     undefended = None if model is victim.model else victim.model
-    return VictimService(model, chain, input_spec, data.num_classes, device, undefended)
+    return VictimService(
+        model, chain, input_spec, data.num_classes, device, undefended, ledger, chain.label
+    )
 
 
 def play_match(

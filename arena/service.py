@@ -151,6 +151,11 @@ class VictimService:
 
     # ---- referee side -------------------------------------------------------------------------
 
+    @property
+    def defense_label(self) -> str:
+        """How the audit log names the defense chain."""
+        return self._defense_label
+
     def open_account(self, attacker_id: str, budget: int) -> None:
         """Create an attacker's ledger. Re-opening with the same budget is a no-op."""
         if budget < 0:

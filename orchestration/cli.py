@@ -9,11 +9,13 @@ has been validated.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import signal
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, TypeVar
 
@@ -30,6 +32,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 if TYPE_CHECKING:
+    from ssl import SSLContext
+
+    from arena.http_oracle import HttpEndpoint
     from orchestration.tracking import Tracker
 
 T = TypeVar("T")
@@ -369,11 +374,23 @@ def serve(
             help="index into the config's defense chains (default: the first chain that defends)",
         ),
     ] = None,
+    certfile: Annotated[
+        Path | None, typer.Option("--certfile", help="serve HTTPS with this PEM certificate")
+    ] = None,
+    keyfile: Annotated[
+        Path | None, typer.Option("--keyfile", help="the certificate's PEM private key")
+    ] = None,
+    token_rate: Annotated[
+        float | None,
+        typer.Option("--token-rate", min=0.001, help="requests a second each token may send"),
+    ] = None,
     home: HomeOption = Path(".arena"),
     debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False,
 ) -> None:
     """Serve one defended victim of CONFIG over HTTP to untrusted attackers, a bearer token per
-    attacker (several tokens of one attacker share its budget). Runs until Ctrl-C."""
+    attacker (several tokens of one attacker share its budget). Budgets, replayable query ids
+    and the audit log live in a ledger file under --home, so a restarted server carries on where
+    it stopped. Runs until Ctrl-C."""
     from arena.errors import ArenaError
     from orchestration.config import load_config
     from orchestration.endpoint import load_tokens
@@ -390,11 +407,22 @@ def serve(
         defense = next((i for i, c in enumerate(chains) if any(d.name != "none" for d in c)), 0)
     if not 0 <= defense < len(chains):
         raise _fail(f"--defense must be 0..{len(chains) - 1}, got {defense}", 2)
+    if (certfile is None) != (keyfile is None):
+        raise _fail("--certfile and --keyfile go together", 2)
+    tls = None
+    if certfile is not None and keyfile is not None:
+        import ssl
+
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            tls.load_cert_chain(certfile, keyfile)
+        except (OSError, ssl.SSLError) as exc:
+            raise _fail(f"cannot use --certfile/--keyfile: {exc.strerror or exc}", 2) from None
     home = home.expanduser().resolve()
     os.environ["ARENA_HOME"] = str(home)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        _serve(config, victim, defense, table, host, port)
+        _serve(config, victim, defense, table, host, port, ServeOptions(home, token_rate, tls))
     except ArenaError as exc:
         if debug:
             raise
@@ -407,9 +435,23 @@ def serve(
         console.print("stopped")
 
 
-def _serve(config: object, victim: int, defense: int, table: object, host: str, port: int) -> None:
+@dataclass(frozen=True)
+class ServeOptions:
+    """How ``arena serve`` runs besides what it serves."""
+
+    home: Path
+    token_rate: float | None = None
+    tls: SSLContext | None = None
+
+
+def _serve(
+    config: object, victim: int, defense: int, table: object, host: str, port: int,
+    options: ServeOptions,
+) -> None:  # fmt: skip
     from arena.data import load_dataset
     from arena.defenses import DEFENSES
+    from arena.errors import ArenaError
+    from arena.ledger import Ledger
     from arena.referee import build_service
     from arena.registry import canonical_params
     from arena.specs import MatchSpec, PluginSpec
@@ -424,20 +466,45 @@ def _serve(config: object, victim: int, defense: int, table: object, host: str, 
     )
     target = config.victims[victim]
     spec = MatchSpec(victim=target, defenses=chain, attack=config.attacks[0], budget=1)
-    service = build_service(spec, load_dataset(target.dataset), default_victim_cache())
-    endpoint = IsolatedEndpoint(service, table, host, port)
-    label = " -> ".join(d.name for d in chain) or "none"
+    ledger = Ledger(served_ledger_path(options.home, spec))
+    service = build_service(
+        spec, load_dataset(target.dataset), default_victim_cache(), ledger=ledger
+    )
+    try:
+        endpoint = IsolatedEndpoint(
+            service, table, host, port, token_rate=options.token_rate, tls=options.tls
+        )
+    except ValueError as exc:  # a budget that differs from the one the ledger holds
+        raise ArenaError(
+            f"{exc} in the ledger {ledger.path}: keep that budget in the tokens file, or give "
+            "the attacker a new id"
+        ) from None
+    logging.getLogger("orchestration.http_server").addHandler(logging.StreamHandler())
     console.print(
-        f"serving {target.dataset}/{target.arch} behind {label} at {endpoint.url} to "
-        f"{len(table.budgets)} attacker(s), {len(table.owners)} token(s) (untrusted-http)",
+        f"serving {target.dataset}/{target.arch} behind {service.defense_label} at "
+        f"{endpoint.url} to {len(table.budgets)} attacker(s), {len(table.owners)} token(s) "
+        f"(untrusted-http); ledger {ledger.path}",
         highlight=False,
         soft_wrap=True,
+        markup=False,
     )
     sys.stdout.flush()
     try:
         endpoint.serve_forever()
     finally:
         endpoint.close()
+        ledger.close()
+
+
+def served_ledger_path(home: Path, spec: object) -> Path:
+    """The ledger of one served (victim, defense chain): the same file every time it is served,
+    so budgets, replayable query ids, detector states and the audit log survive restarts."""
+    from arena.specs import MatchSpec
+
+    assert isinstance(spec, MatchSpec)
+    chain = "-".join(d.key() for d in spec.defenses) or "none"
+    key = hashlib.sha256(f"{spec.victim.key()}/{chain}".encode()).hexdigest()[:16]
+    return home / "ledgers" / "serve" / f"{spec.victim.key()}-{key}.sqlite3"
 
 
 @app.command()
@@ -456,6 +523,10 @@ def attack(
         str, typer.Option("--substitute-arch", help="the thief's architecture")
     ] = "mlp",
     seed: Annotated[int, typer.Option("--seed", help="the attacker's randomness")] = 0,
+    ca_file: Annotated[
+        Path | None,
+        typer.Option("--ca-file", help="trust this certificate for an https:// --url"),
+    ] = None,
     home: HomeOption = Path(".arena"),
     debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False,
 ) -> None:
@@ -466,7 +537,7 @@ def attack(
     from rich.markup import escape
 
     from arena.errors import ArenaError, VictimUnavailable
-    from arena.http_oracle import EndpointError
+    from arena.http_oracle import EndpointError, HttpEndpoint
 
     try:
         params = json.loads(options)
@@ -477,7 +548,8 @@ def attack(
     home = home.expanduser().resolve()
     os.environ["ARENA_HOME"] = str(home)
     try:  # everything before the first query: a mistake here is bad input, exit 2
-        steal = _attack(url, token, attack_name, dataset, params, pool, substitute_arch, seed)
+        endpoint = HttpEndpoint(url, token, ca_file=None if ca_file is None else str(ca_file))
+        steal = _attack(endpoint, attack_name, dataset, params, pool, substitute_arch, seed)
     except ArenaError as exc:
         if debug:
             raise
@@ -492,8 +564,7 @@ def attack(
 
 
 def _attack(
-    url: str,
-    token: str,
+    endpoint: HttpEndpoint,
     name: str,
     dataset: str,
     params: dict[str, object],
@@ -510,7 +581,7 @@ def _attack(
     from arena.attacker import ATTACKS
     from arena.data import load_dataset
     from arena.errors import ArenaError, InvalidParameters
-    from arena.http_oracle import EndpointError, HttpEndpoint
+    from arena.http_oracle import EndpointError
     from arena.knowledge import Knowledge
     from arena.models import ARCHITECTURES
     from arena.oracle import Oracle
@@ -523,7 +594,6 @@ def _attack(
     ARCHITECTURES.get(substitute_arch)
     if pool not in POOL_NAMES:
         raise InvalidParameters(f"--pool must be one of {', '.join(POOL_NAMES)}, got {pool!r}")
-    endpoint = HttpEndpoint(url, token)
     input_spec, output_spec = endpoint.public_spec()
     data = load_dataset(dataset)
     if data.input_shape != input_spec.shape or data.num_classes != output_spec.num_classes:

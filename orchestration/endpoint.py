@@ -4,11 +4,9 @@ Inside a Ray cluster every piece of code is trusted (an actor handle can run cod
 actor, find it by name, kill it), so an untrusted attacker never joins the cluster: it talks to
 this endpoint from outside, with a bearer token, and can send nothing but numeric arrays. The
 endpoint stands in front of any object with the service interface (an in-process
-:class:`arena.service.VictimService` or an :class:`orchestration.ray_service.RayServiceProxy`).
-
-The server is the standard library's :class:`http.server.ThreadingHTTPServer`: Ray Serve is not
-installed here with its dependencies (FastAPI, uvicorn, starlette, ...), and three fixed routes
-need no framework. What the protocol allows, and nothing else:
+:class:`arena.service.VictimService` or an :class:`orchestration.ray_service.RayServiceProxy`);
+the HTTP server itself, with its deadlines and limits, is :mod:`orchestration.http_server`.
+What the protocol (:mod:`arena.wire`) allows, and nothing else:
 
 * ``GET /v1/spec``: the public input/output spec.
 * ``GET /v1/status``: budget, used, remaining of the token's attacker (of no other).
@@ -18,73 +16,53 @@ need no framework. What the protocol allows, and nothing else:
   object in ``X-Arena-Targets``. The answer is ``{"outputs": [[...]], "used": n,
   "remaining": m}``. Bytes are only ever read as float32 numbers: nothing is unpickled,
   evaluated or looked up by name, and no file is ever served.
+* ``GET /v1/openapi.json`` (no token): the OpenAPI description of the above.
 
 Every failure is ``{"code": ..., "message": ...}`` (``requested``/``remaining`` added for a budget
 error) with an HTTP status: 400 malformed (the service's own codes: ``shape``, ``dtype``,
-``non_finite`` ...), 401 missing or unknown token, 402 budget exhausted, 403 refused by a
-detector, 404 unknown route, 405 wrong method, 409 query id reused for other inputs, 411 no
-``Content-Length``, 413 body larger than ``max_batch`` inputs (checked on ``Content-Length``
-before a byte of the body is read), 415 a body that is not raw float32, 408 a body that stalls,
-429 too many queries in flight, 503 victim unavailable, 500 anything unexpected (no detail
-leaves the server).
+``non_finite`` ...; and requests framed ambiguously), 401 missing or unknown token, 402 budget
+exhausted, 403 refused by a detector, 404 unknown route, 405 wrong method, 408 a request that
+does not arrive in time, 409 query id reused for other inputs, 411 no ``Content-Length``, 413
+body larger than ``max_batch`` inputs (checked on ``Content-Length`` before a byte of the body
+is read), 415 a body that is not raw float32, 429 (with ``Retry-After``) too many connections,
+queries in flight, or requests of one token, 503 victim unavailable, 500 anything unexpected (no
+detail leaves the server).
 
 Tokens: several tokens may name one attacker, whose one ledger (and so one budget) they share;
-the endpoint opens each attacker's account with its budget at start. The ledger is idempotent on
-(attacker, query id): a retried query id is answered again without a second charge.
+the endpoint opens each attacker's account with its budget at start (an account the service's
+ledger file already holds keeps what it used). The ledger is idempotent on (attacker, query id):
+a retried query id is answered again without a second charge.
 """
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import hmac
 import json
-import logging
 import math
-import re
-import secrets
-import socket
+import ssl
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from email.message import Message
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, ValidationError
 
+from arena import wire
 from arena.errors import ArenaError
 from arena.oracle import AccountStatus, Answer, OracleEndpoint, Rejection
+from orchestration.http_server import HttpError, HttpServer, Limits, RequestHead, Response
+from orchestration.openapi import openapi_document
 
-log = logging.getLogger(__name__)
-
-SHAPE_HEADER = "X-Arena-Shape"
-QUERY_ID_HEADER = "X-Arena-Query-Id"
-TARGETS_HEADER = "X-Arena-Targets"
-DTYPE_HEADER = "X-Arena-Dtype"
 BODY_SLACK = 64
 """bytes allowed over ``max_batch`` inputs before a body is refused with 413 (none are needed
 for raw float32; a little slack keeps the bound obviously safe)"""
-MAX_DIMS = 8
-QUERY_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-SHAPE = re.compile(rf"[0-9]{{1,8}}(,[0-9]{{1,8}}){{0,{MAX_DIMS - 1}}}")
-LENGTH = re.compile(r"[0-9]{1,15}")
-TOKEN = re.compile(r"[A-Za-z0-9._~+/=-]{16,256}")
-ATTACKER = re.compile(r"[A-Za-z0-9._-]{1,128}")
-
-STATUS_OF_CODE = {
-    "batch_too_large": 413,
-    "budget_exhausted": 402,
-    "refused": 403,
-    "query_id_reused": 409,
-    "overloaded": 429,
-    "unavailable": 503,
-    "unknown_attacker": 401,
-}
-"""HTTP status of each rejection code the service returns; any other code is a 400"""
+LENGTH_DIGITS = 15
+ATTACKER = r"[A-Za-z0-9._-]{1,128}"
 
 
 class ServedService(OracleEndpoint, Protocol):
@@ -102,7 +80,7 @@ class AttackerEntry(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    id: str = Field(pattern=ATTACKER.pattern)
+    id: str = Field(pattern=ATTACKER)
     budget: NonNegativeInt
     tokens: list[str] = Field(min_length=1)
 
@@ -126,7 +104,7 @@ class TokenTable:
 
     def __post_init__(self) -> None:
         for token, owner in self.owners.items():
-            if not TOKEN.fullmatch(token):
+            if not wire.TOKEN.fullmatch(token):
                 raise TokenFileError(
                     f"token of {owner!r} must be 16-256 characters of [A-Za-z0-9._~+/=-]"
                 )
@@ -165,33 +143,44 @@ def load_tokens(path: Path) -> TokenTable:
     return TokenTable.from_entries(parsed.attackers)
 
 
-def new_token() -> str:
-    """A fresh random bearer token (256 bits)."""
-    return secrets.token_urlsafe(32)
+class TokenBucket:
+    """At most ``rate`` requests a second on average, ``burst`` at once (thread-safe)."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._level = burst
+        self._at = time.monotonic()
+        self._lock = threading.Lock()
+
+    def take(self) -> float:
+        """Take one request; 0.0 when allowed, else the seconds until one is."""
+        with self._lock:
+            now = time.monotonic()
+            self._level = min(self.burst, self._level + (now - self._at) * self.rate)
+            self._at = now
+            if self._level >= 1.0:
+                self._level -= 1.0
+                return 0.0
+            return (1.0 - self._level) / self.rate
 
 
-class _HttpError(Exception):
-    """A typed error response; raised inside the handler only, never to a caller."""
-
-    def __init__(self, status: int, code: str, message: str, **extra: int) -> None:
-        super().__init__(message)
-        self.status = status
-        self.body: dict[str, Any] = {"code": code, "message": message, **extra}
-
-
-def rejection_body(rejection: Rejection) -> tuple[int, dict[str, Any]]:
-    """The HTTP status and JSON body of a service rejection."""
+def rejection_response(rejection: Rejection) -> Response:
+    """The HTTP response of a service rejection."""
     body: dict[str, Any] = {"code": rejection.code, "message": rejection.message}
     if rejection.code == "budget_exhausted":
         body.update(requested=rejection.requested, remaining=rejection.remaining)
-    return STATUS_OF_CODE.get(rejection.code, 400), body
+    headers = {"Retry-After": "1"} if rejection.code in ("overloaded", "unavailable") else {}
+    return Response(wire.status_of(rejection.code), body, headers)
 
 
 class IsolatedEndpoint:
     """Serve ``service`` over HTTP to the attackers of ``tokens`` (opens their accounts).
 
-    ``port=0`` picks a free port (read :attr:`url`). ``max_inflight`` queries run at once, more
-    get 429; a connection idle for ``timeout_s`` is dropped.
+    ``port=0`` picks a free port (read :attr:`url`). ``limits`` bounds time, sizes and
+    connections (:class:`~orchestration.http_server.Limits`); ``timeout_s`` is a shortcut for its
+    whole-request deadline. ``token_rate`` caps each token's requests a second (a burst of twice
+    that); ``tls`` serves HTTPS.
     """
 
     def __init__(
@@ -201,9 +190,10 @@ class IsolatedEndpoint:
         host: str = "127.0.0.1",
         port: int = 0,
         *,
-        max_inflight: int = 16,
-        max_connections: int = 64,
-        timeout_s: float = 30.0,
+        limits: Limits | None = None,
+        timeout_s: float | None = None,
+        token_rate: float | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self._service = service
         self._tokens = [(t.encode(), owner) for t, owner in tokens.owners.items()]
@@ -225,29 +215,34 @@ class IsolatedEndpoint:
                 "label_only": output_spec.label_only,
             },
         }
-        self._inflight = threading.BoundedSemaphore(max_inflight)
-        self._server = _Server((host, port), _handler(self, timeout_s), max_connections)
-        self._thread: threading.Thread | None = None
+        self._buckets = (
+            {}
+            if token_rate is None
+            else {token: TokenBucket(token_rate, 2 * token_rate) for token, _ in self._tokens}
+        )
+        limits = limits or Limits()
+        if timeout_s is not None:
+            limits = dataclasses.replace(limits, request_timeout_s=timeout_s)
+        self._server = HttpServer(self, host, port, limits, tls)
 
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+        host, port = self._server.address
+        shown = f"[{host}]" if ":" in host else host
+        return f"{self._server.scheme}://{shown}:{port}"
 
     def start(self) -> IsolatedEndpoint:
-        """Serve in a background thread."""
-        self._thread = threading.Thread(target=self.serve_forever, daemon=True, name="endpoint")
-        self._thread.start()
+        """Serve from a background thread."""
+        self._server.start()
         return self
 
     def serve_forever(self) -> None:
-        self._server.serve_forever(poll_interval=0.2)
+        """Serve until Ctrl-C (or SIGTERM turned into it)."""
+        self._server.start()
+        self._server.wait()
 
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        self._server.close()
 
     def __enter__(self) -> IsolatedEndpoint:
         return self.start()
@@ -255,37 +250,88 @@ class IsolatedEndpoint:
     def __exit__(self, *_: object) -> None:
         self.close()
 
-    # ---- request handling (called from the handler threads) ----------------------------------
+    # ---- the application (orchestration.http_server.Application) ------------------------------
 
-    def attacker_of(self, authorization: str | None) -> str:
-        """The attacker a bearer token acts as; every token is compared in constant time."""
-        if not authorization or not authorization.startswith("Bearer "):
-            raise _HttpError(401, "unauthorized", "send Authorization: Bearer <token>")
-        presented = authorization.removeprefix("Bearer ").strip().encode("latin-1", "replace")
+    def admit(self, head: RequestHead) -> int:
+        """Route, token and headers, all checked before a byte of the body is read."""
+        method = wire.ROUTES.get(head.path)
+        if method is None:
+            raise HttpError(404, "not_found", "unknown route")
+        if head.path in wire.PUBLIC_ROUTES:
+            self._check_method(head, method)
+            return 0
+        token = self._token(head.headers.get("authorization"))
+        self._check_method(head, method)
+        bucket = self._buckets.get(token)
+        wait = bucket.take() if bucket is not None else 0.0
+        if bucket is not None and wait:
+            raise HttpError(
+                429,
+                "overloaded",
+                f"this token is over its rate of {bucket.rate:g} requests a second",
+                {"Retry-After": str(max(1, math.ceil(wait)))},
+            )
+        if method == "GET":
+            return 0
+        size = self._check_length(head.headers)
+        self._check_query_headers(head.headers, size)
+        return size
+
+    def respond(self, head: RequestHead, body: bytes) -> Response:
+        if head.path == wire.OPENAPI_ROUTE:
+            return Response(200, openapi_document())
+        attacker = self._owner(head.headers["authorization"])
+        if head.path == wire.SPEC_ROUTE:
+            return Response(200, self._spec_body)
+        if head.path == wire.STATUS_ROUTE:
+            status: AccountStatus = self._service.account_status(attacker)
+            return Response(
+                200, {"budget": status.budget, "used": status.used, "remaining": status.remaining}
+            )
+        return self._query(attacker, head.headers, body)
+
+    # ---- checks ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _check_method(head: RequestHead, method: str) -> None:
+        if head.method != method:
+            raise HttpError(
+                405, "method_not_allowed", f"use {method} {head.path}", {"Allow": method}
+            )
+
+    def _token(self, authorization: str | None) -> bytes:
+        """The presented bearer token: the scheme matched case-insensitively (RFC 7235), one
+        space, then the token exactly as issued."""
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise HttpError(401, "unauthorized", "send Authorization: Bearer <token>")
+        presented = token.encode("latin-1", "replace")
+        self._owner_of(presented)
+        return presented
+
+    def _owner(self, authorization: str) -> str:
+        return self._owner_of(authorization.partition(" ")[2].encode("latin-1", "replace"))
+
+    def _owner_of(self, presented: bytes) -> str:
+        """The attacker a token acts as; every token is compared in constant time."""
         owner = None
         for token, attacker in self._tokens:
             if hmac.compare_digest(presented, token):
                 owner = attacker
         if owner is None:
-            raise _HttpError(401, "unauthorized", "unknown token")
+            raise HttpError(401, "unauthorized", "unknown token")
         return owner
 
-    def spec(self) -> dict[str, Any]:
-        return self._spec_body
-
-    def status(self, attacker: str) -> dict[str, Any]:
-        status: AccountStatus = self._service.account_status(attacker)
-        return {"budget": status.budget, "used": status.used, "remaining": status.remaining}
-
-    def check_length(self, length: str | None, encoding: str | None) -> int:
+    def _check_length(self, headers: Mapping[str, str]) -> int:
         """The body size from ``Content-Length``, refused before the body is read."""
-        if encoding is not None:
-            raise _HttpError(411, "length_required", "send a Content-Length, not chunks")
-        if length is None or not LENGTH.fullmatch(length.strip()):
-            raise _HttpError(411, "length_required", "send a Content-Length header")
-        size = int(length.strip())
+        length = headers.get("content-length")
+        if length is None:
+            raise HttpError(411, "length_required", "send a Content-Length header")
+        if not length.isdigit() or len(length) > LENGTH_DIGITS:
+            raise HttpError(400, "bad_request", "Content-Length must be a byte count")
+        size = int(length)
         if size > self.max_body:
-            raise _HttpError(
+            raise HttpError(
                 413,
                 "batch_too_large",
                 f"body of {size} bytes exceeds the maximum {self.max_body} "
@@ -293,195 +339,76 @@ class IsolatedEndpoint:
             )
         return size
 
-    def check_headers(self, headers: Message[str, str], size: int) -> tuple[str, tuple[int, ...]]:
-        """The query id and batch shape, checked against the body size before it is read."""
-        kind = (headers.get("Content-Type") or "").split(";")[0].strip().lower()
-        if kind != "application/octet-stream":
-            raise _HttpError(
+    def _check_query_headers(self, headers: Mapping[str, str], size: int) -> None:
+        """Body type, dtype, query id, shape and targets, checked against the body size."""
+        kind = headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind != wire.BODY_TYPE:
+            raise HttpError(
                 415,
                 "not_array",
                 "the body must be the batch as raw little-endian float32 bytes "
-                "(Content-Type: application/octet-stream)",
+                f"(Content-Type: {wire.BODY_TYPE})",
             )
-        dtype = headers.get(DTYPE_HEADER)
+        dtype = headers.get(wire.DTYPE_HEADER.lower())
         if dtype is not None and dtype.strip().lower() != "float32":
-            raise _HttpError(400, "dtype", f"expected dtype float32, got {dtype[:40]!r}")
-        query_id = headers.get(QUERY_ID_HEADER) or ""
-        if not QUERY_ID.fullmatch(query_id):
-            raise _HttpError(
-                400, "bad_request", f"{QUERY_ID_HEADER} must be 1-128 characters of [A-Za-z0-9._:-]"
+            raise HttpError(400, "dtype", f"expected dtype float32, got {dtype[:40]!r}")
+        if not wire.QUERY_ID.fullmatch(headers.get(wire.QUERY_ID_HEADER.lower(), "")):
+            raise HttpError(
+                400,
+                "bad_request",
+                f"{wire.QUERY_ID_HEADER} must be 1-128 characters of [A-Za-z0-9._:-]",
             )
-        raw_shape = (headers.get(SHAPE_HEADER) or "").replace(" ", "")
-        if not SHAPE.fullmatch(raw_shape):
-            raise _HttpError(400, "shape", f"{SHAPE_HEADER} must be the batch shape, e.g. 16,1,8,8")
-        shape = tuple(int(s) for s in raw_shape.split(","))
+        shape = _shape(headers)
         expected = 4 * math.prod(shape)
         if expected != size:
-            raise _HttpError(
+            raise HttpError(
                 400,
                 "shape",
                 f"shape {list(shape)} needs {expected} bytes of float32, the body has {size}",
             )
-        return query_id, shape
+        _targets(headers)
 
-    def parse_targets(self, raw: str | None) -> dict[str, float] | None:
-        """Zoo targets: a JSON object of numbers only (the service checks the fields)."""
-        if raw is None:
-            return None
-        if len(raw) > 200:
-            raise _HttpError(400, "targets", f"{TARGETS_HEADER} is too long")
-        try:
-            value = json.loads(raw)
-        except ValueError:
-            raise _HttpError(400, "targets", f"{TARGETS_HEADER} is not JSON") from None
-        if not isinstance(value, dict) or not all(
-            isinstance(k, str) and type(v) in (int, float) for k, v in value.items()
-        ):
-            raise _HttpError(400, "targets", "targets must be a JSON object of numbers")
-        return {k: float(v) for k, v in value.items()}
-
-    def query(
-        self,
-        attacker: str,
-        query_id: str,
-        body: bytes,
-        shape: tuple[int, ...],
-        targets: dict[str, float] | None,
-    ) -> tuple[int, dict[str, Any]]:
-        """Answer one batch through the service, at most ``max_inflight`` at a time."""
-        if not self._inflight.acquire(blocking=False):
-            raise _HttpError(429, "overloaded", "too many queries in flight; retry later")
-        try:
-            x = np.frombuffer(body, dtype="<f4").reshape(shape).astype(np.float32, copy=False)
-            result = self._service.answer(attacker, query_id, x, targets)
-        finally:
-            self._inflight.release()
+    def _query(self, attacker: str, headers: Mapping[str, str], body: bytes) -> Response:
+        """Answer one batch through the service."""
+        shape = _shape(headers)
+        x = np.frombuffer(body, dtype="<f4").reshape(shape).astype(np.float32, copy=False)
+        query_id = headers[wire.QUERY_ID_HEADER.lower()]
+        result = self._service.answer(attacker, query_id, x, _targets(headers))
         if isinstance(result, Rejection):
-            return rejection_body(result)
+            return rejection_response(result)
         assert isinstance(result, Answer)
         outputs = np.asarray(result.outputs, dtype=np.float32)
-        return 200, {
-            "outputs": outputs.tolist(),
-            "used": int(result.used),
-            "remaining": int(result.remaining),
-        }
+        return Response(
+            200,
+            {
+                "outputs": outputs.tolist(),
+                "used": int(result.used),
+                "remaining": int(result.remaining),
+            },
+        )
 
 
-class _Server(ThreadingHTTPServer):
-    """A threading HTTP server that caps its connections and logs errors without tracebacks."""
-
-    daemon_threads = True
-    block_on_close = False
-
-    def __init__(
-        self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], connections: int
-    ) -> None:
-        self._connections = threading.BoundedSemaphore(connections)
-        super().__init__(address, handler)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._connections.acquire(blocking=False):
-            self.shutdown_request(request)  # over the cap: the connection is closed at once
-            return
-        super().process_request(request, client_address)
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._connections.release()
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        log.warning("endpoint: connection from %s ended with an error", client_address)
+def _shape(headers: Mapping[str, str]) -> tuple[int, ...]:
+    raw = headers.get(wire.SHAPE_HEADER.lower(), "").replace(" ", "")
+    if not wire.SHAPE.fullmatch(raw):
+        raise HttpError(400, "shape", f"{wire.SHAPE_HEADER} must be the batch shape, e.g. 16,1,8,8")
+    return tuple(int(s) for s in raw.split(","))
 
 
-def _handler(endpoint: IsolatedEndpoint, timeout_s: float) -> type[BaseHTTPRequestHandler]:
-    """The request handler class bound to one endpoint."""
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        server_version = "arena"
-        timeout = timeout_s
-
-        def setup(self) -> None:
-            super().setup()
-            # answers go out as headers then body: without this, Nagle's algorithm and the
-            # client's delayed ACK add ~40 ms to every request
-            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-        def do_GET(self) -> None:
-            self._dispatch("GET")
-
-        def do_POST(self) -> None:
-            self._dispatch("POST")
-
-        def _dispatch(self, method: str) -> None:
-            try:
-                status, body = self._route(method)
-            except _HttpError as exc:
-                status, body = exc.status, exc.body
-                if method == "POST":
-                    self.close_connection = True  # the body may be unread: end the connection
-            except Exception:
-                log.exception("endpoint: unexpected error")
-                status, body = 500, {"code": "internal", "message": "internal error"}
-                self.close_connection = True
-            self._send(status, body)
-
-        def _route(self, method: str) -> tuple[int, dict[str, Any]]:
-            if method == "GET" and self.headers.get("Content-Length", "0").strip() != "0":
-                self.close_connection = True  # a GET body is never read: end the connection
-            if self.request_version == "HTTP/0.9":
-                self.request_version = "HTTP/1.1"
-                raise _HttpError(400, "bad_request", "HTTP/1.0 or HTTP/1.1 only")
-            attacker = endpoint.attacker_of(self.headers.get("Authorization"))
-            path = urlsplit(self.path).path
-            routes = {"/v1/spec": "GET", "/v1/status": "GET", "/v1/query": "POST"}
-            if path not in routes:
-                raise _HttpError(404, "not_found", "unknown route")
-            if routes[path] != method:
-                raise _HttpError(405, "method_not_allowed", f"use {routes[path]} {path}")
-            if path == "/v1/spec":
-                return 200, endpoint.spec()
-            if path == "/v1/status":
-                return 200, endpoint.status(attacker)
-            size = endpoint.check_length(
-                self.headers.get("Content-Length"), self.headers.get("Transfer-Encoding")
-            )
-            query_id, shape = endpoint.check_headers(self.headers, size)
-            targets = endpoint.parse_targets(self.headers.get(TARGETS_HEADER))
-            try:
-                body = self.rfile.read(size)
-            except TimeoutError:
-                raise _HttpError(408, "timeout", "the body did not arrive in time") from None
-            if len(body) != size:
-                raise _HttpError(400, "bad_request", "the body ended early")
-            return endpoint.query(attacker, query_id, body, shape, targets)
-
-        def _send(self, status: int, body: Mapping[str, Any]) -> None:
-            data = json.dumps(body, allow_nan=False).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.send_header("Cache-Control", "no-store")
-            if self.close_connection:
-                self.send_header("Connection", "close")
-            self.end_headers()
-            self.wfile.write(data)
-
-        def send_error(
-            self, code: int, message: str | None = None, explain: str | None = None
-        ) -> None:
-            """Protocol errors (bad request line, unsupported method) as typed JSON, not HTML."""
-            self.close_connection = True
-            self.request_version = "HTTP/1.1"  # a status line even for a broken request line
-            with contextlib.suppress(OSError):
-                self._send(code, {"code": f"http_{code}", "message": message or "bad request"})
-
-        def version_string(self) -> str:
-            return "arena"  # no Python version in the Server header
-
-        def log_message(self, format: str, *args: Any) -> None:
-            log.debug("endpoint %s: " + format, self.client_address[0], *args)
-
-    return Handler
+def _targets(headers: Mapping[str, str]) -> dict[str, float] | None:
+    """Zoo targets: a JSON object of numbers only (the service checks the fields)."""
+    raw = headers.get(wire.TARGETS_HEADER.lower())
+    if raw is None:
+        return None
+    if len(raw) > wire.MAX_TARGETS_CHARS:
+        raise HttpError(400, "targets", f"{wire.TARGETS_HEADER} is too long")
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        raise HttpError(400, "targets", f"{wire.TARGETS_HEADER} is not JSON") from None
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and type(v) in (int, float) and math.isfinite(v)
+        for k, v in value.items()
+    ):
+        raise HttpError(400, "targets", "targets must be a JSON object of finite numbers")
+    return {k: float(v) for k, v in value.items()}

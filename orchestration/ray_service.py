@@ -36,7 +36,6 @@ from arena.oracle import (
     Rejection,
     check_structure,
 )
-from arena.registry import plugin_label
 from arena.service import AccountStats, ReferenceOutputs, VictimService
 from arena.specs import PluginSpec, VictimSpec
 from arena.victims import build_victim_model, defended_model
@@ -80,12 +79,9 @@ class HostedVictimService(VictimService):
                 raise ValueError("defenses that prepare models need the victim's data")
             model = defended_model(victim, model, chain, data, cache_dir)
         undefended = None if model is trained else trained
-        label = " -> ".join(
-            plugin_label(spec.name, d) for spec, d in zip(defenses, chain.defenses, strict=True)
-        )
         ledger = Ledger(ledger_path)
         super().__init__(
-            model, chain, input_spec, num_classes, device, undefended, ledger, label or "none"
+            model, chain, input_spec, num_classes, device, undefended, ledger, chain.label
         )
 
     def process_id(self) -> int:

@@ -15,7 +15,7 @@ from arena.defenses.base import Defense, OwnershipKeys
 from arena.defenses.preparation import PrepareContext
 from arena.defenses.registry import DEFENSES
 from arena.metrics import exact_sum
-from arena.registry import build_plugin
+from arena.registry import build_plugin, plugin_label
 from arena.specs import PluginSpec
 from arena.targets import Targets
 from arena.zoo import ZooProfile
@@ -26,6 +26,14 @@ class DefenseChain:
     """An ordered tuple of defenses; an empty chain answers with the raw probabilities."""
 
     defenses: tuple[Defense, ...]
+    names: tuple[str, ...] = ()
+    """the registered name of each defense (:func:`build_chain` fills it in)"""
+
+    @property
+    def label(self) -> str:
+        """``name@version(params) -> ...``, or ``none``: how records and audit logs name it."""
+        named = zip(self.names, self.defenses, strict=True) if self.names else ()
+        return " -> ".join(plugin_label(name, d) for name, d in named) or "none"
 
     @property
     def preserves_argmax(self) -> bool:
@@ -110,4 +118,5 @@ class DefenseChain:
 
 def build_chain(specs: Sequence[PluginSpec]) -> DefenseChain:
     """Instantiate registered defenses; unknown names and bad parameters raise typed errors."""
-    return DefenseChain(tuple(build_plugin(DEFENSES, s.name, s.params) for s in specs))
+    defenses = tuple(build_plugin(DEFENSES, s.name, s.params) for s in specs)
+    return DefenseChain(defenses, tuple(s.name for s in specs))

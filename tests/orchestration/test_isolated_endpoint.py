@@ -636,7 +636,7 @@ def test_I1_a_stalled_body_times_out_uncharged(
         with socket.create_connection((host, int(port)), timeout=10) as sock:
             head = "".join(f"{k}: {v}\r\n" for k, v in query_headers((2, 1, 8, 8)).items())
             sock.sendall(
-                f"POST /v1/query HTTP/1.1\r\nAuthorization: Bearer {BOB}\r\n{head}"
+                f"POST /v1/query HTTP/1.1\r\nHost: arena\r\nAuthorization: Bearer {BOB}\r\n{head}"
                 f"Content-Length: 512\r\n\r\n".encode()
                 + images(digits_data, 2).tobytes()[:100]
             )

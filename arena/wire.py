@@ -1,0 +1,56 @@
+"""The HTTP wire protocol of a served victim (``arena serve``), defined once for both sides.
+
+The server (``orchestration/endpoint.py``) and the client (:mod:`arena.http_oracle`) import the
+routes, header names, patterns and status codes from here, so the two cannot drift apart. The
+protocol itself: the batch goes out as raw little-endian float32 bytes with its shape in a
+header; the answer comes back as JSON numbers; every refusal is ``{"code", "message"}`` with the
+HTTP status of its code. Nothing is ever unpickled, evaluated or looked up by name.
+"""
+
+from __future__ import annotations
+
+import re
+
+from arena.errors import QueryErrorCode
+
+SPEC_ROUTE = "/v1/spec"
+STATUS_ROUTE = "/v1/status"
+QUERY_ROUTE = "/v1/query"
+OPENAPI_ROUTE = "/v1/openapi.json"
+ROUTES = {SPEC_ROUTE: "GET", STATUS_ROUTE: "GET", QUERY_ROUTE: "POST", OPENAPI_ROUTE: "GET"}
+"""every route the server has, with its one method"""
+PUBLIC_ROUTES = frozenset({OPENAPI_ROUTE})
+"""routes answered without a token (the protocol's description, no victim data)"""
+
+SHAPE_HEADER = "X-Arena-Shape"
+QUERY_ID_HEADER = "X-Arena-Query-Id"
+TARGETS_HEADER = "X-Arena-Targets"
+DTYPE_HEADER = "X-Arena-Dtype"
+BODY_TYPE = "application/octet-stream"
+"""the query body's media type: the batch as raw little-endian float32 bytes"""
+
+MAX_DIMS = 8
+QUERY_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+SHAPE = re.compile(rf"[0-9]{{1,8}}(,[0-9]{{1,8}}){{0,{MAX_DIMS - 1}}}")
+TOKEN = re.compile(r"[A-Za-z0-9._~+/=-]{16,256}")
+MAX_TARGETS_CHARS = 200
+
+SERVICE_REJECTIONS = {
+    "batch_too_large": 413,
+    "budget_exhausted": 402,
+    "refused": 403,
+    "query_id_reused": 409,
+    "overloaded": 429,
+    "unavailable": 503,
+    "unknown_attacker": 401,
+}
+"""HTTP status of each rejection code of the victim service that is not a plain 400"""
+REJECTION_CODES = frozenset(
+    {c.value for c in QueryErrorCode} | {"budget_exhausted", "refused", "overloaded", "unavailable"}
+)
+"""codes that are the victim service's own rejections (everything else is the HTTP layer's)"""
+
+
+def status_of(code: str) -> int:
+    """The HTTP status a service rejection code travels with."""
+    return SERVICE_REJECTIONS.get(code, 400)
