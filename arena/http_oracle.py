@@ -59,6 +59,7 @@ class HttpEndpoint:
         self._headers = {"Authorization": f"Bearer {token}"}
         self._timeout = timeout_s
         self._verify: bool | str = ca_file if ca_file is not None else True
+        """passed with every request: a session's own ``verify`` loses to REQUESTS_CA_BUNDLE"""
         self._local = threading.local()
         self._spec: tuple[InputSpec, OutputSpec] | None = None
 
@@ -67,13 +68,15 @@ class HttpEndpoint:
         session: requests.Session | None = getattr(self._local, "session", None)
         if session is None:
             session = self._local.session = requests.Session()
-            session.verify = self._verify
         return session
 
     def _get(self, route: str) -> dict[str, Any]:
         try:
             response = self._session().get(
-                f"{self._url}{route}", headers=self._headers, timeout=self._timeout
+                f"{self._url}{route}",
+                headers=self._headers,
+                timeout=self._timeout,
+                verify=self._verify,
             )
         except requests.RequestException as exc:
             raise EndpointError(
@@ -143,7 +146,11 @@ class HttpEndpoint:
         body = np.ascontiguousarray(x, dtype="<f4").tobytes()
         try:
             response = self._session().post(
-                f"{self._url}{wire.QUERY_ROUTE}", data=body, headers=headers, timeout=self._timeout
+                f"{self._url}{wire.QUERY_ROUTE}",
+                data=body,
+                headers=headers,
+                timeout=self._timeout,
+                verify=self._verify,
             )
         except requests.RequestException as exc:
             return Rejection("unavailable", f"{self._url} did not answer ({type(exc).__name__})")

@@ -55,6 +55,8 @@ LINGER_S = 2.0
 """how long a refused connection's leftover input is read and dropped before the close"""
 LINGER_BYTES = 1 << 20
 BLANK_LINE = re.compile(rb"\r?\n\r?\n")
+CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+"""control characters (tab aside), which RFC 9110 does not allow in a field value"""
 
 
 @dataclass(frozen=True)
@@ -240,6 +242,8 @@ class HttpServer:
                     del self._open[client]
         except (OSError, ssl.SSLError, h11.LocalProtocolError):
             pass  # the client went away mid-exchange
+        except asyncio.CancelledError:
+            pass  # the server is closing (Python 3.11's stream callback logs a cancelled task)
         finally:
             with contextlib.suppress(OSError, ssl.SSLError, RuntimeError):
                 writer.close()
@@ -411,7 +415,8 @@ class _Exchange:
             await self._refuse(exc)
             return False
         except h11.RemoteProtocolError as exc:
-            status = exc.error_status_hint if 400 <= exc.error_status_hint < 600 else 400
+            # 431: the header block is over the cap; every other framing problem is a 400
+            status = 431 if exc.error_status_hint == 431 else 400
             await self._refuse(HttpError(status, f"http_{status}", _short(str(exc))))
             return False
         response = await self.server.respond(head, body)
@@ -434,6 +439,8 @@ class _Exchange:
             key = name.decode("ascii").lower()
             if key in headers:
                 raise HttpError(400, "bad_request", f"header {key} sent twice")
+            if CONTROL.search(value):
+                raise HttpError(400, "bad_request", f"header {key} holds a control character")
             headers[key] = value.decode("latin-1")
         if "transfer-encoding" in headers:
             raise HttpError(
