@@ -202,7 +202,10 @@ def test_H1_one_address_cannot_hold_every_connection(service: VictimService) -> 
     ids=["workers", "connections"],
 )
 def test_H2_a_burst_gets_answers_and_typed_429s_never_a_reset(
-    make_service: ServiceFactory, digits_data: DataSplits, limits: Limits
+    make_service: ServiceFactory,
+    digits_data: DataSplits,
+    limits: Limits,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """40 clients post at the same moment, 3 rounds: every one gets a 200 or a typed 429 with
     Retry-After (none a reset), and exactly the answered queries are charged."""
@@ -246,6 +249,7 @@ def test_H2_a_burst_gets_answers_and_typed_429s_never_a_reset(
     assert all(code == "overloaded" and retry == "1" for s, code, retry in outcomes if s == 429)
     assert statuses.count(429) > 0, "the burst never reached a limit: the test tests nothing"
     assert service.account_status("honest").used == 8 * statuses.count(200)
+    assert any("429" in r.getMessage() for r in caplog.records), "the server logged no refusal"
 
 
 SMUGGLING = {
