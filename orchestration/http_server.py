@@ -165,6 +165,9 @@ class HttpServer:
         self._free_workers: asyncio.Semaphore | None = None
         self._thread: threading.Thread | None = None
         self._open: Counter[str] = Counter()
+        """open connections per client address"""
+        self._refusing = 0
+        """connections over a cap being answered 429 and closed lingering"""
         self._last_warning: dict[str, float] = {}
 
     @property
@@ -194,6 +197,8 @@ class HttpServer:
         self._workers.shutdown(wait=False, cancel_futures=True)
         with contextlib.suppress(OSError):
             self._socket.close()
+        if self._thread is None and not self._loop.is_closed():
+            self._loop.close()  # never started
 
     # ---- the event loop (everything below runs on the server's thread) ------------------------
 
@@ -230,8 +235,17 @@ class HttpServer:
         over = self._over_capacity(client)
         try:
             if over is not None:
-                self._warn(over, f"too many open {over}; {client} refused with 429")
-                await self.refuse(reader, writer, self._too_many(f"too many open {over}"))
+                self.warn(over, f"too many open {over}; {client} refused with 429")
+                refusal = self._too_many(f"too many open {over}")
+                if self._refusing >= self.limits.max_connections:
+                    # a flood: no lingering for every refused connection (its cost is bounded)
+                    writer.write(final_response(refusal))
+                    return
+                self._refusing += 1
+                try:
+                    await self.refuse(reader, writer, refusal)
+                finally:
+                    self._refusing -= 1
                 return
             self._open[client] += 1
             try:
@@ -259,7 +273,7 @@ class HttpServer:
         retry = {"Retry-After": str(self.limits.retry_after_s)}
         return HttpError(429, "overloaded", f"{why}; retry later", retry).response
 
-    def _warn(self, kind: str, message: str) -> None:
+    def warn(self, kind: str, message: str) -> None:
         """Log a refusal, at most once every 5 s per kind (a flood must not flood the log)."""
         now = time.monotonic()
         if now - self._last_warning.get(kind, -1e9) >= 5.0:
@@ -272,7 +286,7 @@ class HttpServer:
         try:
             await asyncio.wait_for(self._free_workers.acquire(), self.limits.queue_wait_s)
         except TimeoutError:
-            self._warn("busy", f"all {self.limits.max_inflight} workers busy; 429 sent")
+            self.warn("busy", f"all {self.limits.max_inflight} workers busy; 429 sent")
             return self._too_many("too many requests in flight")
         try:
             return await self._loop.run_in_executor(self._workers, _answer, self.app, head, body)
@@ -408,7 +422,7 @@ class _Exchange:
                 size = self.server.app.admit(head)
                 body = await self._body(size)
         except TimeoutError:
-            self.server._warn("timeout", f"{self.client} did not send a whole request in time")
+            self.server.warn("timeout", f"{self.client} did not send a whole request in time")
             await self._refuse(HttpError(408, "timeout", "the request did not arrive in time"))
             return False
         except HttpError as exc:
