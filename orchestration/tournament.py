@@ -22,7 +22,7 @@ import torch
 from ray import ObjectRef
 from ray.actor import ActorHandle
 
-from arena.data import DataSplits, load_dataset
+from arena.data import DataSplits, arena_home, load_dataset
 from arena.defenses.chain import build_chain
 from arena.oracle import InputSpec
 from arena.referee import MatchData, MatchResult, referee_match
@@ -50,6 +50,7 @@ from orchestration.leaderboard import (
     markdown_table,
     protection_utility_plot,
 )
+from orchestration.ray_leftovers import clean_dead_drivers, record_local_ray
 from orchestration.ray_service import RayServiceProxy, start_victim_service
 from orchestration.tracking import Tracker, result_json
 
@@ -217,10 +218,15 @@ def ensure_victims(
 
 
 def start_ray(ray_settings: RaySettings, address: str | None) -> bool:
-    """Connect to a cluster or start a local Ray; returns True when this call started it."""
+    """Connect to a cluster or start a local Ray; returns True when this call started it.
+
+    Before starting a local Ray it stops what killed drivers left of theirs, and it records
+    this driver's so the next one can (:mod:`orchestration.ray_leftovers`)."""
     if ray.is_initialized():
         return False
     target = address or ray_settings.address
+    if target is None:
+        clean_dead_drivers(arena_home())
     store = ray_settings.object_store_mb
     on_sigterm = signal.getsignal(signal.SIGTERM)
     ray.init(
@@ -233,6 +239,8 @@ def start_ray(ray_settings: RaySettings, address: str | None) -> bool:
     # the driver close its MLflow runs and stop its victim services first
     if callable(on_sigterm):
         signal.signal(signal.SIGTERM, on_sigterm)
+    if target is None:
+        record_local_ray(arena_home())
     return True
 
 
