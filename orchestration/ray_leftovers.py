@@ -24,10 +24,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import ray  # noqa: F401
-
-# isort: split
-# psutil is the copy Ray ships: ``import ray`` puts ray/thirdparty_files first on sys.path
 import psutil
 
 from arena.data import arena_home

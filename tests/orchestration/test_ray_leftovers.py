@@ -11,10 +11,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import ray  # noqa: F401
-
-# isort: split
-# psutil is the copy Ray ships: ``import ray`` puts ray/thirdparty_files first on sys.path
 import psutil
 
 from orchestration.ray_leftovers import (
