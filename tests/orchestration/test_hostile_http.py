@@ -166,11 +166,15 @@ def test_H1_slow_clients_are_cut_at_the_deadline_while_others_are_served(
             time.sleep(0.05)
         for thread in threads:
             thread.join(timeout=20)
+    cut = [c.seconds for c in slow if c.seconds is not None]
+    print(
+        f"H1: 64 slow clients cut after {min(cut):.2f}-{max(cut):.2f} s (deadline {deadline} s); "
+        f"{len(latencies)} honest calls, slowest {1e3 * max(latencies):.1f} ms"
+    )
     assert max(latencies) < 1.0, f"an honest request took {max(latencies):.2f}s"
     assert [c.error for c in slow] == [""] * 64, "a slow client was reset"
     assert all(status_of(c.answer) == 408 for c in slow), {c.answer[:40] for c in slow}
     assert all(body_of(c.answer)["code"] == "timeout" for c in slow)
-    cut = [c.seconds for c in slow if c.seconds is not None]
     assert len(cut) == 64 and max(cut) < deadline + 1.5 and min(cut) > deadline - 0.5, cut
     assert service.account_status("honest").used == 4 * len(latencies)
 
@@ -198,8 +202,8 @@ def test_H1_one_address_cannot_hold_every_connection(service: VictimService) -> 
 
 @pytest.mark.parametrize(
     "limits",
-    [Limits(max_inflight=2, queue_wait_s=0.01), Limits(max_connections=6)],
-    ids=["workers", "connections"],
+    [Limits(), Limits(max_inflight=2, queue_wait_s=0.01), Limits(max_connections=6)],
+    ids=["defaults", "workers", "connections"],
 )
 def test_H2_a_burst_gets_answers_and_typed_429s_never_a_reset(
     make_service: ServiceFactory,
@@ -247,9 +251,15 @@ def test_H2_a_burst_gets_answers_and_typed_429s_never_a_reset(
     statuses = [status for status, _, _ in outcomes]
     assert len(outcomes) == 120 and set(statuses) <= {200, 429}, outcomes
     assert all(code == "overloaded" and retry == "1" for s, code, retry in outcomes if s == 429)
-    assert statuses.count(429) > 0, "the burst never reached a limit: the test tests nothing"
+    print(
+        f"H2: 120 posts in 3 bursts of 40: {statuses.count(200)} answered, "
+        f"{statuses.count(429)} typed 429, 0 resets"
+    )
+    if limits != Limits():  # tight limits: the burst must have met them
+        assert statuses.count(429) > 0, "the burst never reached a limit: the test tests nothing"
     assert service.account_status("honest").used == 8 * statuses.count(200)
-    assert any("429" in r.getMessage() for r in caplog.records), "the server logged no refusal"
+    if statuses.count(429):
+        assert any("429" in r.getMessage() for r in caplog.records), "no refusal was logged"
 
 
 SMUGGLING = {
