@@ -3,8 +3,9 @@
 victim over HTTP) and ``arena attack --url`` (an attack on it from another process).
 
 User mistakes (bad configs, unknown names, missing datasets) print one line each and exit
-non-zero without a traceback; ``--debug`` shows the traceback. Ray starts only once the config
-has been validated.
+non-zero without a traceback; ``--debug`` shows the traceback. A config file is read (within
+bounds) before torch and the plug-ins are imported, Ray starts only once the config has been
+validated.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -30,7 +32,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 if TYPE_CHECKING:
+    from orchestration.config import TournamentConfig
     from orchestration.tracking import Tracker
+    from orchestration.tune_config import TuneConfig
 
 T = TypeVar("T")
 console = Console(width=None if sys.stdout.isatty() else 200)
@@ -71,9 +75,8 @@ def tournament(
 ) -> None:
     """Play every defense × attack × budget × seed of CONFIG on Ray and log it to MLflow."""
     from arena.errors import ArenaError
-    from orchestration.config import load_config
 
-    config = _validated(load_config, config_path)
+    config = _tournament_config(config_path)
     home = home.expanduser().resolve()
     os.environ["ARENA_HOME"] = str(home)
     # SIGTERM (e.g. from a scheduler) ends the run like Ctrl-C: parent run marked KILLED,
@@ -95,17 +98,51 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _validated(loader: Callable[[Path], T], path: Path) -> T:
-    """Load a config; every problem is printed by its dotted path and the exit status is 2."""
+def _read_config(path: Path) -> Any:
+    """A config file's document, read within bounds before anything heavy is imported: a file
+    that cannot be read (missing, a directory, not UTF-8, not YAML, an alias bomb) is one line
+    and exit 2 in a fraction of a second."""
+    from orchestration.yaml_input import UnreadableYaml, read_yaml_file
+
+    try:
+        return read_yaml_file(path)
+    except UnreadableYaml as exc:
+        errors.print(
+            f"[bold red]invalid config[/] {escape(str(exc))}", highlight=False, soft_wrap=True
+        )
+        raise typer.Exit(2) from None
+
+
+def _validated(parse: Callable[[Any, str], T], raw: Any, path: Path) -> T:
+    """Validate a config's document; every problem is printed by its dotted path (one bounded
+    line each, see ``ConfigError``) and the exit status is 2."""
     from orchestration.config import ConfigError
 
     try:
-        return loader(path)
+        return parse(raw, str(path))
     except ConfigError as exc:
-        errors.print(f"[bold red]invalid config[/] {exc.source}:", highlight=False)
+        errors.print(
+            f"[bold red]invalid config[/] {escape(exc.source)}:", highlight=False, soft_wrap=True
+        )
         for where, message in exc.problems:
-            errors.print(f"  {where or '<root>'}: {message}", highlight=False)
+            errors.print(
+                escape(f"  {where or '<root>'}: {message}"), highlight=False, soft_wrap=True
+            )
         raise typer.Exit(2) from None
+
+
+def _tournament_config(path: Path) -> TournamentConfig:
+    raw = _read_config(path)
+    from orchestration.config import parse_config
+
+    return _validated(parse_config, raw, path)
+
+
+def _tune_config(path: Path) -> TuneConfig:
+    raw = _read_config(path)
+    from orchestration.tune_config import parse_tune_config
+
+    return _validated(parse_tune_config, raw, path)
 
 
 @app.command()
@@ -119,9 +156,8 @@ def tune(
     """Tune one defense's hyperparameters with Optuna against the worst case of an attack suite;
     the same command resumes an interrupted study."""
     from arena.errors import ArenaError
-    from orchestration.tune_config import load_tune_config
 
-    config = _validated(load_tune_config, config_path)
+    config = _tune_config(config_path)
     home = home.expanduser().resolve()
     os.environ["ARENA_HOME"] = str(home)
     signal.signal(signal.SIGTERM, _interrupt)
@@ -272,8 +308,6 @@ def _tracker(home: Path, tracking_uri: str | None, experiment: str) -> tuple[Tra
 
 
 def _run(config: object, address: str | None, tracking_uri: str | None, home: Path) -> None:
-    from rich.markup import escape
-
     from arena.referee import MatchResult
     from arena.specs import MatchSpec
     from arena.victims import default_victim_cache
@@ -374,11 +408,10 @@ def serve(
 ) -> None:
     """Serve one defended victim of CONFIG over HTTP to untrusted attackers, a bearer token per
     attacker (several tokens of one attacker share its budget). Runs until Ctrl-C."""
+    config = _tournament_config(config_path)
     from arena.errors import ArenaError
-    from orchestration.config import load_config
     from orchestration.endpoint import load_tokens
 
-    config = _validated(load_config, config_path)
     try:
         table = load_tokens(tokens)
     except ArenaError as exc:
@@ -590,10 +623,14 @@ def main() -> None:
     except Exception as exc:  # last resort: unexpected errors get one line unless --debug
         if debug:
             raise
+        from arena.errors import one_line
+
+        first = (str(exc).strip().splitlines() or [""])[0]
         errors.print(
-            f"[bold red]error:[/] {type(exc).__name__}: {exc} "
+            f"[bold red]error:[/] {escape(one_line(f'{type(exc).__name__}: {first}', 500))} "
             "(rerun with --debug for the traceback)",
             highlight=False,
+            soft_wrap=True,
         )
         sys.exit(1)
 

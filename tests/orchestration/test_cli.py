@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -252,3 +253,137 @@ def test_sigterm_mid_tournament_loses_nothing_and_rerun_completes(tmp_path: Path
     assert len(keys) == len(set(keys)) == 16
     parent = [r for r in runs if r.data.tags.get("arena.kind") == "tournament"]
     assert [p.info.status for p in parent] == ["FINISHED"]
+
+
+# ---- H5: hostile config files -----------------------------------------------------------------
+
+
+# The CLI as `python -m orchestration` runs it, writing its peak memory (VmHWM: the process's own,
+# unlike ru_maxrss, which a forked child inherits from the pytest process) to argv[1] at exit.
+MEASURE = """
+import atexit, sys
+peak_file = sys.argv.pop(1)
+def record():
+    status = open("/proc/self/status").read().splitlines()
+    peak = next(line.split()[1] for line in status if line.startswith("VmHWM:"))
+    open(peak_file, "w").write(peak)
+atexit.register(record)
+sys.argv = ["arena", *sys.argv[1:]]
+from orchestration.cli import main
+main()
+"""
+
+
+def run_measured(
+    *args: str, work: Path, home: Path, light: bool = True
+) -> tuple[int, str, str, float, int]:
+    """Run the CLI; return exit code, stdout, stderr, wall seconds and peak RSS in KiB. A
+    ``light`` run (one that must stop before torch is imported) is capped at 1 GiB of address
+    space: a bomb that went off fails it instead of taking the machine."""
+    env = dict(os.environ, ARENA_HOME=str(home), PYTHONPATH=str(REPO))
+    env.pop("RAY_ADDRESS", None)
+
+    def cap_memory() -> None:
+        if light:
+            resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+
+    peak = work / "peak_kib.txt"
+    start = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, "-c", MEASURE, str(peak), *args],
+        capture_output=True, text=True, cwd=REPO, env=env, timeout=120, preexec_fn=cap_memory,
+    )  # fmt: skip
+    seconds = time.perf_counter() - start
+    kib = int(peak.read_text())
+    peak.unlink()
+    return result.returncode, result.stdout, result.stderr, seconds, kib
+
+
+def _alias_bomb() -> str:
+    """The classic billion laughs in a plug-in parameter: 9 levels of 9 aliases, 9**9 (387
+    million) values written in under 500 bytes."""
+    value = "&a [" + ",".join(["lol"] * 9) + "]"
+    for previous, anchor in zip("abcdefgh", "bcdefghi", strict=True):
+        value = f"&{anchor} [{value}, " + ",".join([f"*{previous}"] * 8) + "]"
+    return (
+        "name: bomb\n"
+        "victims: [{dataset: digits, arch: mlp}]\n"
+        f"defenses: [[{{name: reverse_sigmoid, params: {{beta: {value}}}}}]]\n"
+        "attacks: [knockoff]\n"
+        "budgets: [100]\n"
+    )
+
+
+def _write(path: Path, content: str | bytes | None) -> None:
+    if content is None:
+        path.mkdir()
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+
+
+SMOKE_TEXT = (REPO / "configs" / "digits_smoke.yaml").read_text()
+HOSTILE: dict[str, tuple[str | bytes | None, str]] = {
+    # case: (file content, None for a directory; what the one line says)
+    "alias_bomb_in_plugin_params": (_alias_bomb(), "more than 50,000 values"),
+    "self_referencing_alias": ("name: &a [*a]\n", "is used inside itself"),
+    "huge_scalar": (SMOKE_TEXT + f"substitute_arch: {'x' * 100_000}\n", "100,000 characters"),
+    "huge_number": (SMOKE_TEXT.replace("[100, 300]", f"[1{'0' * 5000}]"), "5,001 characters"),
+    "too_big": (SMOKE_TEXT + "#" * (2 << 20) + "\n", "bytes (1 MiB)"),
+    "deeper_than_50": ("name: " + "[" * 60 + "]" * 60 + "\n", "nested more than 50 levels"),
+    "far_too_deep": ("name: " + "[" * 100_000 + "]" * 100_000 + "\n", "nest"),
+    "not_utf8": ("name: caf\u00e9\n".encode("latin-1"), "not UTF-8"),
+    "directory": (None, "is a directory"),
+    "not_yaml": ("name: [unclosed\n", "not valid YAML"),
+}
+HOSTILE_COMMANDS = {
+    "tournament": ["tournament"],
+    "tune": ["tune"],
+    "serve": ["serve", "--tokens", "tokens.yaml"],
+}
+
+
+@pytest.mark.parametrize("command", sorted(HOSTILE_COMMANDS))
+def test_H5_hostile_config_files_exit_2_fast_with_one_bounded_line(
+    tmp_path: Path, command: str
+) -> None:
+    """Alias bombs (in a plug-in parameter), huge scalars, a file above 1 MiB, deep nesting,
+    non-UTF-8 bytes, a directory, bad YAML and a missing file: each is one line naming the file,
+    exit 2, in well under a second past interpreter start-up, without the bomb going off and
+    before torch or the plug-ins are imported."""
+    cases = {**HOSTILE, "missing": (b"", "file not found")}
+    figures = []
+    for case, (content, says) in cases.items():
+        work = tmp_path / case
+        work.mkdir()
+        config = work / f"{case}.yaml"
+        if case != "missing":
+            _write(config, content)
+        home = work / "home"
+        name, *flags = HOSTILE_COMMANDS[command]
+        code, out, err, seconds, rss_kib = run_measured(
+            name, str(config), *flags, work=work, home=home
+        )
+        lines = err.strip().splitlines()
+        assert code == 2, (case, err)
+        assert len(lines) == 1 and str(config) in lines[0] and says in lines[0], (case, err)
+        assert out == "" and len(err) < 2000 and "Traceback" not in err, case
+        assert seconds < 5, (case, seconds)
+        assert rss_kib < 200 * 1024, (case, rss_kib)  # torch alone takes ~1 GB here
+        assert not home.exists(), case
+        figures.append(f"{case} {seconds:.2f} s {len(err)} B {rss_kib // 1024} MiB")
+    print(f"H5 {command}: " + "; ".join(figures))
+
+
+def test_H5_alias_bomb_in_plugin_params_exits_2_fast(tmp_path: Path) -> None:
+    """The row's own example, reported as measured: the bomb in a defense's parameter."""
+    config = tmp_path / "bomb.yaml"
+    config.write_text(_alias_bomb())
+    assert len(config.read_bytes()) < 500
+    code, out, err, seconds, rss_kib = run_measured(
+        "tournament", str(config), work=tmp_path, home=tmp_path / "home"
+    )
+    assert code == 2 and "more than 50,000 values" in err and len(err) < 2000, err
+    assert out == "" and seconds < 5 and rss_kib < 200 * 1024
+    print(f"H5 alias bomb: exit {code} in {seconds:.2f} s, {len(err)} B of stderr, {rss_kib} KiB")

@@ -269,3 +269,47 @@ def test_C2_tune_config_fuzz_raises_only_config_errors(key: str, value: Any) -> 
         config = parse_tune_config(raw)
         config.space()
         config.specs_for({})
+
+
+# ---- H5: hostile values ----------------------------------------------------------
+
+
+def test_H5_problems_are_bounded_and_quote_short_prefixes(
+    smoke_config_dict: dict[str, Any],
+) -> None:
+    """A thousand bad budgets give 20 problems and a count; a huge value is quoted by a prefix."""
+    smoke_config_dict["budgets"] = [-1] * 1000
+    problems = _problems(smoke_config_dict)
+    assert len(problems) == 21 and problems["…"] == "980 more problem(s)"
+    smoke_config_dict["budgets"] = [100]
+    smoke_config_dict["attacks"][0]["params"] = {"epochs": [list(range(1000))] * 1000}
+    smoke_config_dict["victims"][0]["arch"] = "x" * 100_000
+    problems = _problems(smoke_config_dict)
+    assert all(len(message) <= 400 for message in problems.values())
+    quoted = problems["victims.0.arch"].split("unknown architecture ")[1].split(";")[0]
+    assert len(quoted) <= 60 and "..." in quoted
+    smoke_config_dict["victims"][0]["arch"] = "mlp"
+    epochs = _problems(smoke_config_dict)["attacks.0.params"]
+    assert "epochs must be an integer >= 1, got [[0, 1, 2, 3, 4, 5, ...]" in epochs
+    assert len(epochs) < 200
+
+
+def test_H5_anchors_and_aliases_within_the_budget_still_load(tmp_path: Path) -> None:
+    text = (REPO / "configs" / "digits_smoke.yaml").read_text()
+    text = text.replace(
+        "{name: knockoff, params: {epochs: 10}}", "{name: knockoff, params: &e {epochs: 10}}"
+    )
+    text = text.replace("{name: copycat, params: {epochs: 10}}", "{name: copycat, params: *e}")
+    assert "*e" in text
+    config = tmp_path / "aliases.yaml"
+    config.write_text(text)
+    assert [a.params for a in load_config(config).attacks] == [{"epochs": 10}, {"epochs": 10}]
+
+
+def test_H5_directory_and_non_utf8_files_are_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="is a directory, not a file"):
+        load_config(tmp_path)
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("name: caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"not UTF-8 text \(byte 0xe9 at offset 9\)"):
+        load_config(latin)
