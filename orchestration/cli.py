@@ -87,7 +87,7 @@ def tournament(
     except ArenaError as exc:
         if debug:
             raise
-        raise _fail(str(exc)) from None
+        raise _fail(escape(str(exc))) from None
     except KeyboardInterrupt:
         raise _fail(
             "interrupted; rerun the same command to play the remaining matches", 130
@@ -166,7 +166,7 @@ def tune(
     except ArenaError as exc:
         if debug:
             raise
-        raise _fail(str(exc)) from None
+        raise _fail(escape(str(exc))) from None
     except KeyboardInterrupt:
         raise _fail("interrupted; rerun the same command to finish the study", 130) from None
 
@@ -178,7 +178,9 @@ def _tune(config: object, address: str | None, tracking_uri: str | None, home: P
     from orchestration.tuning import Scores, run_study
 
     assert isinstance(config, TuneConfig)
-    console.print(f"[bold]{config.name}[/]: {config.defense} over {', '.join(config.space())}")
+    console.print(
+        f"[bold]{escape(config.name)}[/]: {config.defense} over {', '.join(config.space())}"
+    )
     tracker, uri = _tracker(home, tracking_uri, config.tracking.experiment)
 
     def on_trial(label: str, params: dict[str, object], scores: Scores | None) -> None:
@@ -207,11 +209,14 @@ def _tune(config: object, address: str | None, tracking_uri: str | None, home: P
     for default in view.defaults:
         beaten = dominated_by_frontier(view, default)
         verdict = f"dominated by {beaten.label}" if beaten else "not dominated by the frontier"
-        console.print(f"literature default {default.params}: {verdict}", highlight=False)
+        console.print(
+            f"literature default {default.params}: {verdict}", markup=False, highlight=False
+        )
     console.print(
         f"frontier plot: {outcome.artifacts['png']} and {outcome.artifacts['html']}\n"
         f"MLflow parent run {outcome.parent_run_id}: mlflow ui --backend-store-uri {uri}\n"
-        f"Optuna dashboard: optuna-dashboard {_dashboard_target(config, home)}"
+        f"Optuna dashboard: optuna-dashboard {_dashboard_target(config, home)}",
+        markup=False,
     )
 
 
@@ -263,7 +268,9 @@ def frontier(
         target = (storage[i] if len(storage) > 1 else storage[0]) if storage else None
         where = target or str(home / "optuna" / f"{name}.journal")
         if "://" not in where and not Path(where).is_file():
-            raise _fail(f"no study storage at {where}; run `arena tune` first or pass --storage", 2)
+            raise _fail(
+                escape(f"no study storage at {where}; run `arena tune` first or pass --storage"), 2
+            )
         backend = (
             where
             if "://" in where
@@ -272,7 +279,7 @@ def frontier(
         try:
             views.append(study_view(optuna.load_study(study_name=name, storage=backend)))
         except KeyError:
-            raise _fail(f"no study named {name!r} in {where}", 2) from None
+            raise _fail(escape(f"no study named {name!r} in {where}"), 2) from None
     out.mkdir(parents=True, exist_ok=True)
     png = plot_png(views, out / "frontiers.png", floor)
     html = plot_html(views, out / "frontiers.html")
@@ -281,6 +288,7 @@ def frontier(
         console.print(
             f"{view.name}: {len(view.points)} trials, {len(view.frontier)} on the frontier, "
             f"best feasible protection {best:.4f}",
+            markup=False,
             highlight=False,
         )
     winner = best_at_floor(views, floor)
@@ -291,9 +299,10 @@ def frontier(
         console.print(
             f"best protection within {floor} utility of the undefended victim: {name} "
             f"{point.params} (utility {point.utility:.4f}, protection {point.protection:.4f})",
+            markup=False,
             highlight=False,
         )
-    console.print(f"overlay: {png} and {html}")
+    console.print(f"overlay: {png} and {html}", markup=False)
 
 
 def _tracker(home: Path, tracking_uri: str | None, experiment: str) -> tuple[Tracker, str]:
@@ -317,7 +326,7 @@ def _run(config: object, address: str | None, tracking_uri: str | None, home: Pa
 
     assert isinstance(config, TournamentConfig)
     tracker, uri = _tracker(home, tracking_uri, config.tracking.experiment)
-    console.print(f"[bold]{config.name}[/]: tracking at {uri}")
+    console.print(f"[bold]{escape(config.name)}[/]: tracking at {escape(uri)}")
 
     progress = Progress(
         TextColumn("[bold]matches"),
@@ -365,7 +374,7 @@ def _run(config: object, address: str | None, tracking_uri: str | None, home: Pa
         how = "cache" if info.from_cache else f"trained in {info.train_seconds:.0f}s"
         name = f"{info.spec.dataset}/{info.spec.arch}"
         console.print(f"victim {name}: test accuracy {info.test_accuracy:.4f} ({how})")
-    console.print(rich_table(outcome.leaderboard, f"Leaderboard — {config.name}"))
+    console.print(rich_table(outcome.leaderboard, f"Leaderboard — {escape(config.name)}"))
     if outcome.curves:
         from orchestration.budget_curves import curves_markdown
 
@@ -378,7 +387,8 @@ def _run(config: object, address: str | None, tracking_uri: str | None, home: Pa
     )
     console.print(
         f"MLflow parent run {outcome.parent_run_id}; open the UI with:\n"
-        f"  mlflow ui --backend-store-uri {uri}"
+        f"  mlflow ui --backend-store-uri {uri}",
+        markup=False,
     )
     if outcome.failures:
         raise _fail(f"{len(outcome.failures)} match(es) failed; rerun to retry them")

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -28,7 +29,7 @@ import agents  # noqa: F401  (registers the built-in attacks)
 from arena.attacker import ATTACKS, Attacker
 from arena.data import DATASETS, NUM_CLASSES
 from arena.defenses import DEFENSES, Defense
-from arena.errors import ArenaError, brief, one_line
+from arena.errors import ArenaError, brief, first_unprintable, one_line
 from arena.models import ARCHITECTURES
 from arena.registry import Registry, build_plugin, canonical_params
 from arena.removal import REMOVALS
@@ -63,6 +64,38 @@ class ConfigError(ArenaError):
             self.problems.append(("…", f"{len(problems) - MAX_PROBLEMS} more problem(s)"))
         lines = "\n".join(f"  {path or '<root>'}: {msg}" for path, msg in self.problems)
         super().__init__(f"{self.source}: {len(problems)} problem(s)\n{lines}")
+
+
+NAME_BYTES = 200
+"""longest name or label, in UTF-8 bytes (a study's name plus ``.journal`` is a file name)"""
+
+
+def _label(value: str) -> str:
+    """Names and labels reach MLflow tags, terminals and HTML: printable, bounded."""
+    if (at := first_unprintable(value)) is not None:
+        raise ValueError(
+            f"must not contain control characters; found {brief(value[at])} at position {at}"
+        )
+    if (size := len(value.encode())) > NAME_BYTES:
+        raise ValueError(f"is {size:,} bytes long in UTF-8; at most {NAME_BYTES}")
+    return value
+
+
+def _file_name(value: str) -> str:
+    """A tournament's or study's name also names files under ARENA_HOME (a study's journal,
+    its frontier plots): a label that is a single path component."""
+    _label(value)
+    if "/" in value or "\\" in value:
+        raise ValueError("must not contain '/' or '\\' (the name is used as a file name)")
+    if not value.strip("."):
+        raise ValueError(f"{value!r} cannot name a file")
+    return value
+
+
+Label = Annotated[str, Field(min_length=1), AfterValidator(_label)]
+"""a printable single-line text of at most :data:`NAME_BYTES` bytes"""
+Name = Annotated[str, Field(min_length=1), AfterValidator(_file_name)]
+"""a :data:`Label` usable as a file name"""
 
 
 class _Strict(BaseModel):
@@ -124,13 +157,13 @@ class RaySettings(_Strict):
 class TrackingSettings(_Strict):
     """Where results go."""
 
-    experiment: str = Field(default="model-stealing-arena", min_length=1)
+    experiment: Label = "model-stealing-arena"
 
 
 class TournamentConfig(_Strict):
     """Victims × defense chains × attacks × budgets × seeds, all played as matches."""
 
-    name: str = Field(min_length=1)
+    name: Name
     victims: list[VictimSpec] = Field(min_length=1)
     defenses: list[list[PluginSpec]] = Field(min_length=1)
     """each entry is one defense chain; a single defense may be written without the list"""

@@ -17,6 +17,7 @@ from arena.registry import build_plugin
 from arena.specs import MatchSpec, PluginSpec, VictimSpec
 from orchestration.config import (
     ConfigError,
+    Name,
     RaySettings,
     TrackingSettings,
     attack_entries,
@@ -48,7 +49,7 @@ class RangeOverride(_Strict):
 class TuneConfig(_Strict):
     """A multi-objective study over one defense's hyperparameters against an attack suite."""
 
-    name: str = Field(min_length=1)
+    name: Name
     """the study's name (in the Optuna storage and the MLflow parent run)"""
     victim: VictimSpec
     defense: str = Field(min_length=1)

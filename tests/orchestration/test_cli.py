@@ -387,3 +387,21 @@ def test_H5_alias_bomb_in_plugin_params_exits_2_fast(tmp_path: Path) -> None:
     assert code == 2 and "more than 50,000 values" in err and len(err) < 2000, err
     assert out == "" and seconds < 5 and rss_kib < 200 * 1024
     print(f"H5 alias bomb: exit {code} in {seconds:.2f} s, {len(err)} B of stderr, {rss_kib} KiB")
+
+
+# ---- H6: names that reach MLflow filters, file names and HTML ----------------------------------
+
+
+def test_H6_name_with_a_slash_is_refused_at_validation(
+    tmp_path: Path, smoke_config_dict: dict[str, Any]
+) -> None:
+    smoke_config_dict["name"] = "../../etc/o'brien"
+    config = tmp_path / "slash.yaml"
+    config.write_text(yaml.safe_dump(smoke_config_dict))
+    result = run_arena("tournament", str(config), home=tmp_path / "home")
+    assert result.returncode == 2, result.stderr
+    listed = [line.strip() for line in result.stderr.splitlines() if line.startswith("  ")]
+    assert listed == [
+        "name: Value error, must not contain '/' or '\\' (the name is used as a file name)"
+    ]
+    assert not (tmp_path / "home").exists()

@@ -271,7 +271,44 @@ def test_C2_tune_config_fuzz_raises_only_config_errors(key: str, value: Any) -> 
         config.specs_for({})
 
 
-# ---- H5: hostile values ----------------------------------------------------------
+# ---- H5/H6: hostile values and names ----------------------------------------------------------
+
+BAD_NAMES = {
+    "slash": "runs/o'brien",
+    "backslash": "runs\\o'brien",
+    "newline": "o'brien\nsmoke",
+    "nul": "o'brien\x00",
+    "terminal escape": "o'brien\x1b[31m",
+    "bidi override": "o'brien\u202e",
+    "dot-dot": "..",
+    "too long": "n" * 201,
+}
+
+
+@pytest.mark.parametrize("name", BAD_NAMES.values(), ids=BAD_NAMES.keys())
+def test_H6_names_with_separators_or_control_characters_are_refused(
+    smoke_config_dict: dict[str, Any], name: str
+) -> None:
+    """Tournament and study names become MLflow tags, journal file names and HTML titles."""
+    smoke_config_dict["name"] = name
+    message = _problems(smoke_config_dict)["name"]
+    assert "\n" not in message and "\x00" not in message and "\x1b" not in message
+    study = yaml.safe_load(TUNE_SMOKE.read_text())
+    with pytest.raises(ConfigError) as info:
+        parse_tune_config({**study, "name": name})
+    assert "name" in dict(info.value.problems)
+
+
+def test_H6_quotes_brackets_and_markup_in_names_are_accepted(
+    smoke_config_dict: dict[str, Any],
+) -> None:
+    name = 'o\'brien "smoke" [bold] <b>&amp; $x$ | 100%'
+    smoke_config_dict["name"] = name
+    assert parse_config(smoke_config_dict).name == name
+    smoke_config_dict["tracking"]["experiment"] = "team/o'brien"  # MLflow names may be paths
+    assert parse_config(smoke_config_dict).tracking.experiment == "team/o'brien"
+    smoke_config_dict["tracking"]["experiment"] = "o'brien\r"
+    assert "tracking.experiment" in _problems(smoke_config_dict)
 
 
 def test_H5_problems_are_bounded_and_quote_short_prefixes(
