@@ -5,7 +5,7 @@ victim over HTTP) and ``arena attack --url`` (an attack on it from another proce
 User mistakes (bad configs, unknown names, missing datasets) print one line each and exit
 non-zero without a traceback; ``--debug`` shows the traceback. A config file is read (within
 bounds) before torch and the plug-ins are imported, Ray starts only once the config has been
-validated.
+validated and ``--home`` proven writable.
 """
 
 from __future__ import annotations
@@ -77,8 +77,7 @@ def tournament(
     from arena.errors import ArenaError
 
     config = _tournament_config(config_path)
-    home = home.expanduser().resolve()
-    os.environ["ARENA_HOME"] = str(home)
+    home = _writable_home(home)
     # SIGTERM (e.g. from a scheduler) ends the run like Ctrl-C: parent run marked KILLED,
     # victim services stopped, finished matches kept for the rerun
     signal.signal(signal.SIGTERM, _interrupt)
@@ -145,6 +144,36 @@ def _tune_config(path: Path) -> TuneConfig:
     return _validated(parse_tune_config, raw, path)
 
 
+def _writable_home(home: Path) -> Path:
+    """``--home`` (ARENA_HOME) made absolute, created if missing and proven writable by a file
+    created and removed in it, then exported for the victim cache; otherwise one line and exit
+    2. Checked before Ray or MLflow start: MLflow's SQLite store would otherwise retry for
+    minutes and fail without naming the directory."""
+    import tempfile
+
+    from arena.errors import one_line
+
+    advice = "set --home or ARENA_HOME to a writable directory"
+    home = Path(os.path.abspath(home.expanduser()))
+    shown = escape(one_line(str(home), 200))
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise _fail(f"ARENA_HOME {shown} exists and is not a directory; {advice}", 2) from None
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        raise _fail(f"ARENA_HOME {shown} cannot be created ({why}); {advice}", 2) from None
+    try:
+        with tempfile.NamedTemporaryFile(prefix=".arena-write-check-", dir=home):
+            pass
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        raise _fail(f"ARENA_HOME {shown} is not writable ({why}); {advice}", 2) from None
+    home = home.resolve()
+    os.environ["ARENA_HOME"] = str(home)
+    return home
+
+
 @app.command()
 def tune(
     config_path: Annotated[Path, typer.Argument(metavar="CONFIG", help="tuning-study YAML file")],
@@ -158,8 +187,7 @@ def tune(
     from arena.errors import ArenaError
 
     config = _tune_config(config_path)
-    home = home.expanduser().resolve()
-    os.environ["ARENA_HOME"] = str(home)
+    home = _writable_home(home)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         _tune(config, address, tracking_uri, home)
@@ -433,8 +461,7 @@ def serve(
         defense = next((i for i, c in enumerate(chains) if any(d.name != "none" for d in c)), 0)
     if not 0 <= defense < len(chains):
         raise _fail(f"--defense must be 0..{len(chains) - 1}, got {defense}", 2)
-    home = home.expanduser().resolve()
-    os.environ["ARENA_HOME"] = str(home)
+    _writable_home(home)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         _serve(config, victim, defense, table, host, port)
@@ -517,8 +544,7 @@ def attack(
         raise _fail(escape(f"--options is not JSON: {options!r}"), 2) from None
     if not isinstance(params, dict):
         raise _fail("--options must be a JSON object of hyperparameters", 2)
-    home = home.expanduser().resolve()
-    os.environ["ARENA_HOME"] = str(home)
+    _writable_home(home)
     try:  # everything before the first query: a mistake here is bad input, exit 2
         steal = _attack(url, token, attack_name, dataset, params, pool, substitute_arch, seed)
     except ArenaError as exc:

@@ -113,16 +113,17 @@ def test_C3_unknown_command_and_missing_argument_exit_2() -> None:
 def test_C3_unexpected_error_is_one_line_without_debug_and_a_traceback_with_it(
     tmp_path: Path,
 ) -> None:
-    """An error nobody anticipated (here: --home below a regular file, so the tracking store
-    cannot be created) prints one line and exits 1; ``--debug`` shows the traceback."""
-    blocker = tmp_path / "a_file"
-    blocker.write_text("")
-    args = ("tournament", "configs/digits_smoke.yaml", "--home", str(blocker / "home"))
+    """An error nobody anticipated (here: the tracking store under --home is not an SQLite
+    database) prints one line and exits 1; ``--debug`` shows the traceback."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "mlflow.db").write_text("not a database\n")
+    args = ("tournament", "configs/digits_smoke.yaml", "--home", str(home))
     quiet, _, _ = run_probed(*args)
     assert quiet.returncode == 1, quiet.stderr
     assert "Traceback" not in quiet.stderr + quiet.stdout
-    errors = [line for line in quiet.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "--debug" in errors[0], quiet.stderr
+    shown = [line for line in quiet.stderr.splitlines() if not line.startswith("PROBE")]
+    assert len(shown) == 1 and shown[0].startswith("error:") and "--debug" in shown[0], shown
     loud, _, _ = run_probed(*args, "--debug")
     assert loud.returncode != 0 and "Traceback" in loud.stderr
 
@@ -405,3 +406,42 @@ def test_H6_name_with_a_slash_is_refused_at_validation(
         "name: Value error, must not contain '/' or '\\' (the name is used as a file name)"
     ]
     assert not (tmp_path / "home").exists()
+
+
+# ---- H7: an ARENA_HOME that cannot be written --------------------------------------------------
+
+HOME_CHECK_SECONDS = 20.0
+"""the check itself takes milliseconds; validating a config imports torch and every plug-in
+(4-9 s on this shared 2-core machine); the MLflow retries it replaces took ~100 s"""
+
+
+@pytest.mark.parametrize(
+    ("command", "home", "says"),
+    [
+        ("tournament", "afile/home", "cannot be created (Not a directory)"),
+        ("tournament", "/sys", "is not writable (Permission denied)"),
+        ("serve", "afile/home", "cannot be created (Not a directory)"),
+    ],
+)
+def test_H7_unwritable_home_exits_2_naming_ARENA_HOME(
+    tmp_path: Path, command: str, home: str, says: str
+) -> None:
+    """A home below a regular file cannot be created; /sys cannot be written even by root (tests
+    run as root, where a chmod'ed directory stays writable)."""
+    (tmp_path / "afile").write_text("a file, not a directory\n")
+    target = tmp_path / home
+    tokens = tmp_path / "tokens.yaml"
+    tokens.write_text(f"attackers:\n  - {{id: eve, budget: 5, tokens: [{'t' * 20}]}}\n")
+    flags = ["--tokens", str(tokens)] if command == "serve" else []
+    smoke = str(REPO / "configs" / "digits_smoke.yaml")
+    code, out, err, seconds, _ = run_measured(
+        command, smoke, *flags, work=tmp_path, home=target, light=False
+    )
+    lines = err.strip().splitlines()
+    assert code == 2, err
+    assert len(lines) == 1 and f"ARENA_HOME {target} {says}" in lines[0], err
+    assert "set --home or ARENA_HOME to a writable directory" in lines[0]
+    assert "Traceback" not in err and "serving" not in out
+    assert seconds < HOME_CHECK_SECONDS, seconds
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "tokens.yaml"]
+    print(f"H7 {command} {home}: exit 2 in {seconds:.1f} s: {lines[0]}")
