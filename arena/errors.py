@@ -2,7 +2,45 @@
 
 from __future__ import annotations
 
+import reprlib
+import unicodedata
 from enum import StrEnum
+
+QUOTE_LIMIT = 60
+"""characters of a user-supplied value an error message quotes (hostile configs, H5)"""
+
+UNPRINTABLE = ("Cc", "Cf", "Cs", "Zl", "Zp")
+"""Unicode categories never shown raw: controls (NUL, ESC, line breaks), format characters
+(bidi overrides), lone surrogates, line and paragraph separators"""
+
+_QUOTER = reprlib.Repr()
+_QUOTER.maxlevel = 2
+_QUOTER.maxstring = _QUOTER.maxother = _QUOTER.maxlong = QUOTE_LIMIT
+
+
+def one_line(text: str, limit: int) -> str:
+    """``text`` as one printable line of at most ``limit`` characters: control characters (line
+    breaks, terminal escapes, NUL) are shown escaped and the rest is cut with an ellipsis, so a
+    message about a hostile value can neither flood nor forge the output."""
+    shown = "".join(
+        ch.encode("unicode_escape").decode("ascii")
+        if unicodedata.category(ch) in UNPRINTABLE
+        else ch
+        for ch in text[: limit + 1]
+    )
+    return shown if len(shown) <= limit and len(text) <= limit else shown[: limit - 1] + "…"
+
+
+def first_unprintable(text: str) -> int | None:
+    """The index of the first :data:`UNPRINTABLE` character of ``text``, if any."""
+    return next((i for i, ch in enumerate(text) if unicodedata.category(ch) in UNPRINTABLE), None)
+
+
+def brief(value: object) -> str:
+    """A value as an error message quotes it: its ``repr``, at most :data:`QUOTE_LIMIT`
+    characters, nested containers abbreviated without walking them (an alias bomb stays
+    cheap)."""
+    return one_line(_QUOTER.repr(value), QUOTE_LIMIT)
 
 
 class ArenaError(Exception):
@@ -73,7 +111,7 @@ class UnknownPlugin(ArenaError):
     """A defense, attack, architecture or dataset name that is not registered."""
 
     def __init__(self, kind: str, name: str, known: list[str]) -> None:
-        super().__init__(f"unknown {kind} {name!r}; known: {', '.join(sorted(known))}")
+        super().__init__(f"unknown {kind} {brief(name)}; known: {', '.join(sorted(known))}")
         self.kind = kind
         self.name = name
         self.known = known

@@ -7,7 +7,7 @@ import inspect
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Generic, TypeVar
 
-from arena.errors import InvalidParameters, UnknownPlugin
+from arena.errors import InvalidParameters, UnknownPlugin, brief
 
 T = TypeVar("T")
 
@@ -68,7 +68,7 @@ def build_plugin(registry: Registry[type[T]], name: str, params: Mapping[str, An
         unknown = sorted(set(params) - accepted)
         if unknown:
             raise InvalidParameters(
-                f"{registry.kind} {name!r} has no parameter {', '.join(map(repr, unknown))}; "
+                f"{registry.kind} {name!r} has no parameter {', '.join(map(brief, unknown))}; "
                 f"it accepts: {', '.join(sorted(accepted)) or 'none'}"
             )
     try:

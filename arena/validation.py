@@ -7,16 +7,20 @@ Python counts as an int; never NaN or infinity) within a range, an integer withi
 ``bool``, one of a few names. Written out by hand in every plug-in they drifted apart in wording
 and in detail (which ends are open, whether NaN gets through); these functions are the one
 version. Each raises :class:`ValueError` with a one-line message naming the field, what it
-accepts and the value it got; :func:`arena.registry.build_plugin` turns that into
+accepts and the value it got (a short prefix: :func:`arena.errors.brief`, so a hostile value
+cannot flood the message); :func:`arena.registry.build_plugin` turns that into
 :class:`~arena.errors.InvalidParameters`, which config loading reports at the field's dotted path.
 
-Only the standard library is used, so anything in ``arena`` or ``agents`` may import it.
+Only the standard library and :mod:`arena.errors` are used, so anything in ``arena`` or
+``agents`` may import it.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+
+from arena.errors import brief
 
 __all__ = ["check_bool", "check_choice", "check_integer", "check_number"]
 
@@ -40,7 +44,7 @@ def check_number(
     """
     if not _is_number_within(value, low, high, low_open, high_open, allow_inf):
         wanted = _number_range(low, high, low_open, high_open, allow_inf)
-        raise ValueError(f"{name} must be {wanted}, got {value!r}")
+        raise ValueError(f"{name} must be {wanted}, got {brief(value)}")
 
 
 def check_integer(
@@ -54,20 +58,20 @@ def check_integer(
         or (low is not None and value < low)
         or (high is not None and value > high)
     ):
-        raise ValueError(f"{name} must be {_integer_range(low, high)}, got {value!r}")
+        raise ValueError(f"{name} must be {_integer_range(low, high)}, got {brief(value)}")
 
 
 def check_bool(name: str, value: object) -> None:
     """Reject anything but ``True`` or ``False`` (``0`` and ``1`` included)."""
     if not isinstance(value, bool):
-        raise ValueError(f"{name} must be true or false, got {value!r}")
+        raise ValueError(f"{name} must be true or false, got {brief(value)}")
 
 
 def check_choice(name: str, value: object, options: Sequence[object]) -> None:
     """Reject a value that is not one of ``options`` (compared with ``==``)."""
     if value not in options:
         known = ", ".join(str(option) for option in options)
-        raise ValueError(f"{name} must be one of {known}, got {value!r}")
+        raise ValueError(f"{name} must be one of {known}, got {brief(value)}")
 
 
 def _is_number_within(

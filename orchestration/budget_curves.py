@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from arena.referee import MatchResult
+from orchestration.escaping import markdown_cell
 from orchestration.leaderboard import attack_label
 
 
@@ -93,8 +94,8 @@ def curves_markdown(curves: list[BudgetCurve], fraction: float) -> str:
     for c in sorted(curves, key=lambda c: (c.victim_key, c.defense != "none", c.defense, c.attack)):
         by_budget = dict(zip(c.budgets, c.stolen, strict=True))
         row = [
-            c.defense,
-            c.attack,
+            markdown_cell(c.defense),
+            markdown_cell(c.attack),
             *[f"{by_budget[b]:.4f}" if b in by_budget else "—" for b in budgets],
             str(c.queries_to_x) if c.queries_to_x is not None else f"> {max(c.budgets)}",
             _amplification_cell(c),

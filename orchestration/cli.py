@@ -3,8 +3,9 @@
 victim over HTTP) and ``arena attack --url`` (an attack on it from another process).
 
 User mistakes (bad configs, unknown names, missing datasets) print one line each and exit
-non-zero without a traceback; ``--debug`` shows the traceback. Ray starts only once the config
-has been validated.
+non-zero without a traceback; ``--debug`` shows the traceback. A config file is read (within
+bounds) before torch and the plug-ins are imported, Ray starts only once the config has been
+validated and ``--home`` proven writable.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -35,7 +37,9 @@ if TYPE_CHECKING:
     from ssl import SSLContext
 
     from arena.http_oracle import HttpEndpoint
+    from orchestration.config import TournamentConfig
     from orchestration.tracking import Tracker
+    from orchestration.tune_config import TuneConfig
 
 T = TypeVar("T")
 console = Console(width=None if sys.stdout.isatty() else 200)
@@ -76,11 +80,9 @@ def tournament(
 ) -> None:
     """Play every defense × attack × budget × seed of CONFIG on Ray and log it to MLflow."""
     from arena.errors import ArenaError
-    from orchestration.config import load_config
 
-    config = _validated(load_config, config_path)
-    home = home.expanduser().resolve()
-    os.environ["ARENA_HOME"] = str(home)
+    config = _tournament_config(config_path)
+    home = _writable_home(home)
     # SIGTERM (e.g. from a scheduler) ends the run like Ctrl-C: parent run marked KILLED,
     # victim services stopped, finished matches kept for the rerun
     signal.signal(signal.SIGTERM, _interrupt)
@@ -89,7 +91,7 @@ def tournament(
     except ArenaError as exc:
         if debug:
             raise
-        raise _fail(str(exc)) from None
+        raise _fail(escape(str(exc))) from None
     except KeyboardInterrupt:
         raise _fail(
             "interrupted; rerun the same command to play the remaining matches", 130
@@ -100,17 +102,81 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _validated(loader: Callable[[Path], T], path: Path) -> T:
-    """Load a config; every problem is printed by its dotted path and the exit status is 2."""
+def _read_config(path: Path) -> Any:
+    """A config file's document, read within bounds before anything heavy is imported: a file
+    that cannot be read (missing, a directory, not UTF-8, not YAML, an alias bomb) is one line
+    and exit 2 in a fraction of a second."""
+    from orchestration.yaml_input import UnreadableYaml, read_yaml_file
+
+    try:
+        return read_yaml_file(path)
+    except UnreadableYaml as exc:
+        errors.print(
+            f"[bold red]invalid config[/] {escape(str(exc))}", highlight=False, soft_wrap=True
+        )
+        raise typer.Exit(2) from None
+
+
+def _validated(parse: Callable[[Any, str], T], raw: Any, path: Path) -> T:
+    """Validate a config's document; every problem is printed by its dotted path (one bounded
+    line each, see ``ConfigError``) and the exit status is 2."""
     from orchestration.config import ConfigError
 
     try:
-        return loader(path)
+        return parse(raw, str(path))
     except ConfigError as exc:
-        errors.print(f"[bold red]invalid config[/] {exc.source}:", highlight=False)
+        errors.print(
+            f"[bold red]invalid config[/] {escape(exc.source)}:", highlight=False, soft_wrap=True
+        )
         for where, message in exc.problems:
-            errors.print(f"  {where or '<root>'}: {message}", highlight=False)
+            errors.print(
+                escape(f"  {where or '<root>'}: {message}"), highlight=False, soft_wrap=True
+            )
         raise typer.Exit(2) from None
+
+
+def _tournament_config(path: Path) -> TournamentConfig:
+    raw = _read_config(path)
+    from orchestration.config import parse_config
+
+    return _validated(parse_config, raw, path)
+
+
+def _tune_config(path: Path) -> TuneConfig:
+    raw = _read_config(path)
+    from orchestration.tune_config import parse_tune_config
+
+    return _validated(parse_tune_config, raw, path)
+
+
+def _writable_home(home: Path) -> Path:
+    """``--home`` (ARENA_HOME) made absolute, created if missing and proven writable by a file
+    created and removed in it, then exported for the victim cache; otherwise one line and exit
+    2. Checked before Ray or MLflow start: MLflow's SQLite store would otherwise retry for
+    minutes and fail without naming the directory."""
+    import tempfile
+
+    from arena.errors import one_line
+
+    advice = "set --home or ARENA_HOME to a writable directory"
+    home = Path(os.path.abspath(home.expanduser()))
+    shown = escape(one_line(str(home), 200))
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise _fail(f"ARENA_HOME {shown} exists and is not a directory; {advice}", 2) from None
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        raise _fail(f"ARENA_HOME {shown} cannot be created ({why}); {advice}", 2) from None
+    try:
+        with tempfile.NamedTemporaryFile(prefix=".arena-write-check-", dir=home):
+            pass
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        raise _fail(f"ARENA_HOME {shown} is not writable ({why}); {advice}", 2) from None
+    home = home.resolve()
+    os.environ["ARENA_HOME"] = str(home)
+    return home
 
 
 @app.command()
@@ -124,18 +190,16 @@ def tune(
     """Tune one defense's hyperparameters with Optuna against the worst case of an attack suite;
     the same command resumes an interrupted study."""
     from arena.errors import ArenaError
-    from orchestration.tune_config import load_tune_config
 
-    config = _validated(load_tune_config, config_path)
-    home = home.expanduser().resolve()
-    os.environ["ARENA_HOME"] = str(home)
+    config = _tune_config(config_path)
+    home = _writable_home(home)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         _tune(config, address, tracking_uri, home)
     except ArenaError as exc:
         if debug:
             raise
-        raise _fail(str(exc)) from None
+        raise _fail(escape(str(exc))) from None
     except KeyboardInterrupt:
         raise _fail("interrupted; rerun the same command to finish the study", 130) from None
 
@@ -147,7 +211,9 @@ def _tune(config: object, address: str | None, tracking_uri: str | None, home: P
     from orchestration.tuning import Scores, run_study
 
     assert isinstance(config, TuneConfig)
-    console.print(f"[bold]{config.name}[/]: {config.defense} over {', '.join(config.space())}")
+    console.print(
+        f"[bold]{escape(config.name)}[/]: {config.defense} over {', '.join(config.space())}"
+    )
     tracker, uri = _tracker(home, tracking_uri, config.tracking.experiment)
 
     def on_trial(label: str, params: dict[str, object], scores: Scores | None) -> None:
@@ -176,11 +242,14 @@ def _tune(config: object, address: str | None, tracking_uri: str | None, home: P
     for default in view.defaults:
         beaten = dominated_by_frontier(view, default)
         verdict = f"dominated by {beaten.label}" if beaten else "not dominated by the frontier"
-        console.print(f"literature default {default.params}: {verdict}", highlight=False)
+        console.print(
+            f"literature default {default.params}: {verdict}", markup=False, highlight=False
+        )
     console.print(
         f"frontier plot: {outcome.artifacts['png']} and {outcome.artifacts['html']}\n"
         f"MLflow parent run {outcome.parent_run_id}: mlflow ui --backend-store-uri {uri}\n"
-        f"Optuna dashboard: optuna-dashboard {_dashboard_target(config, home)}"
+        f"Optuna dashboard: optuna-dashboard {_dashboard_target(config, home)}",
+        markup=False,
     )
 
 
@@ -232,7 +301,9 @@ def frontier(
         target = (storage[i] if len(storage) > 1 else storage[0]) if storage else None
         where = target or str(home / "optuna" / f"{name}.journal")
         if "://" not in where and not Path(where).is_file():
-            raise _fail(f"no study storage at {where}; run `arena tune` first or pass --storage", 2)
+            raise _fail(
+                escape(f"no study storage at {where}; run `arena tune` first or pass --storage"), 2
+            )
         backend = (
             where
             if "://" in where
@@ -241,7 +312,7 @@ def frontier(
         try:
             views.append(study_view(optuna.load_study(study_name=name, storage=backend)))
         except KeyError:
-            raise _fail(f"no study named {name!r} in {where}", 2) from None
+            raise _fail(escape(f"no study named {name!r} in {where}"), 2) from None
     out.mkdir(parents=True, exist_ok=True)
     png = plot_png(views, out / "frontiers.png", floor)
     html = plot_html(views, out / "frontiers.html")
@@ -250,6 +321,7 @@ def frontier(
         console.print(
             f"{view.name}: {len(view.points)} trials, {len(view.frontier)} on the frontier, "
             f"best feasible protection {best:.4f}",
+            markup=False,
             highlight=False,
         )
     winner = best_at_floor(views, floor)
@@ -260,9 +332,10 @@ def frontier(
         console.print(
             f"best protection within {floor} utility of the undefended victim: {name} "
             f"{point.params} (utility {point.utility:.4f}, protection {point.protection:.4f})",
+            markup=False,
             highlight=False,
         )
-    console.print(f"overlay: {png} and {html}")
+    console.print(f"overlay: {png} and {html}", markup=False)
 
 
 def _tracker(home: Path, tracking_uri: str | None, experiment: str) -> tuple[Tracker, str]:
@@ -277,8 +350,6 @@ def _tracker(home: Path, tracking_uri: str | None, experiment: str) -> tuple[Tra
 
 
 def _run(config: object, address: str | None, tracking_uri: str | None, home: Path) -> None:
-    from rich.markup import escape
-
     from arena.referee import MatchResult
     from arena.specs import MatchSpec
     from arena.victims import default_victim_cache
@@ -288,7 +359,7 @@ def _run(config: object, address: str | None, tracking_uri: str | None, home: Pa
 
     assert isinstance(config, TournamentConfig)
     tracker, uri = _tracker(home, tracking_uri, config.tracking.experiment)
-    console.print(f"[bold]{config.name}[/]: tracking at {uri}")
+    console.print(f"[bold]{escape(config.name)}[/]: tracking at {escape(uri)}")
 
     progress = Progress(
         TextColumn("[bold]matches"),
@@ -336,7 +407,7 @@ def _run(config: object, address: str | None, tracking_uri: str | None, home: Pa
         how = "cache" if info.from_cache else f"trained in {info.train_seconds:.0f}s"
         name = f"{info.spec.dataset}/{info.spec.arch}"
         console.print(f"victim {name}: test accuracy {info.test_accuracy:.4f} ({how})")
-    console.print(rich_table(outcome.leaderboard, f"Leaderboard — {config.name}"))
+    console.print(rich_table(outcome.leaderboard, f"Leaderboard — {escape(config.name)}"))
     if outcome.curves:
         from orchestration.budget_curves import curves_markdown
 
@@ -349,7 +420,8 @@ def _run(config: object, address: str | None, tracking_uri: str | None, home: Pa
     )
     console.print(
         f"MLflow parent run {outcome.parent_run_id}; open the UI with:\n"
-        f"  mlflow ui --backend-store-uri {uri}"
+        f"  mlflow ui --backend-store-uri {uri}",
+        markup=False,
     )
     if outcome.failures:
         raise _fail(f"{len(outcome.failures)} match(es) failed; rerun to retry them")
@@ -391,11 +463,10 @@ def serve(
     attacker (several tokens of one attacker share its budget). Budgets, replayable query ids
     and the audit log live in a ledger file under --home, so a restarted server carries on where
     it stopped. Runs until Ctrl-C."""
+    config = _tournament_config(config_path)
     from arena.errors import ArenaError
-    from orchestration.config import load_config
     from orchestration.endpoint import load_tokens
 
-    config = _validated(load_config, config_path)
     try:
         table = load_tokens(tokens)
     except ArenaError as exc:
@@ -418,8 +489,7 @@ def serve(
             tls.load_cert_chain(certfile, keyfile)
         except (OSError, ssl.SSLError) as exc:
             raise _fail(f"cannot use --certfile/--keyfile: {exc.strerror or exc}", 2) from None
-    home = home.expanduser().resolve()
-    os.environ["ARENA_HOME"] = str(home)
+    home = _writable_home(home)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         _serve(config, victim, defense, table, host, port, ServeOptions(home, token_rate, tls))
@@ -545,8 +615,7 @@ def attack(
         raise _fail(escape(f"--options is not JSON: {options!r}"), 2) from None
     if not isinstance(params, dict):
         raise _fail("--options must be a JSON object of hyperparameters", 2)
-    home = home.expanduser().resolve()
-    os.environ["ARENA_HOME"] = str(home)
+    _writable_home(home)
     try:  # everything before the first query: a mistake here is bad input, exit 2
         endpoint = HttpEndpoint(url, token, ca_file=None if ca_file is None else str(ca_file))
         steal = _attack(endpoint, attack_name, dataset, params, pool, substitute_arch, seed)
@@ -660,10 +729,14 @@ def main() -> None:
     except Exception as exc:  # last resort: unexpected errors get one line unless --debug
         if debug:
             raise
+        from arena.errors import one_line
+
+        first = (str(exc).strip().splitlines() or [""])[0]
         errors.print(
-            f"[bold red]error:[/] {type(exc).__name__}: {exc} "
+            f"[bold red]error:[/] {escape(one_line(f'{type(exc).__name__}: {first}', 500))} "
             "(rerun with --debug for the traceback)",
             highlight=False,
+            soft_wrap=True,
         )
         sys.exit(1)
 

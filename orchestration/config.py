@@ -1,17 +1,19 @@
 """Tournament configs: YAML validated into typed models before anything starts.
 
 Every problem is reported at once, each by its dotted path (``defenses.2.params.beta: ...``), and
-nothing (Ray, MLflow, caches) is touched until the config is valid.
+nothing (Ray, MLflow, caches) is touched until the config is valid. A hostile config gets as few
+lines as a careless one: the file is read within bounds (:mod:`orchestration.yaml_input`) and
+every problem :class:`ConfigError` lists is one short line.
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -27,24 +29,73 @@ import agents  # noqa: F401  (registers the built-in attacks)
 from arena.attacker import ATTACKS, Attacker
 from arena.data import DATASETS, NUM_CLASSES
 from arena.defenses import DEFENSES, Defense
-from arena.errors import ArenaError
+from arena.errors import ArenaError, brief, first_unprintable, one_line
 from arena.models import ARCHITECTURES
 from arena.registry import Registry, build_plugin, canonical_params
 from arena.removal import REMOVALS
 from arena.specs import MatchSpec, PluginSpec, PoolName, VictimSpec
 from orchestration.suites import expand_suites
+from orchestration.yaml_input import PATH_LIMIT, UnreadableYaml, read_yaml_file
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
+MAX_PROBLEMS = 20
+"""problems a ConfigError lists (the rest are counted): a config of a thousand bad budgets
+gets a screenful, not a thousand lines"""
+MESSAGE_LIMIT = 400
+"""characters of one problem's message (values in it are quoted by ``arena.errors.brief``;
+this bounds what plug-ins write)"""
+WHERE_LIMIT = 120
+"""characters of one problem's dotted path (a mapping key in it may be the hostile value)"""
+
+
 class ConfigError(ArenaError):
-    """A config that cannot run; ``problems`` lists ``(dotted path, message)`` pairs."""
+    """A config that cannot run; ``problems`` lists ``(dotted path, message)`` pairs, each one
+    bounded printable line, at most :data:`MAX_PROBLEMS` of them (then a count of the rest)."""
 
     def __init__(self, source: str, problems: list[tuple[str, str]]) -> None:
-        self.source = source
-        self.problems = problems
-        lines = "\n".join(f"  {path or '<root>'}: {msg}" for path, msg in problems)
-        super().__init__(f"{source}: {len(problems)} problem(s)\n{lines}")
+        self.source = one_line(source, PATH_LIMIT)
+        self.problems = [
+            (one_line(where, WHERE_LIMIT), one_line(message, MESSAGE_LIMIT))
+            for where, message in problems[:MAX_PROBLEMS]
+        ]
+        if len(problems) > MAX_PROBLEMS:
+            self.problems.append(("…", f"{len(problems) - MAX_PROBLEMS} more problem(s)"))
+        lines = "\n".join(f"  {path or '<root>'}: {msg}" for path, msg in self.problems)
+        super().__init__(f"{self.source}: {len(problems)} problem(s)\n{lines}")
+
+
+NAME_BYTES = 200
+"""longest name or label, in UTF-8 bytes (a study's name plus ``.journal`` is a file name)"""
+
+
+def _label(value: str) -> str:
+    """Names and labels reach MLflow tags, terminals and HTML: printable, bounded."""
+    if (at := first_unprintable(value)) is not None:
+        raise ValueError(
+            f"must not contain control characters; found {brief(value[at])} at position {at}"
+        )
+    if (size := len(value.encode())) > NAME_BYTES:
+        raise ValueError(f"is {size:,} bytes long in UTF-8; at most {NAME_BYTES}")
+    return value
+
+
+def _file_name(value: str) -> str:
+    """A tournament's or study's name also names files under ARENA_HOME (a study's journal,
+    its frontier plots): a label that is a single path component."""
+    _label(value)
+    if "/" in value or "\\" in value:
+        raise ValueError("must not contain '/' or '\\' (the name is used as a file name)")
+    if not value.strip("."):
+        raise ValueError(f"{value!r} cannot name a file")
+    return value
+
+
+Label = Annotated[str, Field(min_length=1), AfterValidator(_label)]
+"""a printable single-line text of at most :data:`NAME_BYTES` bytes"""
+Name = Annotated[str, Field(min_length=1), AfterValidator(_file_name)]
+"""a :data:`Label` usable as a file name"""
 
 
 class _Strict(BaseModel):
@@ -106,13 +157,13 @@ class RaySettings(_Strict):
 class TrackingSettings(_Strict):
     """Where results go."""
 
-    experiment: str = Field(default="model-stealing-arena", min_length=1)
+    experiment: Label = "model-stealing-arena"
 
 
 class TournamentConfig(_Strict):
     """Victims × defense chains × attacks × budgets × seeds, all played as matches."""
 
-    name: str = Field(min_length=1)
+    name: Name
     victims: list[VictimSpec] = Field(min_length=1)
     defenses: list[list[PluginSpec]] = Field(min_length=1)
     """each entry is one defense chain; a single defense may be written without the list"""
@@ -228,7 +279,7 @@ def victim_problems(victim: VictimSpec, path: str) -> list[tuple[str, str]]:
         if name not in registry:
             known = ", ".join(registry.names())
             problems.append(
-                (f"{path}.{field}", f"unknown {registry.kind} {name!r}; known: {known}")
+                (f"{path}.{field}", f"unknown {registry.kind} {brief(name)}; known: {known}")
             )
     if not math.isfinite(victim.lr):
         problems.append((f"{path}.lr", f"must be finite, got {victim.lr}"))
@@ -290,7 +341,10 @@ def _semantic_problems(config: TournamentConfig) -> list[tuple[str, str]]:
     if config.substitute_arch is not None and config.substitute_arch not in ARCHITECTURES:
         known = ", ".join(ARCHITECTURES.names())
         problems.append(
-            ("substitute_arch", f"unknown architecture {config.substitute_arch!r}; known: {known}")
+            (
+                "substitute_arch",
+                f"unknown architecture {brief(config.substitute_arch)}; known: {known}",
+            )
         )
     for i, chain in enumerate(config.defenses):
         if not chain:
@@ -358,13 +412,12 @@ def load_config(path: Path) -> TournamentConfig:
 
 
 def read_yaml(path: Path) -> Any:
-    """A YAML file's document; a missing file or bad YAML is a ConfigError."""
-    if not path.is_file():
-        raise ConfigError(str(path), [("", "file not found")])
+    """A config file's document (read within bounds); a file that cannot be read is a
+    ConfigError with one problem saying why."""
     try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(str(path), [("", f"not valid YAML: {exc}")]) from None
+        return read_yaml_file(path)
+    except UnreadableYaml as exc:
+        raise ConfigError(str(path), [("", exc.reason)]) from None
 
 
 def validate_model(model: type[ModelT], raw: Any, source: str) -> ModelT:

@@ -49,7 +49,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, ValidationError
 
 from arena import wire
@@ -57,6 +56,7 @@ from arena.errors import ArenaError
 from arena.oracle import AccountStatus, Answer, OracleEndpoint, Rejection
 from orchestration.http_server import HttpError, HttpServer, Limits, RequestHead, Response
 from orchestration.openapi import openapi_document
+from orchestration.yaml_input import UnreadableYaml, read_yaml_file
 
 BODY_SLACK = 64
 """bytes allowed over ``max_batch`` inputs before a body is refused with 413 (none are needed
@@ -129,11 +129,9 @@ class TokenTable:
 def load_tokens(path: Path) -> TokenTable:
     """Read and check a tokens file; every problem is a one-line :class:`TokenFileError`."""
     try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise TokenFileError(f"tokens file not found: {path}") from None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise TokenFileError(f"cannot read tokens file {path}: {type(exc).__name__}") from None
+        raw = read_yaml_file(path)
+    except UnreadableYaml as exc:
+        raise TokenFileError(f"tokens file {exc}") from None
     try:
         parsed = TokensFile.model_validate(raw)
     except ValidationError as exc:

@@ -19,6 +19,8 @@ import optuna
 import plotly.graph_objects as go
 from optuna.trial import TrialState
 
+from orchestration.escaping import html_text, markdown_cell, plot_text
+
 DEFAULTS_ATTR = "literature_defaults"
 SCORES_ATTR = "scores"
 
@@ -137,10 +139,9 @@ def frontier_table(view: StudyView) -> str:
         if point in view.defaults:
             beaten = dominated_by_frontier(view, point)
             on = f"default, dominated by {beaten.label}" if beaten else "default, not dominated"
-        lines.append(
-            f"| {point.label} | {_short(point.params)} | {point.utility:.4f} | "
-            f"{point.protection:.4f} | {point.strongest_attack} | {on} |"
-        )
+        cells = [point.label, _short(point.params), f"{point.utility:.4f}"]
+        cells += [f"{point.protection:.4f}", point.strongest_attack, on]
+        lines.append("| " + " | ".join(map(markdown_cell, cells)) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -198,7 +199,7 @@ def _draw(axes: Any, view: StudyView, colour: str, floor: float | None) -> None:
         [p.protection for p in view.frontier],
         marker="o",
         color=colour,
-        label=f"{view.name} frontier",
+        label=plot_text(f"{view.name} frontier"),
     )
     for d in view.defaults:
         axes.scatter(
@@ -211,7 +212,7 @@ def _draw(axes: Any, view: StudyView, colour: str, floor: float | None) -> None:
             zorder=5,
         )
         axes.annotate(
-            _short(d.params),
+            plot_text(_short(d.params)),
             (d.utility, d.protection),
             fontsize=7,
             xytext=(4, 4),
@@ -226,13 +227,13 @@ def plot_html(views: Sequence[StudyView], path: Path) -> Path:
     for view in views:
         for name, points, style in (
             (
-                f"{view.name}: trials",
+                f"{html_text(view.name)}: trials",
                 view.points,
                 {"mode": "markers", "marker": {"size": 7, "opacity": 0.5}},
             ),
-            (f"{view.name}: frontier", view.frontier, {"mode": "lines+markers"}),
+            (f"{html_text(view.name)}: frontier", view.frontier, {"mode": "lines+markers"}),
             (
-                f"{view.name}: literature defaults",
+                f"{html_text(view.name)}: literature defaults",
                 view.defaults,
                 {"mode": "markers", "marker": {"symbol": "star", "size": 14}},
             ),
@@ -243,7 +244,8 @@ def plot_html(views: Sequence[StudyView], path: Path) -> Path:
                     y=[p.protection for p in points],
                     name=name,
                     text=[
-                        f"{p.label}: {json.dumps(p.params)}<br>strongest: {p.strongest_attack}"
+                        f"{html_text(p.label)}: {html_text(json.dumps(p.params))}<br>"
+                        f"strongest: {html_text(p.strongest_attack)}"
                         f"{'' if p.feasible else ' (below the utility floor)'}"
                         for p in points
                     ],

@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from arena.referee import MatchResult
+from orchestration.escaping import markdown_cell, plot_text
 
 
 @dataclass(frozen=True)
@@ -211,7 +212,7 @@ def markdown_table(rows: list[LeaderboardRow]) -> str:
     """The leaderboard as Markdown (logged to MLflow and pasted into docs)."""
     header, cells = _grid(rows, with_victim=True)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(line) + " |" for line in cells]
+    lines += ["| " + " | ".join(map(markdown_cell, line)) + " |" for line in cells]
     return "\n".join(lines) + "\n"
 
 
@@ -230,7 +231,7 @@ def protection_utility_plot(rows: list[LeaderboardRow], path: Path, title: str) 
     for row in rows:
         ax.scatter(row.utility, row.protection, s=60)
         ax.annotate(
-            row.defense,
+            plot_text(row.defense),
             (row.utility, row.protection),
             textcoords="offset points",
             xytext=(6, 4),
@@ -238,7 +239,7 @@ def protection_utility_plot(rows: list[LeaderboardRow], path: Path, title: str) 
         )
     ax.set_xlabel("utility (defended test accuracy)")
     ax.set_ylabel("protection (1 − strongest stolen accuracy)")
-    ax.set_title(title)
+    ax.set_title(plot_text(title))
     ax.grid(alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

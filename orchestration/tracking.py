@@ -179,14 +179,9 @@ class Tracker:
         start one; the config goes with it as an artifact."""
         name_tag = TOURNAMENT_TAG if kind == "tournament" else f"arena.{kind}"
         self.reap_orphans()
-        runs = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.`{name_tag}` = '{name}' and tags.`{KIND_TAG}` = '{kind}'",
-            order_by=["attributes.start_time DESC"],
-            max_results=1,
-        )
-        if runs:
-            run_id: str = runs[0].info.run_id
+        found = self._latest_parent(kind, name_tag, name)
+        if found is not None:
+            run_id: str = found
             self.client.update_run(run_id, status="RUNNING")
             self.client.set_tag(run_id, DRIVER_TAG, driver_identity())
         else:
@@ -197,6 +192,27 @@ class Tracker:
             self.client.set_tag(run_id, TRUST_TAG, TRUSTED_IN_CLUSTER)
         self.client.log_dict(run_id, dict(config), f"{kind}_config.json")
         return run_id
+
+    def _latest_parent(self, kind: str, name_tag: str, name: str) -> str | None:
+        """The id of the latest parent run of this kind whose ``name_tag`` is ``name``. Names are
+        compared here, not in the search filter: MLflow's filter grammar has no escape for a
+        quote inside a string literal (it strips the outer quotes and keeps the rest as written),
+        so a name such as ``o'brien "smoke"`` cannot be written in a filter at all (H6)."""
+        token = None
+        while True:
+            page = self.client.search_runs(
+                [self.experiment_id],
+                filter_string=f"tags.`{KIND_TAG}` = '{kind}'",  # kind: a word of the code
+                order_by=["attributes.start_time DESC"],
+                max_results=1000,
+                page_token=token,
+            )
+            for run in page:
+                if run.data.tags.get(name_tag) == name:
+                    return str(run.info.run_id)
+            token = page.token
+            if not token:
+                return None
 
     def reap_orphans(self) -> list[str]:
         """Mark KILLED every run of this experiment (parent or child) left RUNNING by a driver on

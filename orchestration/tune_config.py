@@ -12,11 +12,12 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt
 import agents  # noqa: F401  (registers the built-in attacks)
 from arena.attacker import ATTACKS
 from arena.defenses import DEFENSES, Choice, FloatRange, IntRange, ParamSpace
-from arena.errors import ArenaError
+from arena.errors import ArenaError, brief
 from arena.registry import build_plugin
 from arena.specs import MatchSpec, PluginSpec, VictimSpec
 from orchestration.config import (
     ConfigError,
+    Name,
     RaySettings,
     TrackingSettings,
     attack_entries,
@@ -48,7 +49,7 @@ class RangeOverride(_Strict):
 class TuneConfig(_Strict):
     """A multi-objective study over one defense's hyperparameters against an attack suite."""
 
-    name: str = Field(min_length=1)
+    name: Name
     """the study's name (in the Optuna storage and the MLflow parent run)"""
     victim: VictimSpec
     defense: str = Field(min_length=1)
@@ -126,7 +127,7 @@ def _range_problems(config: TuneConfig) -> list[tuple[str, str]]:
         if name not in declared:
             known = ", ".join(declared) or "none"
             problems.append(
-                (path, f"{config.defense!r} declares no tunable {name!r}; it has: {known}")
+                (path, f"{config.defense!r} declares no tunable {brief(name)}; it has: {known}")
             )
             continue
         kind = declared[name]
@@ -165,7 +166,7 @@ def _range_problems(config: TuneConfig) -> list[tuple[str, str]]:
             try:
                 build_plugin(DEFENSES, config.defense, {**config.fixed, name: value})
             except ArenaError as exc:
-                problems.append((f"search_space.{name}", f"value {value!r} is invalid: {exc}"))
+                problems.append((f"search_space.{name}", f"value {brief(value)} is invalid: {exc}"))
     return problems
 
 
@@ -179,8 +180,8 @@ def _storage_problems(storage: str | None) -> list[tuple[str, str]]:
             return [
                 (
                     "storage",
-                    f"unsupported storage URL scheme {scheme!r}: use a journal file path or an "
-                    f"RDB URL ({', '.join(s + '://' for s in STORAGE_SCHEMES)})",
+                    f"unsupported storage URL scheme {brief(scheme)}: use a journal file path or "
+                    f"an RDB URL ({', '.join(s + '://' for s in STORAGE_SCHEMES)})",
                 )
             ]
         if base == "sqlite" and not storage.startswith("sqlite:///"):

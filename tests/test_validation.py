@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from arena.errors import brief
 from arena.validation import check_bool, check_choice, check_integer, check_number
 
 NOT_NUMBERS = [True, False, None, "0.5", [0.5], np.int64(1), np.float32(0.5), 10**400]
@@ -47,7 +48,8 @@ def test_check_number_bounds_and_their_ends(
     for value in [*outside, math.nan, *NOT_NUMBERS]:
         with pytest.raises(ValueError, match=says) as info:
             check_number("x", value, **bounds)
-        assert str(info.value).endswith(f"got {value!r}") and "\n" not in str(info.value)
+        assert str(info.value).endswith(f"got {brief(value)}") and "\n" not in str(info.value)
+        assert len(brief(value)) <= 60  # 10**400 is quoted by a prefix, not 401 digits
 
 
 def test_allow_inf_still_refuses_nan() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -112,16 +113,17 @@ def test_C3_unknown_command_and_missing_argument_exit_2() -> None:
 def test_C3_unexpected_error_is_one_line_without_debug_and_a_traceback_with_it(
     tmp_path: Path,
 ) -> None:
-    """An error nobody anticipated (here: --home below a regular file, so the tracking store
-    cannot be created) prints one line and exits 1; ``--debug`` shows the traceback."""
-    blocker = tmp_path / "a_file"
-    blocker.write_text("")
-    args = ("tournament", "configs/digits_smoke.yaml", "--home", str(blocker / "home"))
+    """An error nobody anticipated (here: the tracking store under --home is not an SQLite
+    database) prints one line and exits 1; ``--debug`` shows the traceback."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "mlflow.db").write_text("not a database\n")
+    args = ("tournament", "configs/digits_smoke.yaml", "--home", str(home))
     quiet, _, _ = run_probed(*args)
     assert quiet.returncode == 1, quiet.stderr
     assert "Traceback" not in quiet.stderr + quiet.stdout
-    errors = [line for line in quiet.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "--debug" in errors[0], quiet.stderr
+    shown = [line for line in quiet.stderr.splitlines() if not line.startswith("PROBE")]
+    assert len(shown) == 1 and shown[0].startswith("error:") and "--debug" in shown[0], shown
     loud, _, _ = run_probed(*args, "--debug")
     assert loud.returncode != 0 and "Traceback" in loud.stderr
 
@@ -252,3 +254,194 @@ def test_sigterm_mid_tournament_loses_nothing_and_rerun_completes(tmp_path: Path
     assert len(keys) == len(set(keys)) == 16
     parent = [r for r in runs if r.data.tags.get("arena.kind") == "tournament"]
     assert [p.info.status for p in parent] == ["FINISHED"]
+
+
+# ---- H5: hostile config files -----------------------------------------------------------------
+
+
+# The CLI as `python -m orchestration` runs it, writing its peak memory (VmHWM: the process's own,
+# unlike ru_maxrss, which a forked child inherits from the pytest process) to argv[1] at exit.
+MEASURE = """
+import atexit, sys
+peak_file = sys.argv.pop(1)
+def record():
+    status = open("/proc/self/status").read().splitlines()
+    peak = next(line.split()[1] for line in status if line.startswith("VmHWM:"))
+    open(peak_file, "w").write(peak)
+atexit.register(record)
+sys.argv = ["arena", *sys.argv[1:]]
+from orchestration.cli import main
+main()
+"""
+
+
+def run_measured(
+    *args: str, work: Path, home: Path, light: bool = True
+) -> tuple[int, str, str, float, int]:
+    """Run the CLI; return exit code, stdout, stderr, wall seconds and peak RSS in KiB. A
+    ``light`` run (one that must stop before torch is imported) is capped at 1 GiB of address
+    space: a bomb that went off fails it instead of taking the machine."""
+    env = dict(os.environ, ARENA_HOME=str(home), PYTHONPATH=str(REPO))
+    env.pop("RAY_ADDRESS", None)
+
+    def cap_memory() -> None:
+        if light:
+            resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+
+    peak = work / "peak_kib.txt"
+    start = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, "-c", MEASURE, str(peak), *args],
+        capture_output=True, text=True, cwd=REPO, env=env, timeout=120, preexec_fn=cap_memory,
+    )  # fmt: skip
+    seconds = time.perf_counter() - start
+    kib = int(peak.read_text())
+    peak.unlink()
+    return result.returncode, result.stdout, result.stderr, seconds, kib
+
+
+def _alias_bomb() -> str:
+    """The classic billion laughs in a plug-in parameter: 9 levels of 9 aliases, 9**9 (387
+    million) values written in under 500 bytes."""
+    value = "&a [" + ",".join(["lol"] * 9) + "]"
+    for previous, anchor in zip("abcdefgh", "bcdefghi", strict=True):
+        value = f"&{anchor} [{value}, " + ",".join([f"*{previous}"] * 8) + "]"
+    return (
+        "name: bomb\n"
+        "victims: [{dataset: digits, arch: mlp}]\n"
+        f"defenses: [[{{name: reverse_sigmoid, params: {{beta: {value}}}}}]]\n"
+        "attacks: [knockoff]\n"
+        "budgets: [100]\n"
+    )
+
+
+def _write(path: Path, content: str | bytes | None) -> None:
+    if content is None:
+        path.mkdir()
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+
+
+SMOKE_TEXT = (REPO / "configs" / "digits_smoke.yaml").read_text()
+HOSTILE: dict[str, tuple[str | bytes | None, str]] = {
+    # case: (file content, None for a directory; what the one line says)
+    "alias_bomb_in_plugin_params": (_alias_bomb(), "more than 50,000 values"),
+    "self_referencing_alias": ("name: &a [*a]\n", "is used inside itself"),
+    "huge_scalar": (SMOKE_TEXT + f"substitute_arch: {'x' * 100_000}\n", "100,000 characters"),
+    "huge_number": (SMOKE_TEXT.replace("[100, 300]", f"[1{'0' * 5000}]"), "5,001 characters"),
+    "too_big": (SMOKE_TEXT + "#" * (2 << 20) + "\n", "bytes (1 MiB)"),
+    "deeper_than_50": ("name: " + "[" * 60 + "]" * 60 + "\n", "nested more than 50 levels"),
+    "far_too_deep": ("name: " + "[" * 100_000 + "]" * 100_000 + "\n", "nest"),
+    "not_utf8": ("name: caf\u00e9\n".encode("latin-1"), "not UTF-8"),
+    "directory": (None, "is a directory"),
+    "not_yaml": ("name: [unclosed\n", "not valid YAML"),
+}
+HOSTILE_COMMANDS = {
+    "tournament": ["tournament"],
+    "tune": ["tune"],
+    "serve": ["serve", "--tokens", "tokens.yaml"],
+}
+
+
+@pytest.mark.parametrize("command", sorted(HOSTILE_COMMANDS))
+def test_H5_hostile_config_files_exit_2_fast_with_one_bounded_line(
+    tmp_path: Path, command: str
+) -> None:
+    """Alias bombs (in a plug-in parameter), huge scalars, a file above 1 MiB, deep nesting,
+    non-UTF-8 bytes, a directory, bad YAML and a missing file: each is one line naming the file,
+    exit 2, in well under a second past interpreter start-up, without the bomb going off and
+    before torch or the plug-ins are imported."""
+    cases = {**HOSTILE, "missing": (b"", "file not found")}
+    figures = []
+    for case, (content, says) in cases.items():
+        work = tmp_path / case
+        work.mkdir()
+        config = work / f"{case}.yaml"
+        if case != "missing":
+            _write(config, content)
+        home = work / "home"
+        name, *flags = HOSTILE_COMMANDS[command]
+        code, out, err, seconds, rss_kib = run_measured(
+            name, str(config), *flags, work=work, home=home
+        )
+        lines = err.strip().splitlines()
+        assert code == 2, (case, err)
+        assert len(lines) == 1 and str(config) in lines[0] and says in lines[0], (case, err)
+        assert out == "" and len(err) < 2000 and "Traceback" not in err, case
+        assert seconds < 5, (case, seconds)
+        assert rss_kib < 200 * 1024, (case, rss_kib)  # torch alone takes ~1 GB here
+        assert not home.exists(), case
+        figures.append(f"{case} {seconds:.2f} s {len(err)} B {rss_kib // 1024} MiB")
+    print(f"H5 {command}: " + "; ".join(figures))
+
+
+def test_H5_alias_bomb_in_plugin_params_exits_2_fast(tmp_path: Path) -> None:
+    """The row's own example, reported as measured: the bomb in a defense's parameter."""
+    config = tmp_path / "bomb.yaml"
+    config.write_text(_alias_bomb())
+    assert len(config.read_bytes()) < 500
+    code, out, err, seconds, rss_kib = run_measured(
+        "tournament", str(config), work=tmp_path, home=tmp_path / "home"
+    )
+    assert code == 2 and "more than 50,000 values" in err and len(err) < 2000, err
+    assert out == "" and seconds < 5 and rss_kib < 200 * 1024
+    print(f"H5 alias bomb: exit {code} in {seconds:.2f} s, {len(err)} B of stderr, {rss_kib} KiB")
+
+
+# ---- H6: names that reach MLflow filters, file names and HTML ----------------------------------
+
+
+def test_H6_name_with_a_slash_is_refused_at_validation(
+    tmp_path: Path, smoke_config_dict: dict[str, Any]
+) -> None:
+    smoke_config_dict["name"] = "../../etc/o'brien"
+    config = tmp_path / "slash.yaml"
+    config.write_text(yaml.safe_dump(smoke_config_dict))
+    result = run_arena("tournament", str(config), home=tmp_path / "home")
+    assert result.returncode == 2, result.stderr
+    listed = [line.strip() for line in result.stderr.splitlines() if line.startswith("  ")]
+    assert listed == [
+        "name: Value error, must not contain '/' or '\\' (the name is used as a file name)"
+    ]
+    assert not (tmp_path / "home").exists()
+
+
+# ---- H7: an ARENA_HOME that cannot be written --------------------------------------------------
+
+HOME_CHECK_SECONDS = 20.0
+"""the check itself takes milliseconds; validating a config imports torch and every plug-in
+(4-9 s on this shared 2-core machine); the MLflow retries it replaces took ~100 s"""
+
+
+@pytest.mark.parametrize(
+    ("command", "home", "says"),
+    [
+        ("tournament", "afile/home", "cannot be created (Not a directory)"),
+        ("tournament", "/sys", "is not writable (Permission denied)"),
+        ("serve", "afile/home", "cannot be created (Not a directory)"),
+    ],
+)
+def test_H7_unwritable_home_exits_2_naming_ARENA_HOME(
+    tmp_path: Path, command: str, home: str, says: str
+) -> None:
+    """A home below a regular file cannot be created; /sys cannot be written even by root (tests
+    run as root, where a chmod'ed directory stays writable)."""
+    (tmp_path / "afile").write_text("a file, not a directory\n")
+    target = tmp_path / home
+    tokens = tmp_path / "tokens.yaml"
+    tokens.write_text(f"attackers:\n  - {{id: eve, budget: 5, tokens: [{'t' * 20}]}}\n")
+    flags = ["--tokens", str(tokens)] if command == "serve" else []
+    smoke = str(REPO / "configs" / "digits_smoke.yaml")
+    code, out, err, seconds, _ = run_measured(
+        command, smoke, *flags, work=tmp_path, home=target, light=False
+    )
+    lines = err.strip().splitlines()
+    assert code == 2, err
+    assert len(lines) == 1 and f"ARENA_HOME {target} {says}" in lines[0], err
+    assert "set --home or ARENA_HOME to a writable directory" in lines[0]
+    assert "Traceback" not in err and "serving" not in out
+    assert seconds < HOME_CHECK_SECONDS, seconds
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "tokens.yaml"]
+    print(f"H7 {command} {home}: exit 2 in {seconds:.1f} s: {lines[0]}")

@@ -269,3 +269,84 @@ def test_C2_tune_config_fuzz_raises_only_config_errors(key: str, value: Any) -> 
         config = parse_tune_config(raw)
         config.space()
         config.specs_for({})
+
+
+# ---- H5/H6: hostile values and names ----------------------------------------------------------
+
+BAD_NAMES = {
+    "slash": "runs/o'brien",
+    "backslash": "runs\\o'brien",
+    "newline": "o'brien\nsmoke",
+    "nul": "o'brien\x00",
+    "terminal escape": "o'brien\x1b[31m",
+    "bidi override": "o'brien\u202e",
+    "dot-dot": "..",
+    "too long": "n" * 201,
+}
+
+
+@pytest.mark.parametrize("name", BAD_NAMES.values(), ids=BAD_NAMES.keys())
+def test_H6_names_with_separators_or_control_characters_are_refused(
+    smoke_config_dict: dict[str, Any], name: str
+) -> None:
+    """Tournament and study names become MLflow tags, journal file names and HTML titles."""
+    smoke_config_dict["name"] = name
+    message = _problems(smoke_config_dict)["name"]
+    assert "\n" not in message and "\x00" not in message and "\x1b" not in message
+    study = yaml.safe_load(TUNE_SMOKE.read_text())
+    with pytest.raises(ConfigError) as info:
+        parse_tune_config({**study, "name": name})
+    assert "name" in dict(info.value.problems)
+
+
+def test_H6_quotes_brackets_and_markup_in_names_are_accepted(
+    smoke_config_dict: dict[str, Any],
+) -> None:
+    name = 'o\'brien "smoke" [bold] <b>&amp; $x$ | 100%'
+    smoke_config_dict["name"] = name
+    assert parse_config(smoke_config_dict).name == name
+    smoke_config_dict["tracking"]["experiment"] = "team/o'brien"  # MLflow names may be paths
+    assert parse_config(smoke_config_dict).tracking.experiment == "team/o'brien"
+    smoke_config_dict["tracking"]["experiment"] = "o'brien\r"
+    assert "tracking.experiment" in _problems(smoke_config_dict)
+
+
+def test_H5_problems_are_bounded_and_quote_short_prefixes(
+    smoke_config_dict: dict[str, Any],
+) -> None:
+    """A thousand bad budgets give 20 problems and a count; a huge value is quoted by a prefix."""
+    smoke_config_dict["budgets"] = [-1] * 1000
+    problems = _problems(smoke_config_dict)
+    assert len(problems) == 21 and problems["…"] == "980 more problem(s)"
+    smoke_config_dict["budgets"] = [100]
+    smoke_config_dict["attacks"][0]["params"] = {"epochs": [list(range(1000))] * 1000}
+    smoke_config_dict["victims"][0]["arch"] = "x" * 100_000
+    problems = _problems(smoke_config_dict)
+    assert all(len(message) <= 400 for message in problems.values())
+    quoted = problems["victims.0.arch"].split("unknown architecture ")[1].split(";")[0]
+    assert len(quoted) <= 60 and "..." in quoted
+    smoke_config_dict["victims"][0]["arch"] = "mlp"
+    epochs = _problems(smoke_config_dict)["attacks.0.params"]
+    assert "epochs must be an integer >= 1, got [[0, 1, 2, 3, 4, 5, ...]" in epochs
+    assert len(epochs) < 200
+
+
+def test_H5_anchors_and_aliases_within_the_budget_still_load(tmp_path: Path) -> None:
+    text = (REPO / "configs" / "digits_smoke.yaml").read_text()
+    text = text.replace(
+        "{name: knockoff, params: {epochs: 10}}", "{name: knockoff, params: &e {epochs: 10}}"
+    )
+    text = text.replace("{name: copycat, params: {epochs: 10}}", "{name: copycat, params: *e}")
+    assert "*e" in text
+    config = tmp_path / "aliases.yaml"
+    config.write_text(text)
+    assert [a.params for a in load_config(config).attacks] == [{"epochs": 10}, {"epochs": 10}]
+
+
+def test_H5_directory_and_non_utf8_files_are_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="is a directory, not a file"):
+        load_config(tmp_path)
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("name: caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"not UTF-8 text \(byte 0xe9 at offset 9\)"):
+        load_config(latin)

@@ -533,6 +533,11 @@ def test_I1_cli_mistakes_are_one_line_exit_2(
     bad.write_text("attackers:\n  - {id: eve, budget: -1, tokens: [short]}\n")
     short = tmp_path / "short.yaml"
     short.write_text("attackers:\n  - {id: eve, budget: 5, tokens: [short]}\n")
+    bomb = tmp_path / "bomb.yaml"  # a few hundred bytes that would expand to 9**6 tokens
+    lines = ["a: &a [x, x, x, x, x, x, x, x, x]"]
+    for prev, name in zip("abcde", "bcdef", strict=True):
+        lines.append(f"{name}: &{name} [{', '.join([f'*{prev}'] * 9)}]")
+    bomb.write_text("\n".join([*lines, "attackers: [{id: eve, budget: 5, tokens: [*f]}]\n"]))
     smoke = str(REPO / "configs" / "digits_smoke.yaml")
     url = served.endpoint.url
     attack = ["attack", "--url", url, "--token", BOB, "--dataset", "digits"]
@@ -540,6 +545,7 @@ def test_I1_cli_mistakes_are_one_line_exit_2(
         "budget": ["serve", smoke, "--tokens", str(bad)],
         "16-256 characters": ["serve", smoke, "--tokens", str(short)],
         "not found": ["serve", smoke, "--tokens", str(tmp_path / "no.yaml")],
+        "50,000 values": ["serve", smoke, "--tokens", str(bomb)],
         "expected http(s)": ["attack", "--url", "nope", "--token", "t", "--attack", "knockoff"],
         "not reachable": [*attack[:2], "http://127.0.0.1:9", *attack[3:], "--attack", "knockoff"],
         "401": ["attack", "--url", url, "--token", "wrong-token-000000000", "--attack", "knockoff"],

@@ -167,3 +167,27 @@ def test_F4_after_a_tournament_all_cpus_are_free_and_no_project_actor_is_alive(
     assert live_project_actors() == []
     assert _alive_actor_ids() - alive_before == set(), "the tournament left actors alive"
     assert ray.is_initialized()  # and it did not shut down the session's Ray
+
+
+def test_H6_quoted_name_plays_end_to_end_and_a_rerun_skips(
+    ray_session: None, tmp_path: Path, cache_dir: Path, smoke_config_dict: dict[str, Any]
+) -> None:
+    """``o'brien smoke`` once broke the MLflow search that finds a tournament's parent run; one
+    match, then the rerun reopens the same parent and plays nothing."""
+    raw = _small(smoke_config_dict)
+    raw.update(name="o'brien smoke", defenses=["none"], budgets=[100])
+    raw["attacks"] = [{"name": "knockoff", "params": {"epochs": 2}}]
+    config = parse_config(raw)
+    uri = default_tracking_uri(tmp_path)
+    tracker = Tracker(uri, "t-quoted", artifact_root=tmp_path / "artifacts")
+    first = run_tournament(config, tracker, cache_dir=cache_dir)
+    assert first.played == 1 and not first.failures
+    client = MlflowClient(uri)
+    before = {r.info.run_id for r in client.search_runs([tracker.experiment_id])}
+    second = run_tournament(config, tracker, cache_dir=cache_dir)
+    assert second.played == 0 and second.skipped == 1
+    assert second.parent_run_id == first.parent_run_id
+    assert {r.info.run_id for r in client.search_runs([tracker.experiment_id])} == before
+    parent = client.get_run(first.parent_run_id)
+    assert parent.data.tags["arena.tournament"] == "o'brien smoke"
+    assert parent.info.status == "FINISHED"
