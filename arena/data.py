@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from arena.errors import DatasetMissing
+from arena.home import ArenaHome
 from arena.registry import Registry
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -63,15 +64,8 @@ NUM_CLASSES: dict[str, int] = {"fashion_mnist": 10, "digits": 10}
 
 
 def default_data_dir() -> Path:
-    """``ARENA_DATA_DIR`` if set, else ``<ARENA_HOME>/data``."""
-    if env := os.environ.get("ARENA_DATA_DIR"):
-        return Path(env).expanduser().resolve()
-    return arena_home() / "data"
-
-
-def arena_home() -> Path:
-    """Root for caches and local results: ``ARENA_HOME`` or ``./.arena``."""
-    return Path(os.environ.get("ARENA_HOME", ".arena")).expanduser().resolve()
+    """``ARENA_DATA_DIR`` if set, else ``<ARENA_HOME>/data`` (for callers without a home)."""
+    return ArenaHome.from_environment().data_dir
 
 
 def load_dataset(name: str, data_dir: Path | None = None) -> DataSplits:

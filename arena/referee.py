@@ -25,17 +25,17 @@ from arena.data import DataSplits, load_dataset
 from arena.defenses.base import OwnershipKeys
 from arena.defenses.chain import build_chain
 from arena.knowledge import Knowledge
-from arena.ledger import AuditDigest, Ledger
+from arena.ledger import AuditDigest
 from arena.metrics import agreement, kl_divergence, l1_distance
-from arena.oracle import InputSpec, Oracle, OracleEndpoint
+from arena.oracle import Oracle, OracleEndpoint
 from arena.oracle_adapters import MultiAccountOracle
 from arena.pools import attacker_pool
 from arena.registry import build_plugin, plugin_label
 from arena.removal import REMOVALS
-from arena.service import AccountStats, ReferenceOutputs, VictimService
+from arena.service import AccountStats, ReferenceOutputs
+from arena.service_factory import build_service
 from arena.specs import MatchSpec
 from arena.training import accuracy, predict_probs
-from arena.victims import defended_model, load_or_train
 from arena.zoo import ZooProfile, benign_targets
 
 
@@ -420,31 +420,10 @@ def benign_traffic(spec: MatchSpec, service: ServiceAPI, data: MatchData) -> Acc
     return service.account_stats(identity)
 
 
-def build_service(
-    spec: MatchSpec,
-    data: DataSplits,
-    cache_dir: Path | None = None,
-    device: str = "cpu",
-    ledger: Ledger | None = None,
-) -> VictimService:
-    """Load or train the victim and put it behind the match's defense chain, in this process.
-
-    ``ledger``: budgets and audit log (a file is reopened where it left off; in memory when
-    ``None``)."""
-    victim = load_or_train(spec.victim, data, cache_dir)
-    chain = build_chain(spec.defenses)
-    model = defended_model(spec.victim, victim.model, chain, data, cache_dir)
-    input_spec = InputSpec(shape=data.input_shape)
-    undefended = None if model is victim.model else victim.model
-    return VictimService(
-        model, chain, input_spec, data.num_classes, device, undefended, ledger, chain.label
-    )
-
-
 def play_match(
     spec: MatchSpec, data: DataSplits | None = None, cache_dir: Path | None = None
 ) -> MatchResult:
     """Play one match entirely in this process (tests, notebooks, debugging)."""
     data = data or load_dataset(spec.victim.dataset)
-    service = build_service(spec, data, cache_dir)
+    service = build_service(spec.victim, spec.defenses, data, cache_dir)
     return referee_match(spec, service, MatchData.from_splits(data, spec.pool))

@@ -102,14 +102,15 @@ class VictimService:
         device: str = "cpu",
         undefended: nn.Module | None = None,
         ledger: Ledger | None = None,
-        defense_label: str = "",
+        defense_label: str | None = None,
     ) -> None:
         """``undefended``: the victim as trained, when a training-time defense serves another
         model (``model``); perturbation, fidelity and the victim's accuracy are measured
         against it, so a retrained victim's changes count as the defense's.
 
         ``ledger``: budgets and audit log (in memory when ``None``); the accounts it already
-        holds are reopened. ``defense_label`` names the chain in the audit log."""
+        holds are reopened. ``defense_label`` names the chain in the audit log (the chain's own
+        label by default)."""
         self._device = torch.device(device)
         self._model = model.to(self._device).eval()
         self._undefended = None if undefended is None else undefended.to(self._device).eval()
@@ -122,7 +123,7 @@ class VictimService:
         self._zoo = model if isinstance(model, ZooModule) else None
         self._profile = self._zoo.profile() if self._zoo is not None else None
         self._ledger = ledger if ledger is not None else Ledger()
-        self._defense_label = defense_label
+        self._defense_label = chain.label if defense_label is None else defense_label
         self._restore_accounts()
 
     def _restore_accounts(self) -> None:

@@ -10,9 +10,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from arena.data import DataSplits, arena_home
+from arena.data import DataSplits
 from arena.defenses.chain import DefenseChain
 from arena.defenses.preparation import PrepareContext
+from arena.home import ArenaHome
 from arena.models import build_model
 from arena.specs import VictimSpec
 from arena.training import TrainRecipe, accuracy, predict_probs, train_classifier
@@ -32,7 +33,8 @@ class TrainedVictim:
 
 
 def default_victim_cache() -> Path:
-    return arena_home() / "victims"
+    """The victim cache of ``ARENA_HOME`` (for callers without a home: notebooks, scripts)."""
+    return ArenaHome.from_environment().victims
 
 
 def cache_path(spec: VictimSpec, cache_dir: Path) -> Path:

@@ -18,8 +18,9 @@ Two victims, trained on the victim split and cached like every victim (``load_or
   trained for 10 epochs at batch 128 (3 per adaptive round), cheaper than the attack's defaults,
   to keep the run within minutes on two cores.
 
-Every attack runs in this process against a :func:`arena.referee.build_service` victim service
-with the referee's attacker randomness (:func:`arena.referee.attacker_rng`), one torch thread.
+Every attack runs in this process against a victim service from
+:func:`arena.service_factory.build_service`, with the referee's attacker randomness
+(:func:`arena.referee.attacker_rng`), one torch thread.
 
 Usage (from the repository root)::
 
@@ -51,8 +52,9 @@ from arena.data import DataSplits, load_dataset
 from arena.knowledge import Knowledge
 from arena.metrics import agreement
 from arena.oracle import InputSpec, Oracle
-from arena.referee import attacker_id, attacker_rng, build_service
+from arena.referee import attacker_id, attacker_rng
 from arena.registry import build_plugin
+from arena.service_factory import build_service
 from arena.specs import MatchSpec, PluginSpec, VictimSpec
 from arena.training import accuracy, predict_probs
 from arena.victims import default_victim_cache, load_or_train
@@ -111,7 +113,7 @@ def steal(
         budget=budget,
         seed=seed,
     )
-    service = build_service(spec, data, cache)
+    service = build_service(spec.victim, spec.defenses, data, cache)
     identity = attacker_id(spec)
     service.open_account(identity, budget)
     knowledge = Knowledge(

@@ -9,25 +9,22 @@ import time
 
 from rich.console import Console
 
-from arena.data import arena_home
+from arena.home import ArenaHome
 from orchestration.config import TournamentConfig
 from orchestration.tournament import TournamentOutcome, run_tournament
-from orchestration.tracking import Tracker, default_tracking_uri
+from orchestration.tracking import Tracker
 
 
 def run_config(config: TournamentConfig, console: Console) -> tuple[TournamentOutcome, float]:
     """Play the config's missing matches, printing one line per match; the wall seconds."""
-    home = arena_home()
-    tracker = Tracker(
-        os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(home),
-        config.tracking.experiment,
-        artifact_root=home / "mlartifacts",
-    )
+    home = ArenaHome.from_environment()
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    tracker = Tracker.for_home(home, uri, config.tracking.experiment)
     start = time.perf_counter()
     outcome = run_tournament(
         config,
         tracker,
-        cache_dir=home / "victims",
+        home,
         on_result=lambda spec, r: console.print(f"  {spec.key()} {type(r).__name__}"),
     )
     return outcome, time.perf_counter() - start

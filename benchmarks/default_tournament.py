@@ -30,6 +30,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from arena.home import ArenaHome
 from orchestration.config import load_config
 from orchestration.leaderboard import markdown_table
 from orchestration.tournament import TournamentOutcome, run_tournament
@@ -49,7 +50,7 @@ def play(config_path: Path, home: Path, store: str) -> tuple[TournamentOutcome, 
     start = time.perf_counter()
     uri = f"sqlite:///{home / store}"
     tracker = Tracker(uri, config.tracking.experiment, artifact_root=home / f"{store}-artifacts")
-    outcome = run_tournament(config, tracker, cache_dir=home / "victims")
+    outcome = run_tournament(config, tracker, ArenaHome.at(home))
     return outcome, time.perf_counter() - start
 
 

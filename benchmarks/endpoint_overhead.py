@@ -44,7 +44,7 @@ from rich.table import Table
 from arena.data import load_dataset
 from arena.http_oracle import HttpEndpoint
 from arena.oracle import Answer
-from arena.referee import build_service
+from arena.service_factory import build_service
 from arena.specs import MatchSpec, PluginSpec, VictimSpec
 from arena.victims import default_victim_cache, load_or_train
 
@@ -55,12 +55,17 @@ SERVER = """
 import sys, torch
 torch.set_num_threads(1)
 from arena.data import load_dataset
-from arena.referee import build_service
 from arena.specs import MatchSpec, PluginSpec, VictimSpec
 from orchestration.endpoint import IsolatedEndpoint, TokenTable
 victim = VictimSpec.model_validate_json(sys.argv[1])
 spec = MatchSpec(victim=victim, defenses=(), attack=PluginSpec(name="knockoff"), budget=1)
-service = build_service(spec, load_dataset(victim.dataset), __import__("pathlib").Path(sys.argv[2]))
+cache = __import__("pathlib").Path(sys.argv[2])
+try:  # the service factory of this tree, or an older tree's referee
+    from arena.service_factory import build_service
+    service = build_service(victim, (), load_dataset(victim.dataset), cache)
+except ImportError:
+    from arena.referee import build_service
+    service = build_service(spec, load_dataset(victim.dataset), cache)
 endpoint = IsolatedEndpoint(service, TokenTable({sys.argv[3]: "b"}, {"b": 10**12}))
 print(endpoint.url, flush=True)
 endpoint.serve_forever()
@@ -122,7 +127,7 @@ def main() -> None:
     cache = default_victim_cache()
     load_or_train(victim, data, cache)  # trained once, then every server loads it
     spec = MatchSpec(victim=victim, defenses=(), attack=PluginSpec(name="knockoff"), budget=1)
-    service = build_service(spec, data, cache)
+    service = build_service(spec.victim, spec.defenses, data, cache)
     service.open_account("b", 10**12)
     pool = data.test.x[:256].numpy()
     commit = subprocess.run(

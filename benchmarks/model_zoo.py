@@ -26,7 +26,8 @@ from config_runs import run_config
 from machine import write_record
 from rich.console import Console
 
-from arena.data import arena_home, load_dataset
+from arena.data import load_dataset
+from arena.home import ArenaHome
 from arena.referee import MatchResult
 from arena.victims import load_or_train
 from arena.zoo import ZooModule
@@ -144,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     loadavg_start = os.getloadavg()
     config = load_config(args.config)
     outcome, wall = run_config(config, console)
-    profiles = zoo_profiles(config, arena_home() / "victims")
+    profiles = zoo_profiles(config, ArenaHome.from_environment().root / "victims")
     for profile in profiles:
         console.print(f"zoo {profile['zoo']} (reference member {profile['reference']}):")
         for m in profile["members"]:

@@ -58,11 +58,11 @@ from arena.referee import (
     MatchResult,
     attacker_id,
     attacker_rng,
-    build_service,
     key_agreement,
 )
 from arena.registry import build_plugin
 from arena.removal import REMOVALS, FineTune
+from arena.service_factory import build_service
 from arena.specs import MatchSpec, PluginSpec
 from arena.training import FitReport, TrainRecipe, accuracy, predict_probs, train_until_fitted
 from arena.victims import defended_model, load_or_train
@@ -209,7 +209,7 @@ def removal_study(
     out = []
     for spec in specs:
         data = load_dataset(spec.victim.dataset)
-        service = build_service(spec, data)
+        service = build_service(spec.victim, spec.defenses, data)
         identity = attacker_id(spec)
         service.open_account(identity, spec.budget)
         knowledge, _ = thief_knowledge(spec, data)
@@ -304,7 +304,7 @@ def memorising_theft(
     (a thief who stops when it generalises learns none of them); then every removal and the
     false claims."""
     data = load_dataset(spec.victim.dataset)
-    service = build_service(spec, data)
+    service = build_service(spec.victim, spec.defenses, data)
     identity = attacker_id(spec)
     service.open_account(identity, spec.budget)
     knowledge, match_data = thief_knowledge(spec, data)

@@ -34,8 +34,10 @@ from rich.console import Console
 from rich.table import Table
 
 import agents  # noqa: F401  (registers the attacks)
-from arena.data import arena_home, load_dataset
-from arena.referee import MatchData, MatchResult, build_service, comparable, referee_match
+from arena.data import load_dataset
+from arena.home import ArenaHome
+from arena.referee import MatchData, MatchResult, comparable, referee_match
+from arena.service_factory import build_service
 from arena.specs import MatchSpec
 from arena.victims import load_or_train
 from orchestration.config import TournamentConfig, load_config
@@ -58,7 +60,9 @@ def serial(config: TournamentConfig, cache_dir: Path, console: Console) -> dict[
         key = spec.victim.key() + "|" + "|".join(d.model_dump_json() for d in spec.defenses)
         if key not in services:
             start = time.perf_counter()
-            services[key] = build_service(spec, data[spec.victim.dataset], cache_dir)
+            services[key] = build_service(
+                spec.victim, spec.defenses, data[spec.victim.dataset], cache_dir
+            )
             build_s += time.perf_counter() - start
         start = time.perf_counter()
         match_data = MatchData.from_splits(data[spec.victim.dataset], spec.pool)
@@ -97,7 +101,9 @@ def on_ray(
             console.print(f"  {cpus} CPU {_label(spec)}: done at {done_at[-1]:.1f} s")
 
         start = time.perf_counter()
-        outcome = run_tournament(config, tracker, cache_dir=cache_dir, on_result=finished)
+        outcome = run_tournament(
+            config, tracker, ArenaHome.at(cache_dir.parent, victims=cache_dir), on_result=finished
+        )
         wall_s = time.perf_counter() - start
     finally:
         ray.shutdown()
@@ -133,7 +139,7 @@ def main() -> int:
     if args.budgets:
         config = config.model_copy(update={"budgets": args.budgets})
     specs = config.matches()
-    home = arena_home()
+    home = ArenaHome.from_environment().root
     cache_dir = home / "victims"
     console.print(f"{config.name}: {len(specs)} matches, budgets {config.budgets}, home {home}")
     for victim in {s.victim.key(): s.victim for s in specs}.values():

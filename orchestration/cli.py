@@ -36,9 +36,11 @@ app = typer.Typer(
 if TYPE_CHECKING:
     from ssl import SSLContext
 
+    from arena.data import DataSplits
+    from arena.home import ArenaHome
     from arena.http_oracle import HttpEndpoint
+    from arena.specs import PluginSpec, VictimSpec
     from orchestration.config import TournamentConfig
-    from orchestration.tracking import Tracker
     from orchestration.tune_config import TuneConfig
 
 T = TypeVar("T")
@@ -82,12 +84,12 @@ def tournament(
     from arena.errors import ArenaError
 
     config = _tournament_config(config_path)
-    home = _writable_home(home)
+    arena_home = _writable_home(home)
     # SIGTERM (e.g. from a scheduler) ends the run like Ctrl-C: parent run marked KILLED,
     # victim services stopped, finished matches kept for the rerun
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        _run(config, address, tracking_uri, home)
+        _run(config, address, tracking_uri, arena_home)
     except ArenaError as exc:
         if debug:
             raise
@@ -149,14 +151,15 @@ def _tune_config(path: Path) -> TuneConfig:
     return _validated(parse_tune_config, raw, path)
 
 
-def _writable_home(home: Path) -> Path:
+def _writable_home(home: Path) -> ArenaHome:
     """``--home`` (ARENA_HOME) made absolute, created if missing and proven writable by a file
-    created and removed in it, then exported for the victim cache; otherwise one line and exit
-    2. Checked before Ray or MLflow start: MLflow's SQLite store would otherwise retry for
-    minutes and fail without naming the directory."""
+    created and removed in it; otherwise one line and exit 2. Checked before Ray or MLflow
+    start: MLflow's SQLite store would otherwise retry for minutes and fail without naming the
+    directory. The home is then passed down explicitly, never through the environment."""
     import tempfile
 
     from arena.errors import one_line
+    from arena.home import ArenaHome
 
     advice = "set --home or ARENA_HOME to a writable directory"
     home = Path(os.path.abspath(home.expanduser()))
@@ -174,9 +177,7 @@ def _writable_home(home: Path) -> Path:
     except OSError as exc:
         why = exc.strerror or type(exc).__name__
         raise _fail(f"ARENA_HOME {shown} is not writable ({why}); {advice}", 2) from None
-    home = home.resolve()
-    os.environ["ARENA_HOME"] = str(home)
-    return home
+    return ArenaHome.at(home)
 
 
 @app.command()
@@ -192,10 +193,10 @@ def tune(
     from arena.errors import ArenaError
 
     config = _tune_config(config_path)
-    home = _writable_home(home)
+    arena_home = _writable_home(home)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        _tune(config, address, tracking_uri, home)
+        _tune(config, address, tracking_uri, arena_home)
     except ArenaError as exc:
         if debug:
             raise
@@ -204,9 +205,9 @@ def tune(
         raise _fail("interrupted; rerun the same command to finish the study", 130) from None
 
 
-def _tune(config: object, address: str | None, tracking_uri: str | None, home: Path) -> None:
-    from arena.victims import default_victim_cache
+def _tune(config: object, address: str | None, tracking_uri: str | None, home: ArenaHome) -> None:
     from orchestration.frontier import dominated_by_frontier, frontier_table
+    from orchestration.tracking import Tracker
     from orchestration.tune_config import TuneConfig
     from orchestration.tuning import Scores, run_study
 
@@ -214,7 +215,7 @@ def _tune(config: object, address: str | None, tracking_uri: str | None, home: P
     console.print(
         f"[bold]{escape(config.name)}[/]: {config.defense} over {', '.join(config.space())}"
     )
-    tracker, uri = _tracker(home, tracking_uri, config.tracking.experiment)
+    tracker = Tracker.for_home(home, tracking_uri, config.tracking.experiment)
 
     def on_trial(label: str, params: dict[str, object], scores: Scores | None) -> None:
         if scores is None:
@@ -227,9 +228,7 @@ def _tune(config: object, address: str | None, tracking_uri: str | None, home: P
             highlight=False,
         )
 
-    outcome = run_study(
-        config, tracker, default_victim_cache(), home, address=address, on_trial=on_trial
-    )
+    outcome = run_study(config, tracker, home, address=address, on_trial=on_trial)
     view = outcome.view
     if outcome.reaped:
         console.print(f"{outcome.reaped} interrupted trial(s) were retried")
@@ -247,8 +246,9 @@ def _tune(config: object, address: str | None, tracking_uri: str | None, home: P
         )
     console.print(
         f"frontier plot: {outcome.artifacts['png']} and {outcome.artifacts['html']}\n"
-        f"MLflow parent run {outcome.parent_run_id}: mlflow ui --backend-store-uri {uri}\n"
-        f"Optuna dashboard: optuna-dashboard {_dashboard_target(config, home)}",
+        f"MLflow parent run {outcome.parent_run_id}: "
+        f"mlflow ui --backend-store-uri {tracker.tracking_uri}\n"
+        f"Optuna dashboard: optuna-dashboard {_dashboard_target(config, home.root)}",
         markup=False,
     )
 
@@ -338,27 +338,18 @@ def frontier(
     console.print(f"overlay: {png} and {html}", markup=False)
 
 
-def _tracker(home: Path, tracking_uri: str | None, experiment: str) -> tuple[Tracker, str]:
-    """The MLflow writer for a run (the local SQLite store under ``home`` by default)."""
-    from orchestration.tracking import Tracker, default_tracking_uri
-
-    for noisy in ("mlflow", "alembic"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    home.mkdir(parents=True, exist_ok=True)
-    uri = tracking_uri or default_tracking_uri(home)
-    return Tracker(uri, experiment, artifact_root=home / "mlartifacts"), uri
-
-
-def _run(config: object, address: str | None, tracking_uri: str | None, home: Path) -> None:
+def _run(config: object, address: str | None, tracking_uri: str | None, home: ArenaHome) -> None:
     from arena.referee import MatchResult
     from arena.specs import MatchSpec
-    from arena.victims import default_victim_cache
     from orchestration.config import TournamentConfig
     from orchestration.leaderboard import attack_label, rich_table
-    from orchestration.tournament import MatchFailure, run_tournament
+    from orchestration.runtime import MatchFailure
+    from orchestration.tournament import run_tournament
+    from orchestration.tracking import Tracker
 
     assert isinstance(config, TournamentConfig)
-    tracker, uri = _tracker(home, tracking_uri, config.tracking.experiment)
+    tracker = Tracker.for_home(home, tracking_uri, config.tracking.experiment)
+    uri = tracker.tracking_uri
     console.print(f"[bold]{escape(config.name)}[/]: tracking at {escape(uri)}")
 
     progress = Progress(
@@ -395,7 +386,7 @@ def _run(config: object, address: str | None, tracking_uri: str | None, home: Pa
         outcome = run_tournament(
             config,
             tracker,
-            cache_dir=default_victim_cache(),
+            home,
             address=address,
             on_result=on_result,
             on_start=on_start,
@@ -489,10 +480,12 @@ def serve(
             tls.load_cert_chain(certfile, keyfile)
         except (OSError, ssl.SSLError) as exc:
             raise _fail(f"cannot use --certfile/--keyfile: {exc.strerror or exc}", 2) from None
-    home = _writable_home(home)
+    arena_home = _writable_home(home)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        _serve(config, victim, defense, table, host, port, ServeOptions(home, token_rate, tls))
+        _serve(
+            config, victim, defense, table, host, port, ServeOptions(arena_home, token_rate, tls)
+        )
     except ArenaError as exc:
         if debug:
             raise
@@ -509,7 +502,7 @@ def serve(
 class ServeOptions:
     """How ``arena serve`` runs besides what it serves."""
 
-    home: Path
+    home: ArenaHome
     token_rate: float | None = None
     tls: SSLContext | None = None
 
@@ -522,10 +515,9 @@ def _serve(
     from arena.defenses import DEFENSES
     from arena.errors import ArenaError
     from arena.ledger import Ledger
-    from arena.referee import build_service
     from arena.registry import canonical_params
-    from arena.specs import MatchSpec, PluginSpec
-    from arena.victims import default_victim_cache
+    from arena.service_factory import build_service
+    from arena.specs import PluginSpec
     from orchestration.config import TournamentConfig
     from orchestration.endpoint import IsolatedEndpoint, TokenTable
 
@@ -535,11 +527,10 @@ def _serve(
         for p in config.defenses[defense]
     )
     target = config.victims[victim]
-    spec = MatchSpec(victim=target, defenses=chain, attack=config.attacks[0], budget=1)
-    ledger = Ledger(served_ledger_path(options.home, spec))
-    service = build_service(
-        spec, load_dataset(target.dataset), default_victim_cache(), ledger=ledger
-    )
+    home = options.home
+    ledger = Ledger(served_ledger_path(home, target, chain))
+    data = load_dataset(target.dataset, home.data_dir)
+    service = build_service(target, chain, data, home.victims, ledger=ledger)
     try:
         endpoint = IsolatedEndpoint(
             service, table, host, port, token_rate=options.token_rate, tls=options.tls
@@ -566,15 +557,12 @@ def _serve(
         ledger.close()
 
 
-def served_ledger_path(home: Path, spec: object) -> Path:
+def served_ledger_path(home: ArenaHome, victim: VictimSpec, chain: tuple[PluginSpec, ...]) -> Path:
     """The ledger of one served (victim, defense chain): the same file every time it is served,
     so budgets, replayable query ids, detector states and the audit log survive restarts."""
-    from arena.specs import MatchSpec
-
-    assert isinstance(spec, MatchSpec)
-    chain = "-".join(d.key() for d in spec.defenses) or "none"
-    key = hashlib.sha256(f"{spec.victim.key()}/{chain}".encode()).hexdigest()[:16]
-    return home / "ledgers" / "serve" / f"{spec.victim.key()}-{key}.sqlite3"
+    defenses = "-".join(d.key() for d in chain) or "none"
+    key = hashlib.sha256(f"{victim.key()}/{defenses}".encode()).hexdigest()[:16]
+    return home.ledgers / "serve" / f"{victim.key()}-{key}.sqlite3"
 
 
 @app.command()
@@ -606,6 +594,7 @@ def attack(
 
     from rich.markup import escape
 
+    from arena.data import load_dataset
     from arena.errors import ArenaError, VictimUnavailable
     from arena.http_oracle import EndpointError, HttpEndpoint
 
@@ -615,10 +604,11 @@ def attack(
         raise _fail(escape(f"--options is not JSON: {options!r}"), 2) from None
     if not isinstance(params, dict):
         raise _fail("--options must be a JSON object of hyperparameters", 2)
-    _writable_home(home)
+    arena_home = _writable_home(home)
     try:  # everything before the first query: a mistake here is bad input, exit 2
         endpoint = HttpEndpoint(url, token, ca_file=None if ca_file is None else str(ca_file))
-        steal = _attack(endpoint, attack_name, dataset, params, pool, substitute_arch, seed)
+        data = load_dataset(dataset, arena_home.data_dir)
+        steal = _attack(endpoint, attack_name, data, params, pool, substitute_arch, seed)
     except ArenaError as exc:
         if debug:
             raise
@@ -635,7 +625,7 @@ def attack(
 def _attack(
     endpoint: HttpEndpoint,
     name: str,
-    dataset: str,
+    data: DataSplits,
     params: dict[str, object],
     pool: str,
     substitute_arch: str,
@@ -648,7 +638,6 @@ def _attack(
 
     import agents  # noqa: F401  (registers the attacks)
     from arena.attacker import ATTACKS
-    from arena.data import load_dataset
     from arena.errors import ArenaError, InvalidParameters
     from arena.http_oracle import EndpointError
     from arena.knowledge import Knowledge
@@ -664,12 +653,11 @@ def _attack(
     if pool not in POOL_NAMES:
         raise InvalidParameters(f"--pool must be one of {', '.join(POOL_NAMES)}, got {pool!r}")
     input_spec, output_spec = endpoint.public_spec()
-    data = load_dataset(dataset)
     if data.input_shape != input_spec.shape or data.num_classes != output_spec.num_classes:
         raise EndpointError(
             0,
             "wrong_dataset",
-            f"{dataset} has inputs {list(data.input_shape)} and {data.num_classes} classes; the "
+            f"{data.name} has inputs {list(data.input_shape)} and {data.num_classes} classes; the "
             f"served victim takes {list(input_spec.shape)} and {output_spec.num_classes}",
         )
     granted = MatchData.from_splits(data, pool)
@@ -691,7 +679,7 @@ def _attack(
         seconds = time.perf_counter() - started
         stolen = accuracy(predict_probs(substitute, granted.test_x), granted.test_y)
         console.print(
-            f"untrusted-http: {plugin_label(name, attacker)} on {dataset}: stolen accuracy "
+            f"untrusted-http: {plugin_label(name, attacker)} on {data.name}: stolen accuracy "
             f"{stolen:.4f} with {oracle.used}/{oracle.budget} queries in {seconds:.1f}s "
             "(fidelity needs the victim: not measured)",
             highlight=False,

@@ -26,7 +26,7 @@ from typing import Any
 
 import psutil
 
-from arena.data import arena_home
+from arena.home import ArenaHome
 from orchestration.tracking import driver_alive, driver_identity
 
 log = logging.getLogger(__name__)
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
         description="Stop what killed drivers of an arena home left of their local Rays.",
     )
     parser.add_argument("home", nargs="?", type=Path, help="default: ARENA_HOME or ./.arena")
-    home = parser.parse_args(argv).home or arena_home()
+    home = parser.parse_args(argv).home or ArenaHome.from_environment().root
     logging.basicConfig(format="%(message)s")
     print(f"{len(clean_dead_drivers(home))} dead driver session(s) cleaned under {home}")
 

@@ -26,7 +26,6 @@ from ray.actor import ActorHandle
 
 from arena.data import DataSplits
 from arena.defenses.base import OwnershipKeys
-from arena.defenses.chain import build_chain
 from arena.ledger import AuditDigest, Ledger
 from arena.oracle import (
     AccountStatus,
@@ -37,8 +36,9 @@ from arena.oracle import (
     check_structure,
 )
 from arena.service import AccountStats, ReferenceOutputs, VictimService
+from arena.service_factory import served_models
 from arena.specs import PluginSpec, VictimSpec
-from arena.victims import build_victim_model, defended_model
+from arena.victims import build_victim_model
 from arena.zoo import ZooProfile
 
 _log = logging.getLogger(__name__)
@@ -69,19 +69,13 @@ class HostedVictimService(VictimService):
         torch.set_num_threads(max(1, threads))
         gpus = ray.get_gpu_ids()
         device = "cuda" if gpus and torch.cuda.is_available() else "cpu"
-        model = build_victim_model(
+        trained = build_victim_model(
             victim, input_shape=input_spec.shape, num_classes=num_classes, state=state
         )
-        chain = build_chain(defenses)
-        trained = model
-        if chain.needs_preparation:
-            if data is None:
-                raise ValueError("defenses that prepare models need the victim's data")
-            model = defended_model(victim, model, chain, data, cache_dir)
-        undefended = None if model is trained else trained
+        served = served_models(victim, trained, defenses, data, cache_dir)
         ledger = Ledger(ledger_path)
         super().__init__(
-            model, chain, input_spec, num_classes, device, undefended, ledger, chain.label
+            served.model, served.chain, input_spec, num_classes, device, served.undefended, ledger
         )
 
     def process_id(self) -> int:

@@ -14,6 +14,7 @@ never shows a run as live or finished when it is neither (D4).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import time
@@ -28,6 +29,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from arena.errors import ArenaError
+from arena.home import ArenaHome
 from arena.referee import MatchResult
 from arena.specs import MatchSpec
 
@@ -169,6 +171,16 @@ class Tracker:
             )
         else:
             self.experiment_id = found.experiment_id
+
+    @classmethod
+    def for_home(cls, home: ArenaHome, tracking_uri: str | None, experiment: str) -> Tracker:
+        """The MLflow writer of a run: ``tracking_uri``, or the local SQLite store of ``home``
+        (artifacts beside it); MLflow's own chatter is kept to warnings."""
+        for noisy in ("mlflow", "alembic"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+        home.root.mkdir(parents=True, exist_ok=True)
+        uri = tracking_uri or default_tracking_uri(home.root)
+        return cls(uri, experiment, artifact_root=home.root / "mlartifacts")
 
     def open_tournament(self, name: str, config: Mapping[str, Any]) -> str:
         """Reopen the latest parent run of this tournament, or start one."""

@@ -24,8 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import ray
-import torch
 from optuna.distributions import (
     BaseDistribution,
     CategoricalDistribution,
@@ -35,13 +33,11 @@ from optuna.distributions import (
 from optuna.storages import BaseStorage, RDBStorage
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
-from ray import ObjectRef
-from ray.actor import ActorHandle
 
-from arena.data import load_dataset
 from arena.defenses import Choice, FloatRange, IntRange, ParamSpace
 from arena.errors import ArenaError
-from arena.referee import MatchData, MatchResult
+from arena.home import ArenaHome
+from arena.referee import MatchResult
 from orchestration.frontier import (
     DEFAULTS_ATTR,
     SCORES_ATTR,
@@ -53,16 +49,7 @@ from orchestration.frontier import (
     study_view,
 )
 from orchestration.journal_repair import open_journal
-from orchestration.tournament import (
-    MatchFailure,
-    ensure_victims,
-    ledger_dir,
-    play_match_task,
-    prepare_defenses,
-    release,
-    service_for,
-    start_ray,
-)
+from orchestration.runtime import MatchRuntime
 from orchestration.tracking import Tracker
 from orchestration.tune_config import TuneConfig
 
@@ -256,8 +243,8 @@ class _Job:
     label: str
     params: dict[str, Any]
     trial: optuna.Trial | None
-    actor: ActorHandle[Any]
-    waiting: dict[ObjectRef[Any], str] = field(default_factory=dict)
+    waiting: int = 0
+    """matches still running"""
     results: list[MatchResult] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
@@ -269,140 +256,111 @@ TrialHook = Callable[[str, dict[str, Any], Scores | None], None]
 def run_study(
     config: TuneConfig,
     tracker: Tracker,
-    cache_dir: Path,
-    home: Path,
+    home: ArenaHome,
     address: str | None = None,
     on_trial: TrialHook | None = None,
 ) -> StudyOutcome:
     """Run (or resume) the study until it has ``config.trials`` COMPLETE trials and every
     literature default is evaluated; log everything to MLflow; return the frontier."""
-    storage = open_storage(config, home)
+    storage = open_storage(config, home.root)
     study = open_study(config, storage)
     space = config.space()
     reaped = reap_interrupted(study, list(space))
     dists = distributions(space)
     parent = tracker.open_parent("study", config.name, config.model_dump(mode="json"))
-    ledgers = ledger_dir(cache_dir, parent)
     status = "FAILED"
-    started_ray = False
-    actors: list[ActorHandle[Any]] = []
     evaluated = 0
     try:
-        data = load_dataset(config.victim.dataset)
-        torch.set_num_threads(config.ray.cpus_per_match)
-        started_ray = start_ray(config.ray, address)
-        data_ref = ray.put(data)
-        match_data = ray.put(MatchData.from_splits(data))
-        victim = ensure_victims(
-            config.ray, [config.victim], {data.name: data}, {data.name: data_ref}, cache_dir
-        )[config.victim.key()]
-        weights = ray.put(victim.model.state_dict())
-        floor = config.utility_floor
-        baseline = utility_baseline(config, victim.test_accuracy)
-        study.set_user_attr("victim_accuracy", baseline)
-        study.set_user_attr("utility_metric", config.utility)
-        _log_missing_trials(tracker, parent, study, config)
+        with MatchRuntime(config.ray, home, parent, address) as runtime:
+            victim = runtime.ensure_victim(config.victim)
+            floor = config.utility_floor
+            baseline = utility_baseline(config, victim.test_accuracy)
+            study.set_user_attr("victim_accuracy", baseline)
+            study.set_user_attr("utility_metric", config.utility)
+            _log_missing_trials(tracker, parent, study, config)
+            todo_defaults = _seed_defaults(study, config, dists)
 
-        # defaults inside the search space seed the study as its first trials (the sampler
-        # learns from them, and the frontier is never worse than the literature); the others
-        # are evaluated beside the study
-        seeded = [d for d in config.defaults if _inside(d, dists)]
-        if not study.trials:
-            for params in seeded:
-                study.enqueue_trial(params, user_attrs={DEFAULT_MARK: True})
-        done_defaults = {
-            json.dumps(d["params"], sort_keys=True) for d in study.user_attrs.get(DEFAULTS_ATTR, [])
-        }
-        todo_defaults = [
-            p
-            for p in config.defaults
-            if p not in seeded and json.dumps(p, sort_keys=True) not in done_defaults
-        ]
+            def complete() -> int:
+                return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
 
-        def complete() -> int:
-            return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+            in_flight: list[_Job] = []
+            attempts = 0
 
-        jobs: dict[ObjectRef[Any], _Job] = {}
-        in_flight: list[_Job] = []
-        attempts = 0
+            def launch(job: _Job) -> None:
+                for spec in config.specs_for(job.params):
+                    runtime.submit(spec, label=job.label)
+                    job.waiting += 1
+                in_flight.append(job)
 
-        def launch(label: str, params: dict[str, Any], trial: optuna.Trial | None) -> None:
-            specs = config.specs_for(params)
-            prepare_defenses(
-                config.ray,
-                specs[:1],
-                {config.victim.key(): weights},
-                {data.name: data_ref},
-                cache_dir,
-            )
-            ledger = ledgers / f"victim-{len(actors)}.sqlite3"
-            actor = service_for(
-                specs[0], config.ray, weights, data, data_ref, cache_dir, ledger_path=ledger
-            )
-            actors.append(actor)
-            job = _Job(label, params, trial, actor)
-            task = play_match_task.options(num_cpus=config.ray.cpus_per_match)
-            for spec in specs:
-                ref = task.remote(
-                    spec, actor, match_data, config.ray.cpus_per_match, config.ray.victim_timeout_s
-                )
-                job.waiting[ref] = spec.attack.name
-                jobs[ref] = job
-            in_flight.append(job)
-
-        while True:
-            while len(in_flight) < config.concurrency:
-                if todo_defaults:
-                    params = todo_defaults.pop(0)
-                    launch(f"default {params}", params, None)
-                elif complete() + sum(j.trial is not None for j in in_flight) < config.trials:
-                    if attempts >= 2 * config.trials:
-                        raise StudyError(f"{attempts} trials failed or were attempted; giving up")
-                    trial = study.ask(dists)
-                    attempts += 1
-                    if (twin := evaluated_twin(study, trial)) is not None:
-                        _reuse(study, tracker, parent, config, trial, twin, baseline)
-                        continue
-                    launch(f"trial {trial.number}", dict(trial.params), trial)
-                else:
+            while True:
+                while len(in_flight) < config.concurrency:
+                    if todo_defaults:
+                        params = todo_defaults.pop(0)
+                        launch(_Job(f"default {params}", params, None))
+                    elif complete() + sum(j.trial is not None for j in in_flight) < config.trials:
+                        if attempts >= 2 * config.trials:
+                            raise StudyError(f"{attempts} trials failed or were attempted")
+                        trial = study.ask(dists)
+                        attempts += 1
+                        if (twin := evaluated_twin(study, trial)) is not None:
+                            _reuse(study, tracker, parent, config, trial, twin, baseline)
+                            continue
+                        launch(_Job(f"trial {trial.number}", dict(trial.params), trial))
+                    else:
+                        break
+                if not in_flight:
                     break
-            if not in_flight:
-                break
-            ready, _ = ray.wait(list(jobs), num_returns=1)
-            job = jobs.pop(ready[0])
-            attack = job.waiting.pop(ready[0])
-            try:
-                outcome: MatchResult | MatchFailure = ray.get(ready[0])
-            except ray.exceptions.RayError as exc:
-                outcome = MatchFailure("", f"{type(exc).__name__}: {exc}")
-            if isinstance(outcome, MatchResult):
-                job.results.append(outcome)
-            else:
-                job.failures.append(f"{attack}: {outcome.reason.splitlines()[0]}")
-            if job.waiting:
-                continue
-            in_flight.remove(job)
-            ray.kill(job.actor)
-            actors.remove(job.actor)
-            evaluated += 1
-            scores = (
-                None
-                if job.failures
-                else score(job.results, baseline, floor, config.cost, config.utility)
-            )
-            _finish(study, tracker, parent, config, job, scores, baseline)
-            if on_trial:
-                on_trial(job.label, job.params, scores)
+                done = runtime.next_finished()
+                job = next(j for j in in_flight if j.label == done.label)
+                job.waiting -= 1
+                if isinstance(done.outcome, MatchResult):
+                    job.results.append(done.outcome)
+                else:
+                    reason = done.outcome.reason.splitlines()[0]
+                    job.failures.append(f"{done.spec.attack.name}: {reason}")
+                if job.waiting:
+                    continue
+                in_flight.remove(job)
+                runtime.stop_service(job.label)
+                evaluated += 1
+                scores = (
+                    None
+                    if job.failures
+                    else score(job.results, baseline, floor, config.cost, config.utility)
+                )
+                _finish(study, tracker, parent, config, job, scores, baseline)
+                if on_trial:
+                    on_trial(job.label, job.params, scores)
 
         view = study_view(study)
-        artifacts = _log_frontier(tracker, parent, view, config, home / "studies" / config.name)
+        artifacts = _log_frontier(tracker, parent, view, config, home.studies / config.name)
         status = "FINISHED"
         return StudyOutcome(study, parent, view, floor, evaluated, reaped, artifacts)
     except KeyboardInterrupt:
         status = "KILLED"
         raise
     finally:
-        release(actors, started_ray, tracker, parent, status)
+        tracker.close(parent, status)
+
+
+def _seed_defaults(
+    study: optuna.Study, config: TuneConfig, dists: dict[str, BaseDistribution]
+) -> list[dict[str, Any]]:
+    """Defaults inside the search space seed the study as its first trials (the sampler learns
+    from them, and the frontier is never worse than the literature); returns the others, which
+    are evaluated beside the study, less those already evaluated."""
+    seeded = [d for d in config.defaults if _inside(d, dists)]
+    if not study.trials:
+        for params in seeded:
+            study.enqueue_trial(params, user_attrs={DEFAULT_MARK: True})
+    done_defaults = {
+        json.dumps(d["params"], sort_keys=True) for d in study.user_attrs.get(DEFAULTS_ATTR, [])
+    }
+    return [
+        p
+        for p in config.defaults
+        if p not in seeded and json.dumps(p, sort_keys=True) not in done_defaults
+    ]
 
 
 def _finish(

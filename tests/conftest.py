@@ -18,8 +18,8 @@ import agents  # noqa: F401  (registers the built-in attacks)
 from arena.data import DataSplits, load_dataset
 from arena.defenses.chain import build_chain
 from arena.oracle import InputSpec
-from arena.referee import build_service
 from arena.service import VictimService
+from arena.service_factory import build_service
 from arena.specs import VictimSpec
 from arena.victims import TrainedVictim, build_zoo, load_or_train, save_victim
 from arena.zoo import ZooModule, ZooProfile
@@ -68,14 +68,14 @@ def make_service(
     """``make_service(defenses=(), max_batch=None)``: a fresh in-process victim service.
 
     With the default ``max_batch`` it is built exactly as the referee builds it
-    (:func:`arena.referee.build_service`, loading the cached victim); with an explicit
+    (:func:`arena.service_factory.build_service`, loading the cached victim); with an explicit
     ``max_batch`` the same cached model is served under a custom input spec.
     """
 
     def factory(defenses: Sequence[DefenseArg] = (), max_batch: int | None = None) -> VictimService:
         if max_batch is None:
             spec = match_spec(digits_victim_spec, defenses)
-            return build_service(spec, digits_data, victim_cache)
+            return build_service(spec.victim, spec.defenses, digits_data, victim_cache)
         chain = build_chain(as_plugin_specs(defenses))
         input_spec = InputSpec(shape=digits_data.input_shape, max_batch=max_batch)
         return VictimService(digits_victim.model, chain, input_spec, digits_data.num_classes)
@@ -136,6 +136,6 @@ def make_zoo_service(
     the referee builds it."""
 
     def factory(defenses: Sequence[DefenseArg] = ()) -> VictimService:
-        return build_service(match_spec(digits_zoo_spec, defenses), digits_data, victim_cache)
+        return build_service(digits_zoo_spec, as_plugin_specs(defenses), digits_data, victim_cache)
 
     return factory

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from arena_testkit import DefenseArg, ServiceFactory, match_spec, open_oracle
+from arena_testkit import DefenseArg, ServiceFactory, as_plugin_specs, open_oracle
 from torch import nn
 
 from agents.equation_solving import solve_log_odds, uniform_inputs
@@ -28,9 +28,9 @@ from arena.knowledge import Knowledge
 from arena.metrics import agreement
 from arena.models import build_model
 from arena.oracle import Answer, InputSpec, Oracle, Rejection, validate_query
-from arena.referee import build_service
 from arena.registry import build_plugin
 from arena.service import VictimService
+from arena.service_factory import build_service
 from arena.specs import PluginSpec, VictimSpec
 from arena.training import accuracy, predict_probs
 from arena.victims import TrainedVictim, load_or_train
@@ -63,7 +63,7 @@ def softmax_service(
     """``softmax_service(defenses)``: the softmax victim behind a chain, built like the referee."""
 
     def factory(defenses: Sequence[DefenseArg] = ()) -> VictimService:
-        return build_service(match_spec(softmax_spec, defenses), digits_data, victim_cache)
+        return build_service(softmax_spec, as_plugin_specs(defenses), digits_data, victim_cache)
 
     return factory
 

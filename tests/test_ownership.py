@@ -19,9 +19,10 @@ from arena.defenses import DEFENSES
 from arena.defenses.dawn import Dawn, WatermarkLog
 from arena.errors import InvalidParameters
 from arena.oracle import Oracle
-from arena.referee import build_service, key_agreement, play_match, verify_ownership
+from arena.referee import key_agreement, play_match, verify_ownership
 from arena.registry import build_plugin
 from arena.removal import REMOVALS, FineTune
+from arena.service_factory import build_service
 from arena.specs import PluginSpec, VictimSpec
 from arena.training import (
     TrainRecipe,
@@ -120,7 +121,7 @@ def test_verification_claims_a_model_copied_from_the_answers_and_not_an_independ
     answers gives them back; models trained on the true labels (other seeds, no access to the
     victim) do not, so they are not falsely claimed."""
     spec = match_spec(digits_victim_spec, [DAWN], budget=400)
-    service = build_service(spec, digits_data, victim_cache)
+    service = build_service(spec.victim, spec.defenses, digits_data, victim_cache)
     service.open_account("thief", 400)
     x = digits_data.attacker_pool.x[:400]
     answers = Oracle(service, "thief").query_all(x)
@@ -149,7 +150,7 @@ def test_training_until_fitted_stops_at_the_target_and_the_memorised_copy_is_cla
     reproduced (wrong ones included); DAWN then claims it. A cap ends a run short of the target,
     its last round cut to fit."""
     spec = match_spec(digits_victim_spec, [DAWN], budget=400)
-    service = build_service(spec, digits_data, victim_cache)
+    service = build_service(spec.victim, spec.defenses, digits_data, victim_cache)
     service.open_account("thief", 400)
     x = digits_data.attacker_pool.x[:400]
     answers = Oracle(service, "thief").query_all(x)

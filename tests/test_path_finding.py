@@ -29,9 +29,10 @@ from arena.errors import InvalidParameters
 from arena.knowledge import Knowledge
 from arena.models import build_model
 from arena.oracle import InputSpec
-from arena.referee import build_service, play_match
+from arena.referee import play_match
 from arena.registry import build_plugin
 from arena.service import VictimService
+from arena.service_factory import build_service
 from arena.specs import VictimSpec
 from arena.trees import DecisionTreeModule
 from arena.victims import TrainedVictim, cache_path, load_or_train
@@ -114,7 +115,7 @@ def test_tree_victim_is_cached_and_matches_scikit_learn(
     assert again.model.leaf_count() == reference.get_n_leaves()
 
     # answers are the reached leaf's Laplace-smoothed class counts, through the served softmax
-    service = build_service(match_spec(tree_spec), digits_data, victim_cache)
+    service = build_service(tree_spec, (), digits_data, victim_cache)
     answers = torch.tensor(service.reference_outputs(test).undefended)
     leaves = reference.apply(test.flatten(1).numpy())
     structure = reference.tree_

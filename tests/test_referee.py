@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from arena_testkit import match_spec
+from arena_testkit import as_plugin_specs, match_spec
 
 from arena.data import DataSplits
 from arena.defenses import DEFENSES
-from arena.referee import MatchResult, attacker_rng, build_service, play_match
+from arena.referee import MatchResult, attacker_rng, play_match
+from arena.service_factory import build_service
 from arena.specs import MatchSpec, PluginSpec, VictimSpec
 from arena.victims import cache_path, load_or_train, train_victim
 
@@ -128,7 +129,7 @@ def test_build_service_serves_the_cached_victim(
     digits_data: DataSplits, victim_cache: Path, digits_victim_spec: VictimSpec
 ) -> None:
     service = build_service(
-        match_spec(digits_victim_spec, ["label_only"]), digits_data, victim_cache
+        digits_victim_spec, as_plugin_specs(["label_only"]), digits_data, victim_cache
     )
     input_spec, output_spec = service.public_spec()
     assert input_spec.shape == (1, 8, 8) and input_spec.dtype == "float32"

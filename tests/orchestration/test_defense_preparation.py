@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from arena.home import ArenaHome
 from orchestration.config import parse_config
 from orchestration.tournament import run_tournament
 from orchestration.tracking import Tracker, default_tracking_uri
@@ -39,7 +40,7 @@ def test_training_defenses_are_prepared_once_and_cached(
     cache = tmp_path / "victims"
     first_config = parse_config(_config(dict(smoke_config_dict), "prep-1"))
     tracker = Tracker(default_tracking_uri(tmp_path), "prep", artifact_root=tmp_path / "art")
-    first = run_tournament(first_config, tracker, cache_dir=cache)
+    first = run_tournament(first_config, tracker, ArenaHome.at(tmp_path, victims=cache))
     assert not first.failures, [f.reason for f in first.failures]
     assert first.played == 3
     artefacts = _artefacts(cache)
@@ -47,7 +48,7 @@ def test_training_defenses_are_prepared_once_and_cached(
     assert len(artefacts) == 2, artefacts
 
     second_config = parse_config(_config(dict(smoke_config_dict), "prep-2"))
-    second = run_tournament(second_config, tracker, cache_dir=cache)
+    second = run_tournament(second_config, tracker, ArenaHome.at(tmp_path, victims=cache))
     assert not second.failures and second.played == 3
     assert _artefacts(cache) == artefacts  # nothing retrained, nothing rewritten
 

@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 
 from arena.data import DataSplits
-from arena.referee import MatchData, MatchResult, build_service, comparable, referee_match
+from arena.home import ArenaHome
+from arena.referee import MatchData, MatchResult, comparable, referee_match
 from arena.service import VictimService
+from arena.service_factory import build_service
 from arena.specs import MatchSpec, PluginSpec, VictimSpec
 from arena.victims import load_or_train
 from orchestration.config import parse_config
@@ -33,7 +35,9 @@ def test_R1_same_config_and_seed_twice_identical(
     )
     runs: list[tuple[MatchResult, VictimService]] = []
     for _ in range(2):
-        service = build_service(spec, digits_data, victim_cache)  # a fresh service each time
+        service = build_service(
+            spec.victim, spec.defenses, digits_data, victim_cache
+        )  # a fresh service each time
         runs.append((referee_match(spec, service, MatchData.from_splits(digits_data)), service))
     (first, service_a), (second, service_b) = runs
     assert comparable(first) == comparable(second)
@@ -66,7 +70,7 @@ def test_R2_one_and_two_workers_give_identical_results(
     load_or_train(config.victims[0], digits_data, cache)  # trained here once, loaded by both
     # (b) on the session's Ray (2 CPUs, 1 per match task: two matches at a time)
     tracker = Tracker(default_tracking_uri(tmp_path), "r2", artifact_root=tmp_path / "artifacts")
-    outcome = run_tournament(config, tracker, cache_dir=cache)
+    outcome = run_tournament(config, tracker, ArenaHome.at(tmp_path, victims=cache))
     assert not outcome.failures and outcome.played == 4
     parallel = {r.match_key: comparable(r) for r in outcome.results}
 
@@ -75,7 +79,9 @@ def test_R2_one_and_two_workers_give_identical_results(
     order = specs[:]
     random.Random(7).shuffle(order)
     assert [s.key() for s in order] != [s.key() for s in specs]
-    service = build_service(order[0], digits_data, cache)  # one chain: one service, as on Ray
+    service = build_service(
+        order[0].victim, order[0].defenses, digits_data, cache
+    )  # one chain: one service, as on Ray
     serial: dict[str, dict[str, Any]] = {}
     for spec in order:
         result = referee_match(spec, service, MatchData.from_splits(digits_data))

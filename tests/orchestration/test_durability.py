@@ -349,6 +349,7 @@ import json, signal, sys, time
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
+from arena.home import ArenaHome
 from orchestration.cli import _interrupt
 from orchestration.config import parse_config
 from orchestration.tournament import run_tournament
@@ -379,7 +380,7 @@ def on_result(spec, outcome):
 outcome = run_tournament(
     parse_config(json.loads(raw)),
     tracker,
-    cache_dir=Path(cache),
+    ArenaHome.at(home, victims=Path(cache)),
     address=address,
     on_result=on_result,
     on_start=on_start,

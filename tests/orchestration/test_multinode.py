@@ -251,8 +251,9 @@ def _drive(args: argparse.Namespace) -> dict[str, Any]:
     """Play the match without a fault, then again killing the victim's node mid-match."""
     import ray
 
+    from arena.home import ArenaHome
     from arena.referee import MatchResult, attacker_id, comparable
-    from orchestration import tournament
+    from orchestration import runtime, tournament
     from orchestration.config import parse_config
     from orchestration.ray_service import start_victim_service
     from orchestration.tracking import Tracker
@@ -278,7 +279,7 @@ def _drive(args: argparse.Namespace) -> dict[str, Any]:
         started.append(handle)
         return handle
 
-    tournament.start_victim_service = placed_service  # type: ignore[attr-defined]
+    runtime.start_victim_service = placed_service  # type: ignore[attr-defined]
     config = parse_config(json.loads(args.config))
     (spec,) = config.matches()
     home = Path(args.home)
@@ -287,7 +288,7 @@ def _drive(args: argparse.Namespace) -> dict[str, Any]:
         tracker = Tracker(
             f"sqlite:///{home / store}.db", store, artifact_root=home / f"{store}-artifacts"
         )
-        return tournament.run_tournament(config, tracker, cache_dir=home / "victims")
+        return tournament.run_tournament(config, tracker, ArenaHome.at(home))
 
     def record(results: list[MatchResult]) -> list[dict[str, Any]]:
         return [comparable(r, mode="json") for r in results]

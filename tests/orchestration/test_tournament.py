@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from ray_testkit import live_project_actors
 
+from arena.home import ArenaHome
 from orchestration.config import parse_config
 from orchestration.tournament import run_tournament
 from orchestration.tracking import MATCH_KEY_TAG, Tracker, default_tracking_uri
@@ -46,7 +47,7 @@ def test_D5_tournament_logs_runs_and_resumes_without_duplicates(
     tracker = Tracker(uri, "t-resume", artifact_root=tmp_path / "artifacts")
     cache = tmp_path / "victims"
 
-    first = run_tournament(config, tracker, cache_dir=cache)
+    first = run_tournament(config, tracker, ArenaHome.at(tmp_path, victims=cache))
     expected = len(config.matches())
     assert expected == 3 * 2 * 2
     assert first.played == expected and first.skipped == 0 and not first.failures
@@ -74,7 +75,7 @@ def test_D5_tournament_logs_runs_and_resumes_without_duplicates(
     assert live_project_actors() == []  # F4: victim services are gone
 
     every_run = {r.info.run_id for r in client.search_runs([tracker.experiment_id])}
-    second = run_tournament(config, tracker, cache_dir=cache)
+    second = run_tournament(config, tracker, ArenaHome.at(tmp_path, victims=cache))
     assert second.played == 0 and second.skipped == expected
     assert second.parent_run_id == first.parent_run_id
     # D5: the rerun created no run at all, and there is exactly one run per match key
@@ -102,7 +103,7 @@ def test_F2_failing_match_is_recorded_failed_and_others_finish(
     broken = config.model_copy(update={"substitute_arch": "lenet5"})
     uri = default_tracking_uri(tmp_path)
     tracker = Tracker(uri, "t-fail", artifact_root=tmp_path / "artifacts")
-    outcome = run_tournament(broken, tracker, cache_dir=tmp_path / "victims")
+    outcome = run_tournament(broken, tracker, ArenaHome.at(tmp_path))
     assert len(outcome.failures) == 2 and outcome.played == 0
     assert "12x12" in outcome.failures[0].reason
     client = MlflowClient(uri)
@@ -114,7 +115,7 @@ def test_F2_failing_match_is_recorded_failed_and_others_finish(
 
     # the fixed config (a separate tournament name) plays both matches
     fixed = parse_config({**raw, "name": "digits-fixed"})
-    good = run_tournament(fixed, tracker, cache_dir=tmp_path / "victims")
+    good = run_tournament(fixed, tracker, ArenaHome.at(tmp_path))
     assert good.played == 2 and not good.failures
     keys = [
         r.data.tags[MATCH_KEY_TAG]
@@ -157,7 +158,7 @@ def test_F4_after_a_tournament_all_cpus_are_free_and_no_project_actor_is_alive(
     config = parse_config(raw)
     alive_before = _alive_actor_ids()
     tracker = Tracker(default_tracking_uri(tmp_path), "t-f4", artifact_root=tmp_path / "a")
-    outcome = run_tournament(config, tracker, cache_dir=tmp_path / "victims")
+    outcome = run_tournament(config, tracker, ArenaHome.at(tmp_path))
     assert outcome.played == 2 and not outcome.failures
     start = time.monotonic()
     available, total = _settled_cpus()
@@ -180,11 +181,11 @@ def test_H6_quoted_name_plays_end_to_end_and_a_rerun_skips(
     config = parse_config(raw)
     uri = default_tracking_uri(tmp_path)
     tracker = Tracker(uri, "t-quoted", artifact_root=tmp_path / "artifacts")
-    first = run_tournament(config, tracker, cache_dir=cache_dir)
+    first = run_tournament(config, tracker, ArenaHome.at(tmp_path, victims=cache_dir))
     assert first.played == 1 and not first.failures
     client = MlflowClient(uri)
     before = {r.info.run_id for r in client.search_runs([tracker.experiment_id])}
-    second = run_tournament(config, tracker, cache_dir=cache_dir)
+    second = run_tournament(config, tracker, ArenaHome.at(tmp_path, victims=cache_dir))
     assert second.played == 0 and second.skipped == 1
     assert second.parent_run_id == first.parent_run_id
     assert {r.info.run_id for r in client.search_runs([tracker.experiment_id])} == before

@@ -34,7 +34,7 @@ from arena.referee import MatchData, MatchResult, play_match, referee_match
 from arena.specs import MatchSpec, PluginSpec, VictimSpec
 from arena.victims import load_or_train
 from orchestration.ray_service import HostedVictimService, RayServiceProxy, start_victim_service
-from orchestration.tournament import MatchFailure, play_match_task
+from orchestration.runtime import MatchFailure, play_match_task
 
 pytestmark = pytest.mark.ray
 

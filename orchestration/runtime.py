@@ -1,0 +1,315 @@
+"""The match runtime: everything that turns match specs into results on Ray, in one place.
+
+A tournament and a tuning study are both loops over a :class:`MatchRuntime`: it loads the data
+(before any Ray process starts, so a missing dataset is one clear error), starts or joins Ray,
+puts the data in the object store once, loads or trains each victim once, prepares training-time
+defenses once per victim, owns one victim-service actor per (victim, defense chain) or per caller
+label, plays each match as a Ray task, and hands back results as they finish. As a context
+manager it stops its actors and the Ray it started on every exit path.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import traceback
+import uuid
+from collections.abc import Hashable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+from ray import ObjectRef
+from ray.actor import ActorHandle
+
+from arena.data import DataSplits, load_dataset
+from arena.defenses.chain import build_chain
+from arena.home import ArenaHome
+from arena.oracle import InputSpec
+from arena.referee import MatchData, MatchResult, referee_match
+from arena.specs import MatchSpec, VictimSpec
+from arena.victims import (
+    TrainedVictim,
+    build_victim_model,
+    defended_model,
+    load_cached,
+    save_victim,
+    train_victim,
+)
+from orchestration.config import RaySettings
+from orchestration.ray_leftovers import clean_dead_drivers, record_local_ray
+from orchestration.ray_service import RayServiceProxy, start_victim_service
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MatchFailure:
+    """A match that raised; recorded as a FAILED run with the reason and retried on rerun."""
+
+    match_key: str
+    reason: str
+
+
+Outcome = MatchResult | MatchFailure
+
+
+@dataclass(frozen=True)
+class Finished:
+    """One match that finished, with the label its caller submitted it under."""
+
+    spec: MatchSpec
+    outcome: Outcome
+    label: Hashable
+
+
+@ray.remote
+def _train_victim_task(
+    spec: VictimSpec, data: DataSplits, threads: int, cache_dir: Path
+) -> TrainedVictim:
+    torch.set_num_threads(threads)
+    return train_victim(spec, data, cache_dir)
+
+
+@ray.remote
+def _prepare_defenses_task(
+    spec: MatchSpec, state: dict[str, torch.Tensor], data: DataSplits, cache_dir: Path, threads: int
+) -> None:
+    """Train (and cache) what a defended victim's defenses need, once, before serving starts."""
+    torch.set_num_threads(threads)
+    model = build_victim_model(spec.victim, data.input_shape, data.num_classes, state)
+    defended_model(spec.victim, model, build_chain(spec.defenses), data, cache_dir)
+
+
+@ray.remote
+def play_match_task(
+    spec: MatchSpec,
+    service: ActorHandle[Any],
+    data: MatchData,
+    threads: int,
+    timeout_s: float = 300.0,
+) -> Outcome:
+    torch.set_num_threads(threads)
+    try:
+        return referee_match(spec, RayServiceProxy(service, timeout_s), data)
+    except Exception as exc:  # reported as a value: one failing match must not sink the rest
+        detail = traceback.format_exc(limit=8)
+        return MatchFailure(spec.key(), f"{type(exc).__name__}: {exc}\n{detail}")
+
+
+def start_ray(ray_settings: RaySettings, home: ArenaHome, address: str | None) -> bool:
+    """Connect to a cluster or start a local Ray; returns True when this call started it.
+
+    Before starting a local Ray it stops what killed drivers left of theirs, and it records
+    this driver's so the next one can (:mod:`orchestration.ray_leftovers`)."""
+    if ray.is_initialized():
+        return False
+    target = address or ray_settings.address
+    if target is None:
+        clean_dead_drivers(home.root)
+    store = ray_settings.object_store_mb
+    on_sigterm = signal.getsignal(signal.SIGTERM)
+    ray.init(
+        address=target,
+        include_dashboard=False,
+        logging_level=logging.ERROR,
+        object_store_memory=store * 1024 * 1024 if store and target is None else None,
+    )
+    # ray.init installs its own SIGTERM handler (log and abort); keep the caller's, which lets
+    # the driver close its MLflow runs and stop its victim services first
+    if callable(on_sigterm):
+        signal.signal(signal.SIGTERM, on_sigterm)
+    if target is None:
+        record_local_ray(home.root)
+    return True
+
+
+class MatchRuntime:
+    """Plays match specs on Ray for one driver run (see the module docstring).
+
+    ``run_id`` names the run's victim actors and its ledger folder under ``home.ledgers``: fresh
+    for every driver run, so a rerun plays an unfinished match again from the start.
+    """
+
+    def __init__(
+        self,
+        ray_settings: RaySettings,
+        home: ArenaHome,
+        run_id: str,
+        address: str | None = None,
+    ) -> None:
+        self.settings = ray_settings
+        self.home = home
+        self.address = address
+        self.run_id = run_id
+        self.ledgers = home.ledgers / f"{run_id}-{uuid.uuid4().hex[:8]}"
+        self._started_ray = False
+        self._ray_ready = False
+        self._data: dict[str, DataSplits] = {}
+        self._data_refs: dict[str, ObjectRef[Any]] = {}
+        self._match_data: dict[tuple[str, str], ObjectRef[Any]] = {}
+        self.victims: dict[str, TrainedVictim] = {}
+        """every victim this runtime serves, by victim key"""
+        self._weights: dict[str, ObjectRef[Any]] = {}
+        self._prepared: set[tuple[str, tuple[str, ...]]] = set()
+        self._services: dict[Hashable, ActorHandle[Any]] = {}
+        self._actors_started = 0
+        self._running: dict[ObjectRef[Any], tuple[MatchSpec, Hashable]] = {}
+
+    def __enter__(self) -> MatchRuntime:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        for actor in self._services.values():
+            ray.kill(actor)
+        self._services.clear()
+        if self._started_ray:
+            ray.shutdown()
+
+    # ---- what the matches need, each made once ------------------------------------------------
+
+    def ensure(self, specs: Sequence[MatchSpec]) -> None:
+        """Data, Ray, victims and prepared defenses for these matches (what exists is kept)."""
+        if not specs:
+            return
+        self._ensure_victims([s.victim for s in specs])
+        for name, pool in {(s.victim.dataset, s.pool) for s in specs}:
+            if (name, pool) not in self._match_data:
+                data = MatchData.from_splits(self._data[name], pool)
+                self._match_data[(name, pool)] = ray.put(data)
+        self._prepare_defenses(specs)
+
+    def ensure_victim(self, victim: VictimSpec) -> TrainedVictim:
+        """Data, Ray and the trained victim, before any defense is chosen (a tuning study)."""
+        self._ensure_victims([victim])
+        return self.victims[victim.key()]
+
+    def _ensure_victims(self, victims: list[VictimSpec]) -> None:
+        """The datasets (loaded before Ray starts: a missing one is a clear error, not a failed
+        task), Ray, the data in the object store once, and the victims: cached ones loaded in
+        the driver, the others trained in parallel Ray tasks."""
+        for name in {v.dataset for v in victims} - set(self._data):
+            self._data[name] = load_dataset(name, self.home.data_dir)
+        if not self._ray_ready:
+            torch.set_num_threads(self.settings.cpus_per_match)
+            self._started_ray = start_ray(self.settings, self.home, self.address)
+            self._ray_ready = True
+        for name, split in self._data.items():
+            if name not in self._data_refs:
+                self._data_refs[name] = ray.put(split)
+        training: dict[str, ObjectRef[Any]] = {}
+        threads = self.settings.cpus_per_match
+        for spec in {v.key(): v for v in victims}.values():
+            if spec.key() in self.victims:
+                continue
+            cached = load_cached(spec, self._data[spec.dataset], self.home.victims)
+            if cached is not None:
+                self.victims[spec.key()] = cached
+            else:
+                task = _train_victim_task.options(num_cpus=threads)
+                data = self._data_refs[spec.dataset]
+                training[spec.key()] = task.remote(spec, data, threads, self.home.victims)
+        for key, ref in training.items():
+            victim: TrainedVictim = ray.get(ref)
+            save_victim(victim, self.home.victims)
+            self.victims[key] = victim
+        for key, victim in self.victims.items():
+            if key not in self._weights:
+                self._weights[key] = ray.put(victim.model.state_dict())
+
+    def _prepare_defenses(self, specs: Sequence[MatchSpec]) -> None:
+        """Training-time defense preparation in parallel Ray tasks, one per victim and set of
+        training defenses, so the victim-service actors only load from the cache. Chains whose
+        training defenses are the same (say two serving thresholds) share one task."""
+        first: dict[tuple[str, tuple[str, ...]], MatchSpec] = {}
+        for spec in specs:
+            chain = build_chain(spec.defenses)
+            if chain.needs_training:
+                pairs = zip(spec.defenses, chain.defenses, strict=True)
+                trained = tuple(s.model_dump_json() for s, d in pairs if d.needs_training)
+                key = (spec.victim.key(), trained)
+                if key not in self._prepared:
+                    first.setdefault(key, spec)
+        threads = self.settings.cpus_per_match
+        task = _prepare_defenses_task.options(num_cpus=threads)
+        refs = [
+            task.remote(
+                spec,
+                self._weights[spec.victim.key()],
+                self._data_refs[spec.victim.dataset],
+                self.home.victims,
+                threads,
+            )
+            for spec in first.values()
+        ]
+        ray.get(refs)
+        self._prepared.update(first)
+
+    def service(self, spec: MatchSpec, label: Hashable | None = None) -> ActorHandle[Any]:
+        """The victim-service actor serving ``spec``'s victim and chain (started on first use):
+        one per (victim, chain), or one per ``label`` when the caller wants its own."""
+        chain = tuple(d.model_dump_json() for d in spec.defenses)
+        key = label if label is not None else (spec.victim.key(), chain)
+        if key not in self._services:
+            data = self._data[spec.victim.dataset]
+            ledger = self.ledgers / f"victim-{self._actors_started}.sqlite3"
+            prepares = build_chain(spec.defenses).needs_preparation
+            self._services[key] = start_victim_service(
+                spec.victim,
+                spec.defenses,
+                self._weights[spec.victim.key()],
+                InputSpec(shape=data.input_shape),
+                data.num_classes,
+                num_cpus=self.settings.cpus_per_victim,
+                num_gpus=self.settings.gpus_per_victim,
+                name=f"victim-{self.run_id[:8]}-{self._actors_started}",
+                data=self._data_refs[spec.victim.dataset] if prepares else None,
+                cache_dir=self.home.victims,
+                ledger_path=ledger,
+                max_restarts=self.settings.victim_max_restarts,
+                max_pending_calls=self.settings.victim_queue_cap,
+            )
+            self._actors_started += 1
+        return self._services[key]
+
+    def stop_service(self, label: Hashable) -> None:
+        """Stop the actor started for ``label`` (a tuning trial's, once its matches are done)."""
+        actor = self._services.pop(label, None)
+        if actor is not None:
+            ray.kill(actor)
+
+    # ---- playing --------------------------------------------------------------------------------
+
+    def submit(self, spec: MatchSpec, label: Hashable | None = None) -> None:
+        """Play ``spec`` as a Ray task against its victim service (see :meth:`service`)."""
+        self.ensure([spec])
+        threads = self.settings.cpus_per_match
+        ref = play_match_task.options(num_cpus=threads).remote(
+            spec,
+            self.service(spec, label),
+            self._match_data[(spec.victim.dataset, spec.pool)],
+            threads,
+            self.settings.victim_timeout_s,
+        )
+        self._running[ref] = (spec, label)
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    def next_finished(self) -> Finished:
+        """Wait for the next match to finish (one must be running)."""
+        ready, _ = ray.wait(list(self._running), num_returns=1)
+        spec, label = self._running.pop(ready[0])
+        try:
+            outcome: Outcome = ray.get(ready[0])
+        except ray.exceptions.RayError as exc:
+            outcome = MatchFailure(spec.key(), f"{type(exc).__name__}: {exc}")
+        return Finished(spec, outcome, label)
+
+    def as_finished(self) -> Iterator[Finished]:
+        """Every running match, in the order they finish."""
+        while self._running:
+            yield self.next_finished()
