@@ -47,8 +47,10 @@ class ArenaError(Exception):
     """Base of every error the arena raises on purpose."""
 
 
-class QueryErrorCode(StrEnum):
-    """Why a query was refused; carried by :class:`InvalidQuery` so callers can branch on it."""
+class RejectionCode(StrEnum):
+    """Every reason a victim service refuses a batch (never charged), defined once: the oracle
+    raises a typed error for each, and the HTTP endpoint answers each with its
+    :attr:`http_status`."""
 
     NOT_ARRAY = "not_array"
     DTYPE = "dtype"
@@ -60,6 +62,43 @@ class QueryErrorCode(StrEnum):
     UNKNOWN_ATTACKER = "unknown_attacker"
     QUERY_ID_REUSED = "query_id_reused"
     TARGETS = "targets"
+    BUDGET_EXHAUSTED = "budget_exhausted"
+    REFUSED = "refused"
+    """a detector flagged the caller"""
+    OVERLOADED = "overloaded"
+    UNAVAILABLE = "unavailable"
+    """the victim is down or did not answer in time (it is being restarted)"""
+
+    @property
+    def http_status(self) -> int:
+        return _HTTP_STATUS.get(self, 400)
+
+    @property
+    def malformed(self) -> bool:
+        """The batch itself is wrong (:class:`InvalidQuery`); the others are about the account,
+        a detector or the victim's health."""
+        return self not in _NOT_MALFORMED
+
+
+_HTTP_STATUS = {
+    RejectionCode.BATCH_TOO_LARGE: 413,
+    RejectionCode.UNKNOWN_ATTACKER: 401,
+    RejectionCode.QUERY_ID_REUSED: 409,
+    RejectionCode.BUDGET_EXHAUSTED: 402,
+    RejectionCode.REFUSED: 403,
+    RejectionCode.OVERLOADED: 429,
+    RejectionCode.UNAVAILABLE: 503,
+}
+_NOT_MALFORMED = frozenset(
+    {
+        RejectionCode.BUDGET_EXHAUSTED,
+        RejectionCode.REFUSED,
+        RejectionCode.OVERLOADED,
+        RejectionCode.UNAVAILABLE,
+    }
+)
+QueryErrorCode = RejectionCode
+"""the name :class:`InvalidQuery` callers know the codes by"""
 
 
 class InvalidQuery(ArenaError):

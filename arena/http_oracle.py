@@ -6,8 +6,8 @@ protocol (``orchestration/endpoint.py``) carries raw float32 bytes out and JSON 
 rejections come back as the same :class:`~arena.oracle.Rejection` codes an in-process service
 returns, so the oracle raises the same typed errors. Errors of the HTTP layer itself (bad token,
 unknown route) are :class:`EndpointError`; an unreachable server is a
-``Rejection("unavailable")`` for a query (the oracle retries it with the same query id, which is
-never charged twice) and an :class:`EndpointError` for the spec and status.
+``Rejection("unavailable")`` for a query (the oracle retries it with the same query id, which
+is never charged twice) and an :class:`EndpointError` for the spec and status.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import requests
 import torch
 
 from arena import wire
-from arena.errors import ArenaError
+from arena.errors import ArenaError, RejectionCode
 from arena.oracle import (
     AccountStatus,
     Answer,
@@ -153,7 +153,9 @@ class HttpEndpoint:
                 verify=self._verify,
             )
         except requests.RequestException as exc:
-            return Rejection("unavailable", f"{self._url} did not answer ({type(exc).__name__})")
+            return Rejection(
+                RejectionCode.UNAVAILABLE, f"{self._url} did not answer ({type(exc).__name__})"
+            )
         reply = _json(response)
         if response.status_code == 200:
             try:

@@ -22,8 +22,8 @@ from arena.errors import (
     BudgetExhausted,
     InvalidQuery,
     Overloaded,
-    QueryErrorCode,
     QueryRefused,
+    RejectionCode,
     VictimUnavailable,
 )
 from arena.targets import Targets
@@ -70,15 +70,16 @@ class Rejection:
     remaining: int = 0
 
     def to_error(self) -> Exception:
-        if self.code == "budget_exhausted":
+        code = RejectionCode(self.code)
+        if code is RejectionCode.BUDGET_EXHAUSTED:
             return BudgetExhausted(self.requested, self.remaining)
-        if self.code == "refused":
+        if code is RejectionCode.REFUSED:
             return QueryRefused(self.message)
-        if self.code == "overloaded":
+        if code is RejectionCode.OVERLOADED:
             return Overloaded(self.message)
-        if self.code == "unavailable":
+        if code is RejectionCode.UNAVAILABLE:
             return VictimUnavailable(self.message)
-        return InvalidQuery(QueryErrorCode(self.code), self.message)
+        return InvalidQuery(code, self.message)
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,9 @@ def check_structure(x: Any, spec: InputSpec) -> Rejection | None:
     if not (type(x) is np.ndarray or isinstance(x, torch.Tensor)):
         # ndarray subclasses are refused too: a masked array would hide NaNs from the checks
         kind = type(x).__name__
-        return Rejection("not_array", f"expected a numpy array or torch tensor, got {kind}")
+        return Rejection(
+            RejectionCode.NOT_ARRAY, f"expected a numpy array or torch tensor, got {kind}"
+        )
     dtype = str(x.dtype).removeprefix("torch.")
     if dtype != spec.dtype:
         return Rejection("dtype", f"expected dtype {spec.dtype}, got {dtype}")
@@ -198,7 +201,7 @@ class Oracle:
             else:
                 result = self._endpoint.answer(self._attacker_id, query_id, payload, targets)
             if (
-                not (isinstance(result, Rejection) and result.code == "unavailable")
+                not (isinstance(result, Rejection) and result.code == RejectionCode.UNAVAILABLE)
                 or pause is None
             ):
                 break

@@ -28,6 +28,7 @@ from torch import nn
 
 from arena.defenses.base import OwnershipKeys
 from arena.defenses.chain import DefenseChain
+from arena.errors import RejectionCode
 from arena.ledger import AuditDigest, Ledger, array_hash
 from arena.metrics import exact_sum, kl_divergence, l1_distance
 from arena.oracle import AccountStatus, Answer, InputSpec, OutputSpec, Rejection, validate_query
@@ -258,11 +259,11 @@ class VictimService:
                 if refusal is not None:
                     stats.refused_batches += 1
                     self._ledger.save_snapshot(attacker_id, account.snapshot())
-                    return Rejection("refused", refusal)
+                    return Rejection(RejectionCode.REFUSED, refusal)
                 remaining = stats.budget - stats.used
                 if batch > remaining:
                     return Rejection(
-                        "budget_exhausted",
+                        RejectionCode.BUDGET_EXHAUSTED,
                         f"batch of {batch} exceeds the remaining budget {remaining}",
                         requested=batch,
                         remaining=remaining,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from arena.errors import QueryErrorCode
+from arena.errors import RejectionCode
 
 SPEC_ROUTE = "/v1/spec"
 STATUS_ROUTE = "/v1/status"
@@ -35,22 +35,10 @@ SHAPE = re.compile(rf"[0-9]{{1,8}}(,[0-9]{{1,8}}){{0,{MAX_DIMS - 1}}}")
 TOKEN = re.compile(r"[A-Za-z0-9._~+/=-]{16,256}")
 MAX_TARGETS_CHARS = 200
 
-SERVICE_REJECTIONS = {
-    "batch_too_large": 413,
-    "budget_exhausted": 402,
-    "refused": 403,
-    "query_id_reused": 409,
-    "overloaded": 429,
-    "unavailable": 503,
-    "unknown_attacker": 401,
-}
-"""HTTP status of each rejection code of the victim service that is not a plain 400"""
-REJECTION_CODES = frozenset(
-    {c.value for c in QueryErrorCode} | {"budget_exhausted", "refused", "overloaded", "unavailable"}
-)
+REJECTION_CODES = frozenset(code.value for code in RejectionCode)
 """codes that are the victim service's own rejections (everything else is the HTTP layer's)"""
 
 
 def status_of(code: str) -> int:
     """The HTTP status a service rejection code travels with."""
-    return SERVICE_REJECTIONS.get(code, 400)
+    return RejectionCode(code).http_status if code in REJECTION_CODES else 400

@@ -52,7 +52,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, ValidationError
 
 from arena import wire
-from arena.errors import ArenaError
+from arena.errors import ArenaError, RejectionCode
 from arena.oracle import AccountStatus, Answer, OracleEndpoint, Rejection
 from orchestration.http_server import HttpError, HttpServer, Limits, RequestHead, Response
 from orchestration.openapi import openapi_document
@@ -166,9 +166,10 @@ class TokenBucket:
 def rejection_response(rejection: Rejection) -> Response:
     """The HTTP response of a service rejection."""
     body: dict[str, Any] = {"code": rejection.code, "message": rejection.message}
-    if rejection.code == "budget_exhausted":
+    if rejection.code == RejectionCode.BUDGET_EXHAUSTED:
         body.update(requested=rejection.requested, remaining=rejection.remaining)
-    headers = {"Retry-After": "1"} if rejection.code in ("overloaded", "unavailable") else {}
+    retry = rejection.code in (RejectionCode.OVERLOADED, RejectionCode.UNAVAILABLE)
+    headers = {"Retry-After": "1"} if retry else {}
     return Response(wire.status_of(rejection.code), body, headers)
 
 

@@ -26,6 +26,7 @@ from ray.actor import ActorHandle
 
 from arena.data import DataSplits
 from arena.defenses.base import OwnershipKeys
+from arena.errors import RejectionCode
 from arena.ledger import AuditDigest, Ledger
 from arena.oracle import (
     AccountStatus,
@@ -153,7 +154,7 @@ class RayServiceProxy:
         try:
             ref = getattr(self._handle, method).remote(*args)
         except ray.exceptions.PendingCallsLimitExceeded:
-            return Rejection("overloaded", "the victim's queue is full: retry later")
+            return Rejection(RejectionCode.OVERLOADED, "the victim's queue is full: retry later")
         try:
             return ray.get(ref, timeout=self._timeout)
         except ray.exceptions.GetTimeoutError:
@@ -165,10 +166,12 @@ class RayServiceProxy:
                 )
                 ray.kill(self._handle, no_restart=False)
                 self._killed_at = now
-            return Rejection("unavailable", f"the victim did not answer within {self._timeout:g} s")
+            return Rejection(
+                RejectionCode.UNAVAILABLE, f"the victim did not answer within {self._timeout:g} s"
+            )
         except (ray.exceptions.ActorDiedError, ray.exceptions.ActorUnavailableError) as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            return Rejection("unavailable", f"the victim service is down: {first}")
+            return Rejection(RejectionCode.UNAVAILABLE, f"the victim service is down: {first}")
 
     def answer(
         self, attacker_id: str, query_id: str, x: Any, targets: Any = None
