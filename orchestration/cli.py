@@ -10,7 +10,6 @@ validated and ``--home`` proven writable.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import signal
@@ -39,7 +38,6 @@ if TYPE_CHECKING:
     from arena.data import DataSplits
     from arena.home import ArenaHome
     from arena.http_oracle import HttpEndpoint
-    from arena.specs import PluginSpec, VictimSpec
     from orchestration.config import TournamentConfig
     from orchestration.tune_config import TuneConfig
 
@@ -511,58 +509,29 @@ def _serve(
     config: object, victim: int, defense: int, table: object, host: str, port: int,
     options: ServeOptions,
 ) -> None:  # fmt: skip
-    from arena.data import load_dataset
-    from arena.defenses import DEFENSES
-    from arena.errors import ArenaError
-    from arena.ledger import Ledger
-    from arena.registry import canonical_params
-    from arena.service_factory import build_service
-    from arena.specs import PluginSpec
     from orchestration.config import TournamentConfig
-    from orchestration.endpoint import IsolatedEndpoint, TokenTable
+    from orchestration.endpoint import TokenTable, serve_config_victim
 
     assert isinstance(config, TournamentConfig) and isinstance(table, TokenTable)
-    chain = tuple(
-        PluginSpec(name=p.name, params=canonical_params(DEFENSES, p.name, p.params))
-        for p in config.defenses[defense]
+    served = serve_config_victim(
+        config, victim, defense, table, options.home, host, port, options.token_rate, options.tls
     )
-    target = config.victims[victim]
-    home = options.home
-    ledger = Ledger(served_ledger_path(home, target, chain))
-    data = load_dataset(target.dataset, home.data_dir)
-    service = build_service(target, chain, data, home.victims, ledger=ledger)
-    try:
-        endpoint = IsolatedEndpoint(
-            service, table, host, port, token_rate=options.token_rate, tls=options.tls
-        )
-    except ValueError as exc:  # a budget that differs from the one the ledger holds
-        raise ArenaError(
-            f"{exc} in the ledger {ledger.path}: keep that budget in the tokens file, or give "
-            "the attacker a new id"
-        ) from None
     logging.getLogger("orchestration.http_server").addHandler(logging.StreamHandler())
+    target = config.victims[victim]
     console.print(
-        f"serving {target.dataset}/{target.arch} behind {service.defense_label} at "
-        f"{endpoint.url} to {len(table.budgets)} attacker(s), {len(table.owners)} token(s) "
-        f"(untrusted-http); ledger {ledger.path}",
+        f"serving {target.dataset}/{target.arch} behind {served.label} at {served.endpoint.url} "
+        f"to {len(table.budgets)} attacker(s), {len(table.owners)} token(s) (untrusted-http); "
+        f"ledger {served.ledger.path}",
         highlight=False,
         soft_wrap=True,
         markup=False,
     )
     sys.stdout.flush()
     try:
-        endpoint.serve_forever()
+        served.endpoint.serve_forever()
     finally:
-        endpoint.close()
-        ledger.close()
-
-
-def served_ledger_path(home: ArenaHome, victim: VictimSpec, chain: tuple[PluginSpec, ...]) -> Path:
-    """The ledger of one served (victim, defense chain): the same file every time it is served,
-    so budgets, replayable query ids, detector states and the audit log survive restarts."""
-    defenses = "-".join(d.key() for d in chain) or "none"
-    key = hashlib.sha256(f"{victim.key()}/{defenses}".encode()).hexdigest()[:16]
-    return home.ledgers / "serve" / f"{victim.key()}-{key}.sqlite3"
+        served.endpoint.close()
+        served.ledger.close()
 
 
 @app.command()

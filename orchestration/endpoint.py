@@ -37,6 +37,7 @@ a retried query id is answered again without a second charge.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import hmac
 import json
 import math
@@ -52,8 +53,16 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, ValidationError
 
 from arena import wire
+from arena.data import load_dataset
+from arena.defenses import DEFENSES
 from arena.errors import ArenaError, RejectionCode
+from arena.home import ArenaHome
+from arena.ledger import Ledger
 from arena.oracle import AccountStatus, Answer, OracleEndpoint, Rejection
+from arena.registry import canonical_params
+from arena.service_factory import build_service
+from arena.specs import PluginSpec, VictimSpec
+from orchestration.config import TournamentConfig
 from orchestration.http_server import HttpError, HttpServer, Limits, RequestHead, Response
 from orchestration.openapi import openapi_document
 from orchestration.yaml_input import UnreadableYaml, read_yaml_file
@@ -411,3 +420,53 @@ def _targets(headers: Mapping[str, str]) -> dict[str, float] | None:
     ):
         raise HttpError(400, "targets", "targets must be a JSON object of finite numbers")
     return {k: float(v) for k, v in value.items()}
+
+
+@dataclass(frozen=True)
+class ServedVictim:
+    """A victim of a config behind its endpoint, with the ledger it keeps."""
+
+    endpoint: IsolatedEndpoint
+    ledger: Ledger
+    label: str
+    """the defense chain, as the audit log names it"""
+
+
+def served_ledger_path(home: ArenaHome, victim: VictimSpec, chain: tuple[PluginSpec, ...]) -> Path:
+    """The ledger of one served (victim, defense chain): the same file every time it is served,
+    so budgets, replayable query ids, detector states and the audit log survive restarts."""
+    defenses = "-".join(d.key() for d in chain) or "none"
+    key = hashlib.sha256(f"{victim.key()}/{defenses}".encode()).hexdigest()[:16]
+    return home.ledgers / "serve" / f"{victim.key()}-{key}.sqlite3"
+
+
+def serve_config_victim(
+    config: TournamentConfig,
+    victim: int,
+    defense: int,
+    tokens: TokenTable,
+    home: ArenaHome,
+    host: str,
+    port: int,
+    token_rate: float | None = None,
+    tls: ssl.SSLContext | None = None,
+) -> ServedVictim:
+    """``config.victims[victim]`` behind ``config.defenses[defense]``, served to ``tokens`` (not
+    started yet), with its ledger under ``home`` reopened where the last run left it."""
+    chain = tuple(
+        PluginSpec(name=p.name, params=canonical_params(DEFENSES, p.name, p.params))
+        for p in config.defenses[defense]
+    )
+    target = config.victims[victim]
+    ledger = Ledger(served_ledger_path(home, target, chain))
+    data = load_dataset(target.dataset, home.data_dir)
+    service = build_service(target, chain, data, home.victims, ledger=ledger)
+    try:
+        endpoint = IsolatedEndpoint(service, tokens, host, port, token_rate=token_rate, tls=tls)
+    except ValueError as exc:  # a budget that differs from the one the ledger holds
+        ledger.close()
+        raise TokenFileError(
+            f"{exc} in the ledger {ledger.path}: keep that budget in the tokens file, or give "
+            "the attacker a new id"
+        ) from None
+    return ServedVictim(endpoint, ledger, service.defense_label)
