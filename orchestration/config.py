@@ -15,6 +15,7 @@ from typing import Annotated, Any, TypeVar
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     NonNegativeFloat,
@@ -113,6 +114,11 @@ def attack_entries(value: Any) -> Any:
     return [plugin_entry(v) for v in value] if isinstance(value, list) else value
 
 
+Attacks = Annotated[list[PluginSpec], Field(min_length=1), BeforeValidator(attack_entries)]
+"""an ``attacks`` list as tournaments and tuning studies both write it: an unknown suite is a
+problem at ``attacks`` reported with the config's other schema problems"""
+
+
 def plays_pool(attack: type[Attacker], pool: str) -> bool:
     """Whether an attack has a match under a pool: data-free attacks play once (pool ``none``),
     pool thieves every granted pool but ``none``, the true-label bound only in distribution."""
@@ -167,7 +173,7 @@ class TournamentConfig(_Strict):
     victims: list[VictimSpec] = Field(min_length=1)
     defenses: list[list[PluginSpec]] = Field(min_length=1)
     """each entry is one defense chain; a single defense may be written without the list"""
-    attacks: list[PluginSpec] = Field(min_length=1)
+    attacks: Attacks
     budgets: list[PositiveInt] = Field(min_length=1)
     seeds: list[NonNegativeInt] = Field(default=[0], min_length=1)
     pools: list[PoolName] = Field(default=["in_distribution"], min_length=1)
@@ -196,11 +202,6 @@ class TournamentConfig(_Strict):
             [plugin_entry(v) for v in entry] if isinstance(entry, list) else [plugin_entry(entry)]
             for entry in value
         ]
-
-    @field_validator("attacks", mode="before")
-    @classmethod
-    def _attacks(cls, value: Any) -> Any:
-        return attack_entries(value)
 
     def matches(self) -> list[MatchSpec]:
         """Every match of the tournament, plug-in parameters canonicalised, duplicates dropped."""

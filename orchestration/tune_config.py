@@ -16,18 +16,17 @@ from arena.errors import ArenaError, brief
 from arena.registry import build_plugin
 from arena.specs import MatchSpec, PluginSpec, VictimSpec
 from orchestration.config import (
+    Attacks,
     ConfigError,
     Name,
     RaySettings,
     TrackingSettings,
-    attack_entries,
     plugin_problems,
     read_yaml,
     validate_model,
     victim_problems,
     zoo_problems,
 )
-from orchestration.suites import UnknownSuite
 
 STORAGE_SCHEMES = ("sqlite", "postgresql", "mysql")
 """RDB URLs Optuna accepts; anything else must be a journal file path"""
@@ -57,7 +56,7 @@ class TuneConfig(_Strict):
     """hyperparameters held fixed (not searched)"""
     search_space: dict[str, RangeOverride] = {}
     """overrides of the ranges the defense declares; a declared name left out keeps its range"""
-    attacks: list[PluginSpec] = Field(min_length=1)
+    attacks: Attacks
     """the suite: protection is the worst case over these"""
     budget: PositiveInt
     seed: NonNegativeInt = 0
@@ -217,11 +216,6 @@ def _semantic_problems(config: TuneConfig) -> list[tuple[str, str]]:
 
 def parse_tune_config(raw: Any, source: str = "<config>") -> TuneConfig:
     """Validate a parsed YAML document; raises ConfigError listing every problem."""
-    if isinstance(raw, dict) and isinstance(raw.get("attacks"), list):
-        try:
-            raw = {**raw, "attacks": attack_entries(raw["attacks"])}
-        except UnknownSuite as exc:
-            raise ConfigError(source, [("attacks", str(exc))]) from None
     config = validate_model(TuneConfig, raw, source)
     problems = _semantic_problems(config)
     if problems:
