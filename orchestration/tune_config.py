@@ -10,22 +10,22 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt
 
 import agents  # noqa: F401  (registers the built-in attacks)
-from arena.attacker import ATTACKS
 from arena.defenses import DEFENSES, Choice, FloatRange, IntRange, ParamSpace
-from arena.errors import ArenaError, brief
-from arena.registry import build_plugin
+from arena.errors import brief
 from arena.specs import MatchSpec, PluginSpec, VictimSpec
 from orchestration.config import (
     Attacks,
     ConfigError,
+    Lineup,
     Name,
+    PluginAt,
     RaySettings,
     TrackingSettings,
+    defense_problems,
+    lineup_problems,
     plugin_problems,
     read_yaml,
     validate_model,
-    victim_problems,
-    zoo_problems,
 )
 
 STORAGE_SCHEMES = ("sqlite", "postgresql", "mysql")
@@ -158,14 +158,16 @@ def _range_problems(config: TuneConfig) -> list[tuple[str, str]]:
                 "or every tunable parameter is fixed)",
             )
         )
-    # every corner of the space must build a valid defense
+    # every corner of the space must build a valid defense for the victim's task
     for name, kind in space.items():
         values = kind.options if isinstance(kind, Choice) else (kind.low, kind.high)
         for value in values:
-            try:
-                build_plugin(DEFENSES, config.defense, {**config.fixed, name: value})
-            except ArenaError as exc:
-                problems.append((f"search_space.{name}", f"value {brief(value)} is invalid: {exc}"))
+            path = f"search_space.{name}"
+            corner = PluginSpec(name=config.defense, params={**config.fixed, name: value})
+            problems += [
+                (path, f"value {brief(value)} is invalid: {message}")
+                for _, message in defense_problems(PluginAt(corner, path, path), [config.victim])
+            ]
     return problems
 
 
@@ -192,23 +194,33 @@ def _storage_problems(storage: str | None) -> list[tuple[str, str]]:
     return []
 
 
+def _defense(config: TuneConfig) -> PluginAt:
+    """The studied defense with its fixed hyperparameters, as every trial and default plays it."""
+    return PluginAt(PluginSpec(name=config.defense, params=config.fixed), "defense", "fixed")
+
+
+def _lineup(config: TuneConfig) -> Lineup:
+    """The study as a tournament would see it: one victim, the defense, the attack suite."""
+    return Lineup(
+        victims=[("victim", config.victim)],
+        chains=[("defense", [_defense(config)])],
+        attacks=[PluginAt.entry(spec, f"attacks.{i}") for i, spec in enumerate(config.attacks)],
+        substitute_arch=config.substitute_arch,
+        defenses_path="defense",
+    )
+
+
 def _semantic_problems(config: TuneConfig) -> list[tuple[str, str]]:
-    problems = victim_problems(config.victim, "victim")
-    defense = PluginSpec(name=config.defense, params=config.fixed)
-    found = plugin_problems(DEFENSES, "defense", defense)
-    if found:
-        problems += [("fixed" if p.endswith("params") else "defense", m) for p, m in found]
-    else:
+    """The lineup's problems (as a tournament's), then the study's own: its search space, its
+    literature defaults (played with the fixed hyperparameters), storage and utility."""
+    problems = lineup_problems(_lineup(config))
+    if not plugin_problems(DEFENSES, _defense(config)):
         problems += _range_problems(config)
         for i, params in enumerate(config.defaults):
-            found = plugin_problems(
-                DEFENSES, f"defaults.{i}", PluginSpec(name=config.defense, params=params)
-            )
-            problems += [(f"defaults.{i}", m) for _, m in found]
-    for i, spec in enumerate(config.attacks):
-        problems += plugin_problems(ATTACKS, f"attacks.{i}", spec)
+            played = PluginSpec(name=config.defense, params={**config.fixed, **params})
+            path = f"defaults.{i}"
+            problems += defense_problems(PluginAt(played, path, path), [config.victim])
     problems += _storage_problems(config.storage)
-    problems += zoo_problems([config.victim], [defense], config.attacks, "defense")
     if config.utility == "goodput" and not config.victim.is_zoo:
         problems.append(("utility", "goodput is measured on model zoos only: use a zoo victim"))
     return problems
