@@ -27,6 +27,7 @@ from orchestration.config import (
     read_yaml,
     validate_model,
 )
+from orchestration.study_storage import named_storage
 
 STORAGE_SCHEMES = ("sqlite", "postgresql", "mysql")
 """RDB URLs Optuna accepts; anything else must be a journal file path"""
@@ -172,10 +173,12 @@ def _range_problems(config: TuneConfig) -> list[tuple[str, str]]:
 
 
 def _storage_problems(storage: str | None) -> list[tuple[str, str]]:
-    if storage is None:
+    """A storage URL Optuna cannot use, or a journal path below something not a directory."""
+    if not storage:
         return []
-    scheme, sep, _ = storage.partition("://")
-    if sep:
+    where = named_storage(storage)
+    if isinstance(where, str):
+        scheme = where.partition("://")[0]
         base = scheme.split("+")[0]
         if base not in STORAGE_SCHEMES:
             return [
@@ -185,12 +188,11 @@ def _storage_problems(storage: str | None) -> list[tuple[str, str]]:
                     f"an RDB URL ({', '.join(s + '://' for s in STORAGE_SCHEMES)})",
                 )
             ]
-        if base == "sqlite" and not storage.startswith("sqlite:///"):
+        if base == "sqlite" and not where.startswith("sqlite:///"):
             return [("storage", "a SQLite URL needs three slashes: sqlite:///path/to/file.db")]
         return []
-    parent = Path(storage).expanduser().parent
-    if parent.exists() and not parent.is_dir():
-        return [("storage", f"journal path {storage!r}: {parent} is not a directory")]
+    if where.parent.exists() and not where.parent.is_dir():
+        return [("storage", f"journal path {storage!r}: {where.parent} is not a directory")]
     return []
 
 
