@@ -50,5 +50,6 @@ class ArenaHome:
 
     @property
     def studies(self) -> Path:
-        """Optuna journals and frontier artifacts, one folder per study"""
+        """a tuning study's frontier plots and tables, one folder per study (its Optuna journal
+        is ``optuna/<study>.journal``: :func:`orchestration.study_storage.storage_location`)"""
         return self.root / "studies"

@@ -252,13 +252,11 @@ def _tune(config: object, address: str | None, tracking_uri: str | None, home: A
 
 
 def _dashboard_target(config: object, home: Path) -> str:
+    from orchestration.study_storage import storage_location
     from orchestration.tune_config import TuneConfig
 
     assert isinstance(config, TuneConfig)
-    if config.storage and "://" in config.storage:
-        return config.storage
-    path = Path(config.storage) if config.storage else home / "optuna" / f"{config.name}.journal"
-    return str(path.expanduser().resolve())
+    return str(storage_location(config.name, config.storage, home))
 
 
 @app.command()
@@ -287,26 +285,22 @@ def frontier(
     import optuna
 
     from orchestration.frontier import best_at_floor, plot_html, plot_png, study_view
+    from orchestration.study_storage import open_storage_at, storage_location
 
     if storage and len(storage) not in (1, len(studies)):
         raise _fail(f"give one --storage, or one per study ({len(studies)}), not {len(storage)}", 2)
     if not 0 <= floor <= 1:
         raise _fail(f"--floor must be between 0 and 1, got {floor}", 2)
-    home = home.expanduser().resolve()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     views = []
     for i, name in enumerate(studies):
         target = (storage[i] if len(storage) > 1 else storage[0]) if storage else None
-        where = target or str(home / "optuna" / f"{name}.journal")
-        if "://" not in where and not Path(where).is_file():
+        where = storage_location(name, target, home)
+        if isinstance(where, Path) and not where.is_file():
             raise _fail(
                 escape(f"no study storage at {where}; run `arena tune` first or pass --storage"), 2
             )
-        backend = (
-            where
-            if "://" in where
-            else optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(where))
-        )
+        backend = open_storage_at(where)
         try:
             views.append(study_view(optuna.load_study(study_name=name, storage=backend)))
         except KeyError:

@@ -9,12 +9,15 @@ every problem :class:`ConfigError` lists is one short line.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     NonNegativeFloat,
@@ -113,6 +116,11 @@ def attack_entries(value: Any) -> Any:
     return [plugin_entry(v) for v in value] if isinstance(value, list) else value
 
 
+Attacks = Annotated[list[PluginSpec], Field(min_length=1), BeforeValidator(attack_entries)]
+"""an ``attacks`` list as tournaments and tuning studies both write it: an unknown suite is a
+problem at ``attacks`` reported with the config's other schema problems"""
+
+
 def plays_pool(attack: type[Attacker], pool: str) -> bool:
     """Whether an attack has a match under a pool: data-free attacks play once (pool ``none``),
     pool thieves every granted pool but ``none``, the true-label bound only in distribution."""
@@ -167,7 +175,7 @@ class TournamentConfig(_Strict):
     victims: list[VictimSpec] = Field(min_length=1)
     defenses: list[list[PluginSpec]] = Field(min_length=1)
     """each entry is one defense chain; a single defense may be written without the list"""
-    attacks: list[PluginSpec] = Field(min_length=1)
+    attacks: Attacks
     budgets: list[PositiveInt] = Field(min_length=1)
     seeds: list[NonNegativeInt] = Field(default=[0], min_length=1)
     pools: list[PoolName] = Field(default=["in_distribution"], min_length=1)
@@ -196,11 +204,6 @@ class TournamentConfig(_Strict):
             [plugin_entry(v) for v in entry] if isinstance(entry, list) else [plugin_entry(entry)]
             for entry in value
         ]
-
-    @field_validator("attacks", mode="before")
-    @classmethod
-    def _attacks(cls, value: Any) -> Any:
-        return attack_entries(value)
 
     def matches(self) -> list[MatchSpec]:
         """Every match of the tournament, plug-in parameters canonicalised, duplicates dropped."""
@@ -248,26 +251,98 @@ class TournamentConfig(_Strict):
         return list(specs.values())
 
 
-def plugin_problems(registry: Registry[Any], path: str, spec: PluginSpec) -> list[tuple[str, str]]:
+@dataclass(frozen=True)
+class PluginAt:
+    """A plug-in as a config writes it: the spec and the dotted paths its name and its parameters
+    are reported at (``attacks.1.name`` and ``attacks.1.params`` in a list; a tuning study's
+    defense is ``defense`` and ``fixed``)."""
+
+    spec: PluginSpec
+    name_path: str
+    params_path: str
+
+    @classmethod
+    def entry(cls, spec: PluginSpec, path: str) -> PluginAt:
+        """The entry at ``path`` of a plug-in list."""
+        return cls(spec, f"{path}.name", f"{path}.params")
+
+
+@dataclass(frozen=True)
+class Lineup:
+    """What a config plays, whatever its shape: victims behind defense chains, against attacks
+    (whose models removals may then rework), the thieves training ``substitute_arch``; every
+    part with the dotted path the config writes it at. Tournaments and tuning studies check
+    theirs with :func:`lineup_problems`, so a mistake one catches the other catches too, each
+    reporting it by its own paths."""
+
+    victims: Sequence[tuple[str, VictimSpec]]
+    chains: Sequence[tuple[str, Sequence[PluginAt]]]
+    attacks: Sequence[PluginAt]
+    substitute_arch: str | None
+    removals: Sequence[PluginAt] = ()
+    defenses_path: str = "defenses"
+    """where a problem of the defenses as a whole (a zoo-only defense without a zoo) is reported"""
+
+
+def plugin_problems(registry: Registry[Any], at: PluginAt) -> list[tuple[str, str]]:
+    """An unknown name (at the name's path) or hyperparameters that do not build the plug-in."""
     try:
-        canonical_params(registry, spec.name, spec.params)
+        canonical_params(registry, at.spec.name, at.spec.params)
     except ArenaError as exc:
-        where = f"{path}.name" if spec.name not in registry else f"{path}.params"
+        where = at.name_path if at.spec.name not in registry else at.params_path
         return [(where, str(exc))]
     return []
 
 
-def _task_problems(config: TournamentConfig, path: str, spec: PluginSpec) -> list[tuple[str, str]]:
-    """A defense whose hyperparameters don't fit a victim's task (top-k with k above C)."""
+def defense_problems(at: PluginAt, victims: Sequence[VictimSpec]) -> list[tuple[str, str]]:
+    """A defense that does not build, or whose hyperparameters don't fit a victim's task (top-k
+    with k above C)."""
+    if found := plugin_problems(DEFENSES, at):
+        return found
+    spec = at.spec
     defense = build_plugin(DEFENSES, spec.name, spec.params)
     problems = []
-    for victim in config.victims:
+    for victim in victims:
         if (classes := NUM_CLASSES.get(victim.dataset)) is None:
             continue
         try:
             defense.check_task(classes)
         except ValueError as exc:
-            problems.append((f"{path}.params", f"defense {spec.name!r} on {victim.dataset}: {exc}"))
+            problems.append((at.params_path, f"defense {spec.name!r} on {victim.dataset}: {exc}"))
+    return problems
+
+
+def lineup_problems(lineup: Lineup) -> list[tuple[str, str]]:
+    """Checks pydantic cannot do alone: registered names, plug-in hyperparameters (against the
+    victims' tasks for defenses), the substitute architecture, and plays that need a zoo."""
+    problems: list[tuple[str, str]] = []
+    for path, victim in lineup.victims:
+        problems += victim_problems(victim, path)
+    victims = [victim for _, victim in lineup.victims]
+    if lineup.substitute_arch is not None and lineup.substitute_arch not in ARCHITECTURES:
+        known = ", ".join(ARCHITECTURES.names())
+        problems.append(
+            (
+                "substitute_arch",
+                f"unknown architecture {brief(lineup.substitute_arch)}; known: {known}",
+            )
+        )
+    for path, chain in lineup.chains:
+        if not chain:
+            problems.append((path, "a defense chain needs at least one defense (use `none`)"))
+        for at in chain:
+            problems += defense_problems(at, victims)
+    for at in lineup.attacks:
+        problems += plugin_problems(ATTACKS, at)
+    for at in lineup.removals:
+        problems += plugin_problems(REMOVALS, at)
+    problems += _substitute_problems(lineup)
+    problems += zoo_problems(
+        victims,
+        [at.spec for _, chain in lineup.chains for at in chain],
+        [at.spec for at in lineup.attacks],
+        lineup.defenses_path,
+    )
     return problems
 
 
@@ -333,57 +408,47 @@ def zoo_problems(
     return problems
 
 
-def _semantic_problems(config: TournamentConfig) -> list[tuple[str, str]]:
-    """Checks pydantic cannot do alone: registered names and plug-in hyperparameters."""
-    problems: list[tuple[str, str]] = []
-    for i, victim in enumerate(config.victims):
-        problems += victim_problems(victim, f"victims.{i}")
-    if config.substitute_arch is not None and config.substitute_arch not in ARCHITECTURES:
-        known = ", ".join(ARCHITECTURES.names())
-        problems.append(
+def _lineup(config: TournamentConfig) -> Lineup:
+    """Every victim, defense chain, attack and removal of the tournament, by its list index."""
+    return Lineup(
+        victims=[(f"victims.{i}", victim) for i, victim in enumerate(config.victims)],
+        chains=[
             (
-                "substitute_arch",
-                f"unknown architecture {brief(config.substitute_arch)}; known: {known}",
+                f"defenses.{i}",
+                [PluginAt.entry(spec, f"defenses.{i}.{j}") for j, spec in enumerate(chain)],
             )
-        )
-    for i, chain in enumerate(config.defenses):
-        if not chain:
-            problems.append(
-                (f"defenses.{i}", "a defense chain needs at least one defense (use `none`)")
-            )
-        for j, spec in enumerate(chain):
-            path = f"defenses.{i}.{j}"
-            found = plugin_problems(DEFENSES, path, spec)
-            problems += found or _task_problems(config, path, spec)
-    for i, spec in enumerate(config.attacks):
-        problems += plugin_problems(ATTACKS, f"attacks.{i}", spec)
-    for i, spec in enumerate(config.removals):
-        problems += plugin_problems(REMOVALS, f"removals.{i}", spec)
-    problems += _substitute_problems(config)
-    problems += zoo_problems(
-        config.victims, [d for chain in config.defenses for d in chain], config.attacks
+            for i, chain in enumerate(config.defenses)
+        ],
+        attacks=[PluginAt.entry(spec, f"attacks.{i}") for i, spec in enumerate(config.attacks)],
+        substitute_arch=config.substitute_arch,
+        removals=[PluginAt.entry(spec, f"removals.{i}") for i, spec in enumerate(config.removals)],
     )
+
+
+def _semantic_problems(config: TournamentConfig) -> list[tuple[str, str]]:
+    """The lineup's problems, then whether any match is left to play under the pools."""
+    problems = lineup_problems(_lineup(config))
     if not problems and not config.matches():
         problems.append(("pools", f"no attack of this config can play the pools {config.pools}"))
     return problems
 
 
-def _substitute_problems(config: TournamentConfig) -> list[tuple[str, str]]:
+def _substitute_problems(lineup: Lineup) -> list[tuple[str, str]]:
     """A victim that cannot be built untrained (a decision tree) cannot be the substitute of an
     attack that trains one: such configs must name a neural ``substitute_arch``."""
-    if config.substitute_arch is not None:
+    if lineup.substitute_arch is not None:
         return []
     trees = [
         v
-        for v in config.victims
+        for _, v in lineup.victims
         if v.arch == VictimSpec.TREE_ARCH
         or any(m.arch == VictimSpec.TREE_ARCH for m in v.members or ())
     ]
     trainers = sorted(
         {
-            a.name
-            for a in config.attacks
-            if a.name in ATTACKS and ATTACKS.get(a.name).victim_kind != "decision_tree"
+            a.spec.name
+            for a in lineup.attacks
+            if a.spec.name in ATTACKS and ATTACKS.get(a.spec.name).victim_kind != "decision_tree"
         }
     )
     if trees and trainers:

@@ -10,24 +10,24 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt
 
 import agents  # noqa: F401  (registers the built-in attacks)
-from arena.attacker import ATTACKS
 from arena.defenses import DEFENSES, Choice, FloatRange, IntRange, ParamSpace
-from arena.errors import ArenaError, brief
-from arena.registry import build_plugin
+from arena.errors import brief
 from arena.specs import MatchSpec, PluginSpec, VictimSpec
 from orchestration.config import (
+    Attacks,
     ConfigError,
+    Lineup,
     Name,
+    PluginAt,
     RaySettings,
     TrackingSettings,
-    attack_entries,
+    defense_problems,
+    lineup_problems,
     plugin_problems,
     read_yaml,
     validate_model,
-    victim_problems,
-    zoo_problems,
 )
-from orchestration.suites import UnknownSuite
+from orchestration.study_storage import named_storage
 
 STORAGE_SCHEMES = ("sqlite", "postgresql", "mysql")
 """RDB URLs Optuna accepts; anything else must be a journal file path"""
@@ -57,7 +57,7 @@ class TuneConfig(_Strict):
     """hyperparameters held fixed (not searched)"""
     search_space: dict[str, RangeOverride] = {}
     """overrides of the ranges the defense declares; a declared name left out keeps its range"""
-    attacks: list[PluginSpec] = Field(min_length=1)
+    attacks: Attacks
     """the suite: protection is the worst case over these"""
     budget: PositiveInt
     seed: NonNegativeInt = 0
@@ -159,22 +159,26 @@ def _range_problems(config: TuneConfig) -> list[tuple[str, str]]:
                 "or every tunable parameter is fixed)",
             )
         )
-    # every corner of the space must build a valid defense
+    # every corner of the space must build a valid defense for the victim's task
     for name, kind in space.items():
         values = kind.options if isinstance(kind, Choice) else (kind.low, kind.high)
         for value in values:
-            try:
-                build_plugin(DEFENSES, config.defense, {**config.fixed, name: value})
-            except ArenaError as exc:
-                problems.append((f"search_space.{name}", f"value {brief(value)} is invalid: {exc}"))
+            path = f"search_space.{name}"
+            corner = PluginSpec(name=config.defense, params={**config.fixed, name: value})
+            problems += [
+                (path, f"value {brief(value)} is invalid: {message}")
+                for _, message in defense_problems(PluginAt(corner, path, path), [config.victim])
+            ]
     return problems
 
 
 def _storage_problems(storage: str | None) -> list[tuple[str, str]]:
-    if storage is None:
+    """A storage URL Optuna cannot use, or a journal path below something not a directory."""
+    if not storage:
         return []
-    scheme, sep, _ = storage.partition("://")
-    if sep:
+    where = named_storage(storage)
+    if isinstance(where, str):
+        scheme = where.partition("://")[0]
         base = scheme.split("+")[0]
         if base not in STORAGE_SCHEMES:
             return [
@@ -184,32 +188,41 @@ def _storage_problems(storage: str | None) -> list[tuple[str, str]]:
                     f"an RDB URL ({', '.join(s + '://' for s in STORAGE_SCHEMES)})",
                 )
             ]
-        if base == "sqlite" and not storage.startswith("sqlite:///"):
+        if base == "sqlite" and not where.startswith("sqlite:///"):
             return [("storage", "a SQLite URL needs three slashes: sqlite:///path/to/file.db")]
         return []
-    parent = Path(storage).expanduser().parent
-    if parent.exists() and not parent.is_dir():
-        return [("storage", f"journal path {storage!r}: {parent} is not a directory")]
+    if where.parent.exists() and not where.parent.is_dir():
+        return [("storage", f"journal path {storage!r}: {where.parent} is not a directory")]
     return []
 
 
+def _defense(config: TuneConfig) -> PluginAt:
+    """The studied defense with its fixed hyperparameters, as every trial and default plays it."""
+    return PluginAt(PluginSpec(name=config.defense, params=config.fixed), "defense", "fixed")
+
+
+def _lineup(config: TuneConfig) -> Lineup:
+    """The study as a tournament would see it: one victim, the defense, the attack suite."""
+    return Lineup(
+        victims=[("victim", config.victim)],
+        chains=[("defense", [_defense(config)])],
+        attacks=[PluginAt.entry(spec, f"attacks.{i}") for i, spec in enumerate(config.attacks)],
+        substitute_arch=config.substitute_arch,
+        defenses_path="defense",
+    )
+
+
 def _semantic_problems(config: TuneConfig) -> list[tuple[str, str]]:
-    problems = victim_problems(config.victim, "victim")
-    defense = PluginSpec(name=config.defense, params=config.fixed)
-    found = plugin_problems(DEFENSES, "defense", defense)
-    if found:
-        problems += [("fixed" if p.endswith("params") else "defense", m) for p, m in found]
-    else:
+    """The lineup's problems (as a tournament's), then the study's own: its search space, its
+    literature defaults (played with the fixed hyperparameters), storage and utility."""
+    problems = lineup_problems(_lineup(config))
+    if not plugin_problems(DEFENSES, _defense(config)):
         problems += _range_problems(config)
         for i, params in enumerate(config.defaults):
-            found = plugin_problems(
-                DEFENSES, f"defaults.{i}", PluginSpec(name=config.defense, params=params)
-            )
-            problems += [(f"defaults.{i}", m) for _, m in found]
-    for i, spec in enumerate(config.attacks):
-        problems += plugin_problems(ATTACKS, f"attacks.{i}", spec)
+            played = PluginSpec(name=config.defense, params={**config.fixed, **params})
+            path = f"defaults.{i}"
+            problems += defense_problems(PluginAt(played, path, path), [config.victim])
     problems += _storage_problems(config.storage)
-    problems += zoo_problems([config.victim], [defense], config.attacks, "defense")
     if config.utility == "goodput" and not config.victim.is_zoo:
         problems.append(("utility", "goodput is measured on model zoos only: use a zoo victim"))
     return problems
@@ -217,11 +230,6 @@ def _semantic_problems(config: TuneConfig) -> list[tuple[str, str]]:
 
 def parse_tune_config(raw: Any, source: str = "<config>") -> TuneConfig:
     """Validate a parsed YAML document; raises ConfigError listing every problem."""
-    if isinstance(raw, dict) and isinstance(raw.get("attacks"), list):
-        try:
-            raw = {**raw, "attacks": attack_entries(raw["attacks"])}
-        except UnknownSuite as exc:
-            raise ConfigError(source, [("attacks", str(exc))]) from None
     config = validate_model(TuneConfig, raw, source)
     problems = _semantic_problems(config)
     if problems:

@@ -30,7 +30,7 @@ from optuna.distributions import (
     FloatDistribution,
     IntDistribution,
 )
-from optuna.storages import BaseStorage, RDBStorage
+from optuna.storages import BaseStorage
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
@@ -48,8 +48,8 @@ from orchestration.frontier import (
     plot_png,
     study_view,
 )
-from orchestration.journal_repair import open_journal
 from orchestration.runtime import MatchRuntime
+from orchestration.study_storage import open_storage_at, storage_location
 from orchestration.tracking import Tracker
 from orchestration.tune_config import TuneConfig
 
@@ -160,20 +160,17 @@ def utility_baseline(config: TuneConfig, victim_accuracy: float) -> float:
 
 
 def open_storage(config: TuneConfig, home: Path) -> BaseStorage:
-    """The configured storage, or a journal file under ``home/optuna`` (absolute path, so a stale
-    lock can be released). A journal a killed writer left with a stale lock or a torn last
-    record is repaired first, or the study could not be resumed (D3)."""
-    target = config.storage
+    """The study's storage (:func:`storage_location`: by default a journal under
+    ``home/optuna``), its folder created; a journal a killed writer left with a stale lock or a
+    torn last record is repaired first, or the study could not be resumed (D3)."""
     try:
-        if target is not None and "://" in target:
-            return RDBStorage(target)
-        path = Path(target) if target else home / "optuna" / f"{config.name}.journal"
-        path = path.expanduser().resolve()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return open_journal(path)
+        where = storage_location(config.name, config.storage, home)
+        if isinstance(where, Path):
+            where.parent.mkdir(parents=True, exist_ok=True)
+        return open_storage_at(where)
     except Exception as exc:  # optuna/sqlalchemy raise many types for a bad URL or path
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise StudyError(f"cannot open Optuna storage {target!r}: {first}") from None
+        raise StudyError(f"cannot open Optuna storage {config.storage!r}: {first}") from None
 
 
 def open_study(config: TuneConfig, storage: BaseStorage) -> optuna.Study:

@@ -178,6 +178,118 @@ def test_C1_bad_config_exits_before_anything_is_created(
     assert sorted(p.name for p in work.iterdir()) == ["bad.yaml"]
 
 
+# ---- one validation: a tuning study's mistakes are a tournament's, at the study's paths -------
+
+TUNE_SMOKE = REPO / "configs" / "tuning" / "digits_smoke.yaml"
+TREE = {"dataset": "digits", "arch": "decision_tree", "max_depth": 4}
+NO_EPOCHS = {"name": "knockoff", "params": {"epochs": 0}}
+
+# a tuning-study mistake: (changes to the digits smoke study, the path it is reported at);
+# the first three used to pass validation and fail as Ray trials
+STUDY_MISTAKES: dict[str, tuple[dict[str, Any], str]] = {
+    "unknown substitute": ({"substitute_arch": "vgg"}, "substitute_arch"),
+    "tree without substitute": ({"victim": TREE}, "substitute_arch"),
+    "default unfit for the task": ({"defense": "top_k", "defaults": [{"k": 20}]}, "defaults.0"),
+    "unknown attack": ({"attacks": ["knockof", "copycat"]}, "attacks.0.name"),
+    "bad attack params": ({"attacks": [NO_EPOCHS]}, "attacks.0.params"),
+    "unknown suite": ({"attacks": [{"suite": "strongest"}]}, "attacks"),
+    "zoo attack without zoo": ({"attacks": ["knockoff", "fingerprint"]}, "attacks"),
+    "unknown defense": ({"defense": "reverse_sigmod", "defaults": []}, "defense"),
+    "bad fixed params": ({"fixed": {"beta": -1.0}}, "fixed"),
+    "bad default params": ({"defaults": [{"beta": math.nan}]}, "defaults.0"),
+    "zoo defense without zoo": ({"defense": "target_noise", "defaults": []}, "defense"),
+    "unknown victim arch": ({"victim": {"dataset": "digits", "arch": "resnet9000"}}, "victim.arch"),
+}  # fmt: skip
+
+
+def _study(changes: dict[str, Any]) -> dict[str, Any]:
+    study: dict[str, Any] = {**yaml.safe_load(TUNE_SMOKE.read_text()), **changes}
+    return study
+
+
+def _as_tournament(study: dict[str, Any]) -> dict[str, Any]:
+    """The tournament playing a study's lineup: its victim; its defense with the fixed
+    hyperparameters, then each literature default, as chains; its attacks and substitute."""
+    fixed = study.get("fixed", {})
+    played = [fixed, *({**fixed, **default} for default in study.get("defaults", []))]
+    tournament = {
+        "name": study["name"],
+        "victims": [study["victim"]],
+        "defenses": [[{"name": study["defense"], "params": params}] for params in played],
+        "attacks": study["attacks"],
+        "budgets": [study["budget"]],
+    }
+    if "substitute_arch" in study:
+        tournament["substitute_arch"] = study["substitute_arch"]
+    return tournament
+
+
+def _study_path(path: str) -> str:
+    """Where a problem of :func:`_as_tournament`'s tournament sits in the study."""
+    if path.startswith("victims.0"):
+        return "victim" + path.removeprefix("victims.0")
+    chain, _, field = path.removeprefix("defenses.").partition(".0.")
+    if path.startswith("defenses.") and field:
+        if chain == "0":
+            return "defense" if field == "name" else "fixed"
+        return f"defaults.{int(chain) - 1}"
+    return "defense" if path == "defenses" else path
+
+
+@pytest.mark.parametrize(("changes", "where"), STUDY_MISTAKES.values(), ids=STUDY_MISTAKES.keys())
+def test_a_study_reports_what_a_tournament_of_its_lineup_reports(
+    changes: dict[str, Any], where: str
+) -> None:
+    """Every check a tournament makes on its lineup, a tuning study makes on its own: the same
+    messages, each at the study's path for the same field."""
+    from orchestration.config import ConfigError, parse_config
+    from orchestration.tune_config import parse_tune_config
+
+    study = _study(changes)
+    with pytest.raises(ConfigError) as as_study:
+        parse_tune_config(study)
+    with pytest.raises(ConfigError) as as_tournament:
+        parse_config(_as_tournament(study))
+    found = sorted(as_study.value.problems)
+    assert where in dict(found), found
+    assert found == sorted((_study_path(p), m) for p, m in as_tournament.value.problems)
+
+
+def test_a_bad_study_exits_2_listing_the_tournament_checks_by_the_study_paths(
+    tmp_path: Path,
+) -> None:
+    """``arena tune`` lists a study's lineup mistakes as ``arena tournament`` lists them for the
+    same lineup (exit 2, nothing created, no Ray), plus the study's own (a search-space corner
+    unfit for the victim's task)."""
+    study = _study(
+        {
+            "substitute_arch": "vgg",
+            "defense": "top_k",
+            "search_space": {"k": {"low": 1, "high": 20}},
+            "defaults": [{"k": 20}],
+            "attacks": ["knockof", NO_EPOCHS, "fingerprint"],
+        }
+    )
+    listed = {}
+    for command, config in (("tune", study), ("tournament", _as_tournament(study))):
+        work = tmp_path / command
+        work.mkdir()
+        (work / "bad.yaml").write_text(yaml.safe_dump(config))
+        home = work / "home"
+        result, ray_imported, _ = run_probed(command, "bad.yaml", cwd=work, home=home)
+        assert result.returncode == 2, result.stderr
+        assert "Traceback" not in result.stderr + result.stdout
+        assert not ray_imported and not home.exists()
+        lines = [line.strip() for line in result.stderr.splitlines() if line.startswith("  ")]
+        listed[command] = dict(line.split(": ", 1) for line in lines)
+    tune = listed["tune"]
+    assert {"substitute_arch", "defaults.0", "attacks.0.name", "attacks.1.params"} <= set(tune)
+    assert "fingerprint" in tune["attacks"]
+    corner = tune.pop("search_space.k")
+    assert corner.startswith("value 20 is invalid: defense 'top_k' on digits: k must be in 1..10")
+    assert tune == {_study_path(path): message for path, message in listed["tournament"].items()}
+
+
 def test_missing_config_file_is_one_clear_line(tmp_path: Path) -> None:
     result = run_arena("tournament", str(tmp_path / "nope.yaml"), "--home", str(tmp_path / "h"))
     assert result.returncode == 2

@@ -130,6 +130,35 @@ def test_frontier_of_a_missing_study_is_one_line(tmp_path: Path) -> None:
     assert "no study storage at" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_frontier_opens_the_journal_tune_writes_and_repairs_it_the_same_way(tmp_path: Path) -> None:
+    """``arena frontier STUDY --home H`` reads the journal ``arena tune`` writes under H, through
+    the same opener: a torn last record a killed driver left is cut off (kept in ``.torn``)."""
+    from orchestration.journal_repair import TORN_SUFFIX
+    from orchestration.tuning import open_storage, open_study
+
+    config = parse_tune_config({**smoke_dict(), "name": "torn"})
+    study = open_study(config, open_storage(config, tmp_path))
+    dists = distributions(config.space())
+    for utility in (0.9, 0.95):
+        record_trial(study, study.ask(dists), scores(utility, 0.3, 0.89), 0.89, None)
+    journal = tmp_path / "optuna" / "torn.journal"
+    whole = journal.read_bytes()
+    last = whole.splitlines(keepends=True)[-1]
+    journal.write_bytes(whole[: len(whole) - len(last) // 2])  # the last tell, half written
+    command = ["frontier", "torn", "--home", str(tmp_path), "--out", str(tmp_path / "out")]
+    result = subprocess.run(
+        [sys.executable, "-m", "orchestration", *command],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "torn: 1 trials" in result.stdout
+    assert journal.with_name(journal.name + TORN_SUFFIX).is_file()
+    assert journal.read_bytes().endswith(b"\n")
+
+
 # ---- objectives and the frontier --------------------------------------------------------------
 
 
