@@ -17,7 +17,6 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from arena.attacker import ATTACKS
@@ -30,6 +29,7 @@ from arena.metrics import agreement, kl_divergence, l1_distance
 from arena.oracle import InputSpec, Oracle, OracleEndpoint
 from arena.oracle_adapters import MultiAccountOracle
 from arena.pools import attacker_pool
+from arena.record import MatchResult
 from arena.registry import build_plugin, plugin_label
 from arena.removal import REMOVALS
 from arena.service import AccountStats, ReferenceOutputs, VictimService
@@ -37,107 +37,6 @@ from arena.specs import MatchSpec
 from arena.training import accuracy, predict_probs
 from arena.victims import defended_model, load_or_train
 from arena.zoo import ZooProfile, benign_targets
-
-
-class MatchResult(BaseModel):
-    """One match's flat record: the only thing that crosses into tracking."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    match_key: str
-    victim_key: str
-    dataset: str
-    victim_arch: str
-    substitute_arch: str
-    defense: str
-    attack: str
-    attack_name: str
-    budget: int
-    seed: int
-    trusted: bool
-    """True: the attacker ran as trusted in-cluster code held to the oracle by contract."""
-    pool: str = "in_distribution"
-    """the query pool the threat model granted (:mod:`arena.pools`)"""
-    upper_bound: bool = False
-    """the attack is a reference point, not a real threat model (never a strongest adversary)"""
-    identities: int = 1
-    """accounts the thief spread its budget over"""
-    identities_flagged: int = 0
-    """of those, how many a detector flagged"""
-
-    victim_accuracy: float
-    """undefended victim's test accuracy"""
-    utility: float
-    """test accuracy of the defended answers' argmax"""
-    stolen_accuracy: float
-    fidelity: float
-    """agreement of the substitute with the undefended victim on the test set"""
-    queries_used: int
-    perturbation_l1: float
-    """mean L1 between undefended and defended answers on the attacker's queries"""
-    perturbation_kl: float
-    """mean KL(defended ‖ undefended) in nats on the attacker's queries"""
-    test_perturbation_l1: float
-    test_perturbation_kl: float
-    defense_us_per_query: float
-    """defense-chain time per answered attacker query, microseconds"""
-    latency_ratio: float
-    """(model + defense) / model time per query on the test set at batch 256"""
-    attack_seconds: float
-    match_seconds: float
-    detected: bool = False
-    """a detector in the chain flagged the attacker"""
-    queries_to_detection: int | None = None
-    """queries the attacker had been answered when it was flagged"""
-    refused_batches: int = 0
-    """attacker batches refused (uncharged) after detection"""
-    benign_flagged: bool | None = None
-    """a benign caller (test images in random order, as many as the budget) was flagged too;
-    ``None`` when the chain has no detector"""
-    benign_queries_to_detection: int | None = None
-    chain_steps: str = ""
-    """per defense of the chain, in order: its time per query (us) and mean L1 change (JSON)"""
-    removal: str = "none"
-    """the watermark-removal attack applied to the substitute before it was scored"""
-    stolen_accuracy_before_removal: float | None = None
-    ownership_verified: bool | None = None
-    """some verifier of the chain claims the substitute as stolen; ``None``: no verifier"""
-    ownership_score: float | None = None
-    """the highest verifier score (agreement with its keys)"""
-    ownership: str = ""
-    """per verifier: its score, threshold, number of keys and verdict (JSON)"""
-    goodput: float | None = None
-    """model zoos: share of a benign workload's queries (mixed targets) answered by a member
-    that meets the targets they stated; ``None`` for a single model"""
-    served_by: str = ""
-    """model zoos: the attacker's queries answered by each member, in member order (JSON)"""
-    reference_share: float | None = None
-    """model zoos: share of the attacker's queries answered by the reference member (the one
-    fidelity is measured against)"""
-    audit_queries: int = 0
-    """queries in the victim's audit log for the thief's identities (equals ``queries_used``)"""
-    audit_sha256: str = ""
-    """SHA-256 of the thief's audit records (per identity, in order), so the log that backs this
-    record can be checked later"""
-
-
-RUN_DEPENDENT_FIELDS = frozenset(
-    {
-        "attack_seconds",
-        "match_seconds",
-        "defense_us_per_query",
-        "latency_ratio",
-        "chain_steps",
-        "audit_sha256",
-    }
-)
-"""match-record fields that differ between any two runs of the same match: timings, and the
-audit digest (it covers each answer's time)"""
-
-
-def comparable(result: MatchResult, mode: str = "python") -> dict[str, Any]:
-    """A record without its run-dependent fields: equal for two runs of one match (R1, R2)."""
-    return result.model_dump(mode=mode, exclude=set(RUN_DEPENDENT_FIELDS))
 
 
 class ServiceAPI(OracleEndpoint, Protocol):

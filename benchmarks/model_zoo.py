@@ -27,7 +27,7 @@ from machine import write_record
 from rich.console import Console
 
 from arena.data import arena_home, load_dataset
-from arena.referee import MatchResult
+from arena.record import MatchResult
 from arena.victims import load_or_train
 from arena.zoo import ZooModule
 from orchestration.config import TournamentConfig, load_config

@@ -53,9 +53,9 @@ from arena.defenses.base import OwnershipKeys
 from arena.defenses.chain import build_chain
 from arena.knowledge import Knowledge
 from arena.oracle import Oracle
+from arena.record import MatchResult
 from arena.referee import (
     MatchData,
-    MatchResult,
     attacker_id,
     attacker_rng,
     build_service,

@@ -350,7 +350,7 @@ def _tracker(home: Path, tracking_uri: str | None, experiment: str) -> tuple[Tra
 
 
 def _run(config: object, address: str | None, tracking_uri: str | None, home: Path) -> None:
-    from arena.referee import MatchResult
+    from arena.record import MatchResult
     from arena.specs import MatchSpec
     from arena.victims import default_victim_cache
     from orchestration.config import TournamentConfig

@@ -16,7 +16,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from arena.referee import MatchResult
+from arena.record import MatchResult
 from orchestration.escaping import markdown_cell, plot_text
 
 

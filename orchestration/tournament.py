@@ -25,7 +25,8 @@ from ray.actor import ActorHandle
 from arena.data import DataSplits, arena_home, load_dataset
 from arena.defenses.chain import build_chain
 from arena.oracle import InputSpec
-from arena.referee import MatchData, MatchResult, referee_match
+from arena.record import MatchResult, result_json
+from arena.referee import MatchData, referee_match
 from arena.specs import MatchSpec, VictimSpec
 from arena.victims import (
     TrainedVictim,
@@ -52,7 +53,7 @@ from orchestration.leaderboard import (
 )
 from orchestration.ray_leftovers import clean_dead_drivers, record_local_ray
 from orchestration.ray_service import RayServiceProxy, start_victim_service
-from orchestration.tracking import Tracker, result_json
+from orchestration.tracking import Tracker
 
 log = logging.getLogger(__name__)
 

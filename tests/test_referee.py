@@ -12,7 +12,8 @@ from arena_testkit import match_spec
 
 from arena.data import DataSplits
 from arena.defenses import DEFENSES
-from arena.referee import MatchResult, attacker_rng, build_service, play_match
+from arena.record import RESULT_TAG_PREFIX, MatchResult, from_tracking, to_tracking
+from arena.referee import attacker_rng, build_service, play_match
 from arena.specs import MatchSpec, PluginSpec, VictimSpec
 from arena.victims import cache_path, load_or_train, train_victim
 
@@ -122,6 +123,16 @@ def test_result_record_is_frozen_and_strict(results: dict[tuple[str, str], Match
     with pytest.raises(ValueError):
         MatchResult(**r.model_dump(), extra_field=1)
     assert MatchResult.model_validate(r.model_dump()) == r
+
+
+def test_every_record_round_trips_through_its_tracking_form(
+    results: dict[tuple[str, str], MatchResult],
+) -> None:
+    for r in results.values():
+        metrics, tags = to_tracking(r)
+        assert all(isinstance(value, float) for value in metrics.values())
+        assert all(key.startswith(RESULT_TAG_PREFIX) for key in tags)
+        assert from_tracking(metrics, {**tags, "arena.kind": "match"}) == r  # other tags ignored
 
 
 def test_build_service_serves_the_cached_victim(

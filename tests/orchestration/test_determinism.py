@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from arena.data import DataSplits
-from arena.referee import MatchData, MatchResult, build_service, comparable, referee_match
+from arena.record import MatchResult, comparable
+from arena.referee import MatchData, build_service, referee_match
 from arena.service import VictimService
 from arena.specs import MatchSpec, PluginSpec, VictimSpec
 from arena.victims import load_or_train

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from arena.attacker import ATTACKS
-from arena.referee import MatchResult
+from arena.record import MatchResult
 from orchestration.budget_curves import budget_curves, curve_metrics, curves_markdown
 from orchestration.config import ConfigError, parse_config
 from orchestration.leaderboard import build_leaderboard

@@ -30,7 +30,8 @@ import agents  # noqa: F401
 from arena.data import DataSplits
 from arena.errors import Overloaded, VictimUnavailable
 from arena.oracle import Answer, InputSpec, Oracle, Rejection
-from arena.referee import MatchData, MatchResult, play_match, referee_match
+from arena.record import MatchResult
+from arena.referee import MatchData, play_match, referee_match
 from arena.specs import MatchSpec, PluginSpec, VictimSpec
 from arena.victims import load_or_train
 from orchestration.ray_service import HostedVictimService, RayServiceProxy, start_victim_service
