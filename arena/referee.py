@@ -11,24 +11,26 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
-from torch import nn
 
 from arena.attacker import ATTACKS
+from arena.benign import benign_traffic
 from arena.data import DataSplits, load_dataset
 from arena.defenses.base import OwnershipKeys
 from arena.defenses.chain import build_chain
+from arena.goodput import zoo_goodput
+from arena.identities import identity_budgets, merged_stats
 from arena.knowledge import Knowledge
 from arena.ledger import AuditDigest, Ledger
+from arena.match_data import MatchData
 from arena.metrics import agreement, kl_divergence, l1_distance
 from arena.oracle import InputSpec, Oracle, OracleEndpoint
 from arena.oracle_adapters import MultiAccountOracle
-from arena.pools import attacker_pool
+from arena.ownership import verify_ownership
 from arena.record import MatchResult
 from arena.registry import build_plugin, plugin_label
 from arena.removal import REMOVALS
@@ -36,7 +38,7 @@ from arena.service import AccountStats, ReferenceOutputs, VictimService
 from arena.specs import MatchSpec
 from arena.training import accuracy, predict_probs
 from arena.victims import defended_model, load_or_train
-from arena.zoo import ZooProfile, benign_targets
+from arena.zoo import ZooProfile
 
 
 class ServiceAPI(OracleEndpoint, Protocol):
@@ -53,38 +55,6 @@ class ServiceAPI(OracleEndpoint, Protocol):
     def ownership_keys(self, attacker_id: str) -> list[tuple[int, OwnershipKeys]]: ...
 
     def audit(self, attacker_id: str) -> AuditDigest: ...
-
-
-@dataclass(frozen=True)
-class MatchData:
-    """The slices a match needs besides the victim: the attacker's pool and the test set."""
-
-    pool: torch.Tensor | None
-    test_x: torch.Tensor
-    test_y: torch.Tensor
-    input_shape: tuple[int, ...]
-    num_classes: int
-    pool_labels: torch.Tensor | None = None
-    """the pool's true labels, for the upper-bound baseline only"""
-    pool_name: str = "in_distribution"
-
-    @classmethod
-    def from_splits(cls, data: DataSplits, pool: str = "in_distribution") -> MatchData:
-        granted = attacker_pool(data, pool)
-        return cls(
-            granted.images,
-            data.test.x,
-            data.test.y,
-            data.input_shape,
-            data.num_classes,
-            granted.labels,
-            pool,
-        )
-
-
-def attacker_id(spec: MatchSpec) -> str:
-    """The ledger identity of a match's attacker: unique per match, stable across reruns."""
-    return f"{spec.attack.name}-{spec.key()}"
 
 
 def attacker_rng(spec: MatchSpec) -> np.random.Generator:
@@ -200,39 +170,6 @@ def referee_match(
     )
 
 
-def verify_ownership(
-    suspect: nn.Module, spec: MatchSpec, service: ServiceAPI, identities: list[str]
-) -> list[dict[str, Any]]:
-    """Each verifier of the chain on the suspect: top-1 agreement with its keys (a serving-side
-    watermark's keys from every identity of the thief, merged) against its threshold."""
-    merged: dict[int, list[OwnershipKeys]] = {}
-    for identity in identities:
-        for position, keys in service.ownership_keys(identity):
-            merged.setdefault(position, []).append(keys)
-    verdicts = []
-    for position, found in sorted(merged.items()):
-        x = torch.cat([k.x for k in found])
-        y = torch.cat([k.y for k in found])
-        score = key_agreement(suspect, x, y)
-        threshold = found[0].threshold
-        verdicts.append(
-            {
-                "verifier": spec.defenses[position].name,
-                "score": score,
-                "threshold": threshold,
-                "keys": int(y.numel()),
-                "verified": score >= threshold,
-            }
-        )
-    return verdicts
-
-
-def key_agreement(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    """Share of the keys on which ``model``'s top-1 label is the key's label."""
-    with torch.no_grad():
-        return accuracy(predict_probs(model, x), y) if int(y.numel()) else 0.0
-
-
 def default_substitute_arch(spec: MatchSpec, profile: ZooProfile | None) -> str:
     """The thief's architecture when the config names none: the victim's own, and for a model
     zoo the reference member's (the model the thief is after)."""
@@ -240,83 +177,6 @@ def default_substitute_arch(spec: MatchSpec, profile: ZooProfile | None) -> str:
     if profile is None or members is None:
         return spec.victim.arch
     return members[profile.reference].arch
-
-
-GOODPUT_REQUESTS = 200
-GOODPUT_BATCH = 8
-
-
-def zoo_goodput(
-    spec: MatchSpec, service: ServiceAPI, data: MatchData, profile: ZooProfile
-) -> float:
-    """Goodput: a benign caller sends :data:`GOODPUT_REQUESTS` requests of test images, each with
-    its own targets (:func:`arena.zoo.benign_targets`); the share of its queries answered by a
-    member meeting the targets it stated. Its own account keeps it apart from the thief."""
-    identity = f"goodput-{spec.key()}"
-    service.open_account(identity, GOODPUT_REQUESTS * GOODPUT_BATCH)
-    rng = np.random.default_rng(int(spec.key(), 16) ^ 0x600D)
-    oracle = Oracle(service, identity)
-    n_test = int(data.test_x.shape[0])
-    for targets in benign_targets(profile, GOODPUT_REQUESTS, rng):
-        rows = torch.from_numpy(rng.choice(n_test, GOODPUT_BATCH, replace=False))
-        oracle.query(data.test_x[rows], targets)
-    stats = service.account_stats(identity)
-    return stats.targets_met / max(stats.used, 1)
-
-
-def identity_budgets(spec: MatchSpec, count: int) -> dict[str, int]:
-    """The thief's ledger identities and their budgets: the match budget split evenly.
-
-    One identity keeps the historical id (and so every earlier match key's ledger name).
-    """
-    base = attacker_id(spec)
-    if count == 1:
-        return {base: spec.budget}
-    share, extra = divmod(spec.budget, count)
-    return {f"{base}-id{i}": share + (i < extra) for i in range(count)}
-
-
-def merged_stats(accounts: list[AccountStats]) -> AccountStats:
-    """One thief's figures over all its identities; detection counts from the first flag."""
-    first = accounts[0]
-    if len(accounts) == 1:
-        return first
-    flagged = [a.detected_after for a in accounts if a.detected_after is not None]
-    return AccountStats(
-        budget=sum(a.budget for a in accounts),
-        used=sum(a.used for a in accounts),
-        batches=sum(a.batches for a in accounts),
-        l1_sum=sum(a.l1_sum for a in accounts),
-        kl_sum=sum(a.kl_sum for a in accounts),
-        model_seconds=sum(a.model_seconds for a in accounts),
-        defense_seconds=sum(a.defense_seconds for a in accounts),
-        step_seconds=[sum(v) for v in zip(*(a.step_seconds for a in accounts), strict=True)],
-        step_l1_sum=[sum(v) for v in zip(*(a.step_l1_sum for a in accounts), strict=True)],
-        detected_after=min(flagged) if flagged else None,
-        refused_batches=sum(a.refused_batches for a in accounts),
-        served_by=[sum(v) for v in zip(*(a.served_by for a in accounts), strict=True)],
-        targets_met=sum(a.targets_met for a in accounts),
-    )
-
-
-BENIGN_BATCH = 256
-
-
-def benign_traffic(spec: MatchSpec, service: ServiceAPI, data: MatchData) -> AccountStats:
-    """A benign caller of the same volume as the attack: test images in random order.
-
-    It has its own account (and so its own detector state), so whether it gets flagged is the
-    detector's false-positive behaviour, independent of the thief playing the same match.
-    """
-    identity = f"benign-{spec.key()}"
-    service.open_account(identity, spec.budget)
-    rng = np.random.default_rng(int(spec.key(), 16) ^ 0xBE9167)
-    n_test = int(data.test_x.shape[0])
-    order = np.concatenate([rng.permutation(n_test) for _ in range(-(-spec.budget // n_test))])
-    Oracle(service, identity).query_all(
-        data.test_x[torch.from_numpy(order[: spec.budget])], BENIGN_BATCH, until_refused=True
-    )
-    return service.account_stats(identity)
 
 
 def build_service(

@@ -51,16 +51,13 @@ from arena.attacker import ATTACKS
 from arena.data import DataSplits, Split, load_dataset
 from arena.defenses.base import OwnershipKeys
 from arena.defenses.chain import build_chain
+from arena.identities import attacker_id
 from arena.knowledge import Knowledge
+from arena.match_data import MatchData
 from arena.oracle import Oracle
+from arena.ownership import key_agreement
 from arena.record import MatchResult
-from arena.referee import (
-    MatchData,
-    attacker_id,
-    attacker_rng,
-    build_service,
-    key_agreement,
-)
+from arena.referee import attacker_rng, build_service
 from arena.registry import build_plugin
 from arena.removal import REMOVALS, FineTune
 from arena.specs import MatchSpec, PluginSpec

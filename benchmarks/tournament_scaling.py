@@ -35,8 +35,9 @@ from rich.table import Table
 
 import agents  # noqa: F401  (registers the attacks)
 from arena.data import arena_home, load_dataset
+from arena.match_data import MatchData
 from arena.record import MatchResult, comparable
-from arena.referee import MatchData, build_service, referee_match
+from arena.referee import build_service, referee_match
 from arena.specs import MatchSpec
 from arena.victims import load_or_train
 from orchestration.config import TournamentConfig, load_config

@@ -652,10 +652,10 @@ def _attack(
     from arena.errors import ArenaError, InvalidParameters
     from arena.http_oracle import EndpointError
     from arena.knowledge import Knowledge
+    from arena.match_data import MatchData
     from arena.models import ARCHITECTURES
     from arena.oracle import Oracle
     from arena.pools import POOL_NAMES
-    from arena.referee import MatchData
     from arena.registry import build_plugin, plugin_label
     from arena.training import accuracy, predict_probs
 

@@ -24,9 +24,10 @@ from ray.actor import ActorHandle
 
 from arena.data import DataSplits, arena_home, load_dataset
 from arena.defenses.chain import build_chain
+from arena.match_data import MatchData
 from arena.oracle import InputSpec
 from arena.record import MatchResult, result_json
-from arena.referee import MatchData, referee_match
+from arena.referee import referee_match
 from arena.specs import MatchSpec, VictimSpec
 from arena.victims import (
     TrainedVictim,

@@ -41,8 +41,8 @@ from ray.actor import ActorHandle
 from arena.data import load_dataset
 from arena.defenses import Choice, FloatRange, IntRange, ParamSpace
 from arena.errors import ArenaError
+from arena.match_data import MatchData
 from arena.record import MatchResult
-from arena.referee import MatchData
 from orchestration.frontier import (
     DEFAULTS_ATTR,
     SCORES_ATTR,

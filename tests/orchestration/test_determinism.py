@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from arena.data import DataSplits
+from arena.match_data import MatchData
 from arena.record import MatchResult, comparable
-from arena.referee import MatchData, build_service, referee_match
+from arena.referee import build_service, referee_match
 from arena.service import VictimService
 from arena.specs import MatchSpec, PluginSpec, VictimSpec
 from arena.victims import load_or_train

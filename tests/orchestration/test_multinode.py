@@ -251,8 +251,8 @@ def _drive(args: argparse.Namespace) -> dict[str, Any]:
     """Play the match without a fault, then again killing the victim's node mid-match."""
     import ray
 
+    from arena.identities import attacker_id
     from arena.record import MatchResult, comparable
-    from arena.referee import attacker_id
     from orchestration import tournament
     from orchestration.config import parse_config
     from orchestration.ray_service import start_victim_service
