@@ -9,6 +9,7 @@ import torch
 
 from arena.match_data import MatchData
 from arena.oracle import Oracle
+from arena.seeds import match_rng
 from arena.service import AccountStats
 from arena.specs import MatchSpec
 
@@ -26,7 +27,7 @@ def benign_traffic(spec: MatchSpec, service: ServiceAPI, data: MatchData) -> Acc
     """
     identity = f"benign-{spec.key()}"
     service.open_account(identity, spec.budget)
-    rng = np.random.default_rng(int(spec.key(), 16) ^ 0xBE9167)
+    rng = match_rng(spec, "benign")
     n_test = int(data.test_x.shape[0])
     order = np.concatenate([rng.permutation(n_test) for _ in range(-(-spec.budget // n_test))])
     Oracle(service, identity).query_all(

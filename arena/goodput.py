@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 
 from arena.match_data import MatchData
 from arena.oracle import Oracle
+from arena.seeds import match_rng
 from arena.specs import MatchSpec
 from arena.zoo import ZooProfile, benign_targets
 
@@ -27,7 +27,7 @@ def zoo_goodput(
     member meeting the targets it stated. Its own account keeps it apart from the thief."""
     identity = f"goodput-{spec.key()}"
     service.open_account(identity, GOODPUT_REQUESTS * GOODPUT_BATCH)
-    rng = np.random.default_rng(int(spec.key(), 16) ^ 0x600D)
+    rng = match_rng(spec, "goodput")
     oracle = Oracle(service, identity)
     n_test = int(data.test_x.shape[0])
     for targets in benign_targets(profile, GOODPUT_REQUESTS, rng):

@@ -34,6 +34,7 @@ from arena.ownership import verify_ownership
 from arena.record import MatchResult
 from arena.registry import build_plugin, plugin_label
 from arena.removal import REMOVALS
+from arena.seeds import attacker_rng, match_rng
 from arena.service import AccountStats, ReferenceOutputs, VictimService
 from arena.specs import MatchSpec
 from arena.training import accuracy, predict_probs
@@ -55,18 +56,6 @@ class ServiceAPI(OracleEndpoint, Protocol):
     def ownership_keys(self, attacker_id: str) -> list[tuple[int, OwnershipKeys]]: ...
 
     def audit(self, attacker_id: str) -> AuditDigest: ...
-
-
-def attacker_rng(spec: MatchSpec) -> np.random.Generator:
-    """The attacker's randomness, derived from its identity, never from scheduling order.
-
-    It depends on the victim, the attack, the budget and the seed but not on the defenses or the
-    removal attack applied afterwards, so every defense of a victim faces the same draws (common
-    random numbers): a difference between two defenses in one tournament is the defenses' doing,
-    not a luckier sample of queries, and a removal attack works on the very model stolen without it.
-    """
-    identity = spec.model_copy(update={"defenses": (), "removal": None}).key()
-    return np.random.default_rng(int(identity, 16))
 
 
 def referee_match(
@@ -100,7 +89,7 @@ def referee_match(
     if spec.removal is not None:
         before_removal = accuracy(predict_probs(substitute, data.test_x), data.test_y)
         remover = build_plugin(REMOVALS, spec.removal.name, spec.removal.params)
-        removal_rng = np.random.default_rng(int(spec.key(), 16) ^ 0x5E11)
+        removal_rng = match_rng(spec, "removal")
         substitute = remover.apply(substitute, knowledge, removal_rng)
     verdicts = verify_ownership(substitute, spec, service, list(identities))
 

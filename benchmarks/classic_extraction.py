@@ -52,8 +52,9 @@ from arena.identities import attacker_id
 from arena.knowledge import Knowledge
 from arena.metrics import agreement
 from arena.oracle import InputSpec, Oracle
-from arena.referee import attacker_rng, build_service
+from arena.referee import build_service
 from arena.registry import build_plugin
+from arena.seeds import attacker_rng
 from arena.specs import MatchSpec, PluginSpec, VictimSpec
 from arena.training import accuracy, predict_probs
 from arena.victims import default_victim_cache, load_or_train

@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from arena_testkit import match_spec
@@ -13,7 +14,8 @@ from arena_testkit import match_spec
 from arena.data import DataSplits
 from arena.defenses import DEFENSES
 from arena.record import RESULT_TAG_PREFIX, MatchResult, from_tracking, to_tracking
-from arena.referee import attacker_rng, build_service, play_match
+from arena.referee import build_service, play_match
+from arena.seeds import attacker_rng, match_rng
 from arena.specs import MatchSpec, PluginSpec, VictimSpec
 from arena.victims import cache_path, load_or_train, train_victim
 
@@ -203,3 +205,11 @@ def test_attacker_draws_depend_on_attack_and_seed_but_not_on_defenses(
     assert spec("none", 0).key() != spec("label_only", 0).key()
     assert draws[("none", 0)] == draws[("label_only", 0)]  # common random numbers
     assert draws[("none", 0)] != draws[("none", 1)]
+
+
+def test_the_referee_streams_keep_their_historical_salts(digits_victim_spec: VictimSpec) -> None:
+    """Records made before the streams had names must replay: the salts are pinned here."""
+    spec = match_spec(digits_victim_spec, ["prada"])
+    for stream, salt in (("removal", 0x5E11), ("goodput", 0x600D), ("benign", 0xBE9167)):
+        expected = np.random.default_rng(int(spec.key(), 16) ^ salt).integers(0, 2**31, size=8)
+        assert match_rng(spec, stream).integers(0, 2**31, size=8).tolist() == expected.tolist()
