@@ -11,13 +11,15 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
+from torch import nn
 
-from arena.attacker import ATTACKS
+from arena.attacker import ATTACKS, Attacker
 from arena.benign import benign_traffic
 from arena.data import DataSplits, load_dataset
 from arena.defenses.base import OwnershipKeys
@@ -65,14 +67,87 @@ def referee_match(
     started = time.perf_counter()
     attacker = build_plugin(ATTACKS, spec.attack.name, spec.attack.params)
     chain = build_chain(spec.defenses)
-    if data.pool_name != spec.pool:
-        raise ValueError(f"match wants the {spec.pool} pool, the data holds {data.pool_name}")
-    identities = identity_budgets(spec, attacker.identities)
-    for identity, budget in identities.items():
-        service.open_account(identity, budget)
+    _check_pool(spec, data)
+    identities = _open_thief_accounts(spec, service, attacker.identities)
     benign = benign_traffic(spec, service, data) if chain.has_detector else None
     profile = service.zoo_profile()
-    knowledge = Knowledge(
+    knowledge = _grant_knowledge(spec, data, attacker, profile)
+    theft = _steal(spec, attacker, _thief_oracle(service, identities), knowledge)
+    theft = _remove_watermark(spec, theft, knowledge, data)
+    verdicts = verify_ownership(theft.substitute, spec, service, list(identities))
+    test = _score_on_test_set(theft.substitute, service, data)
+    accounts = _read_thief_accounts(service, identities)
+    goodput = zoo_goodput(spec, service, data, profile) if profile is not None else None
+    return _record(
+        spec,
+        trusted=trusted,
+        attacker=attacker,
+        defense=chain.label,
+        substitute_arch=knowledge.substitute_arch,
+        theft=theft,
+        verdicts=verdicts,
+        test=test,
+        accounts=accounts,
+        benign=benign,
+        profile=profile,
+        goodput=goodput,
+        started=started,
+    )
+
+
+@dataclass(frozen=True)
+class _Theft:
+    """The thief's model as it will be scored, and what it took to get it."""
+
+    substitute: nn.Module
+    attack_seconds: float
+    removal: str = "none"
+    """label of the watermark-removal attack applied to the stolen model"""
+    stolen_accuracy_before_removal: float | None = None
+
+
+@dataclass(frozen=True)
+class _TestSet:
+    """The victim and the substitute on the test set: the record's test-set figures."""
+
+    victim_accuracy: float
+    utility: float
+    stolen_accuracy: float
+    fidelity: float
+    test_perturbation_l1: float
+    test_perturbation_kl: float
+    latency_ratio: float
+
+
+@dataclass(frozen=True)
+class _ThiefAccounts:
+    """The thief's accounts as the service kept them: per identity, merged, and audited."""
+
+    per_identity: list[AccountStats]
+    merged: AccountStats
+    audits: list[AuditDigest]
+
+
+def _check_pool(spec: MatchSpec, data: MatchData) -> None:
+    """The match data must hold the pool the match's threat model grants."""
+    if data.pool_name != spec.pool:
+        raise ValueError(f"match wants the {spec.pool} pool, the data holds {data.pool_name}")
+
+
+def _open_thief_accounts(spec: MatchSpec, service: ServiceAPI, count: int) -> dict[str, int]:
+    """Open an account per identity of the thief, the match budget split between them."""
+    identities = identity_budgets(spec, count)
+    for identity, budget in identities.items():
+        service.open_account(identity, budget)
+    return identities
+
+
+def _grant_knowledge(
+    spec: MatchSpec, data: MatchData, attacker: Attacker, profile: ZooProfile | None
+) -> Knowledge:
+    """What the threat model grants the thief besides the oracle (true pool labels only to an
+    upper-bound baseline)."""
+    return Knowledge(
         pool=data.pool,
         pool_name=spec.pool,
         input_shape=data.input_shape,
@@ -80,39 +155,103 @@ def referee_match(
         substitute_arch=spec.substitute_arch or default_substitute_arch(spec, profile),
         pool_labels=data.pool_labels if type(attacker).upper_bound else None,
     )
+
+
+def _thief_oracle(service: ServiceAPI, identities: dict[str, int]) -> Oracle:
+    """One oracle over all the thief's identities (a plain one when it has a single identity)."""
     oracles = [Oracle(service, identity) for identity in identities]
-    oracle = oracles[0] if len(oracles) == 1 else MultiAccountOracle(oracles)
+    return oracles[0] if len(oracles) == 1 else MultiAccountOracle(oracles)
+
+
+def _steal(spec: MatchSpec, attacker: Attacker, oracle: Oracle, knowledge: Knowledge) -> _Theft:
+    """Let the attacker steal with its own randomness, timed."""
     attack_start = time.perf_counter()
     substitute = attacker.steal(oracle, knowledge, attacker_rng(spec))
-    attack_seconds = time.perf_counter() - attack_start
-    before_removal = None
-    if spec.removal is not None:
-        before_removal = accuracy(predict_probs(substitute, data.test_x), data.test_y)
-        remover = build_plugin(REMOVALS, spec.removal.name, spec.removal.params)
-        removal_rng = match_rng(spec, "removal")
-        substitute = remover.apply(substitute, knowledge, removal_rng)
-    verdicts = verify_ownership(substitute, spec, service, list(identities))
+    return _Theft(substitute, time.perf_counter() - attack_start)
 
+
+def _remove_watermark(
+    spec: MatchSpec, theft: _Theft, knowledge: Knowledge, data: MatchData
+) -> _Theft:
+    """Put the stolen model through the match's removal attack, if any, noting its accuracy
+    before."""
+    if spec.removal is None:
+        return theft
+    before_removal = accuracy(predict_probs(theft.substitute, data.test_x), data.test_y)
+    remover = build_plugin(REMOVALS, spec.removal.name, spec.removal.params)
+    removal_rng = match_rng(spec, "removal")
+    return _Theft(
+        substitute=remover.apply(theft.substitute, knowledge, removal_rng),
+        attack_seconds=theft.attack_seconds,
+        removal=plugin_label(spec.removal.name, remover),
+        stolen_accuracy_before_removal=before_removal,
+    )
+
+
+def _score_on_test_set(substitute: nn.Module, service: ServiceAPI, data: MatchData) -> _TestSet:
+    """The victim's reference answers (undefended and defended) and the substitute's predictions
+    on the test set, scored."""
     reference = service.reference_outputs(data.test_x)
     undefended = torch.tensor(reference.undefended)
     defended = torch.tensor(reference.defended)
     stolen = predict_probs(substitute, data.test_x)
+    return _TestSet(
+        victim_accuracy=accuracy(undefended, data.test_y),
+        utility=accuracy(defended, data.test_y),
+        stolen_accuracy=accuracy(stolen, data.test_y),
+        fidelity=agreement(stolen, undefended),
+        test_perturbation_l1=float(l1_distance(undefended, defended).mean()),
+        test_perturbation_kl=float(kl_divergence(defended, undefended).mean()),
+        latency_ratio=(reference.model_seconds + reference.defense_seconds)
+        / max(reference.model_seconds, 1e-12),
+    )
+
+
+def _read_thief_accounts(service: ServiceAPI, identities: dict[str, int]) -> _ThiefAccounts:
+    """The thief's figures and audit digests from the service, per identity and merged."""
     per_identity = [service.account_stats(identity) for identity in identities]
-    stats = merged_stats(per_identity)
+    merged = merged_stats(per_identity)
     audits = [service.audit(identity) for identity in identities]
+    return _ThiefAccounts(per_identity, merged, audits)
+
+
+def _chain_steps(spec: MatchSpec, stats: AccountStats) -> str:
+    """Per defense of the chain, in order: its time and mean L1 change per answered query."""
     used = max(stats.used, 1)
-    goodput = zoo_goodput(spec, service, data, profile) if profile is not None else None
     steps = [
         {"defense": s.name, "us_per_query": 1e6 * sec / used, "l1_per_query": l1 / used}
         for s, sec, l1 in zip(spec.defenses, stats.step_seconds, stats.step_l1_sum, strict=True)
     ]
+    return json.dumps(steps)
+
+
+def _record(
+    spec: MatchSpec,
+    *,
+    trusted: bool,
+    attacker: Attacker,
+    defense: str,
+    substitute_arch: str,
+    theft: _Theft,
+    verdicts: list[dict[str, Any]],
+    test: _TestSet,
+    accounts: _ThiefAccounts,
+    benign: AccountStats | None,
+    profile: ZooProfile | None,
+    goodput: float | None,
+    started: float,
+) -> MatchResult:
+    """The match's flat record from what its steps found."""
+    stats = accounts.merged
+    used = max(stats.used, 1)
+    audits = accounts.audits
     return MatchResult(
         match_key=spec.key(),
         victim_key=spec.victim.key(),
         dataset=spec.victim.dataset,
         victim_arch=spec.victim.arch,
-        substitute_arch=knowledge.substitute_arch,
-        defense=chain.label,
+        substitute_arch=substitute_arch,
+        defense=defense,
         attack=plugin_label(spec.attack.name, attacker),
         attack_name=spec.attack.name,
         budget=spec.budget,
@@ -120,34 +259,29 @@ def referee_match(
         trusted=trusted,
         pool=spec.pool,
         upper_bound=type(attacker).upper_bound,
-        identities=len(identities),
-        identities_flagged=sum(s.detected_after is not None for s in per_identity),
-        victim_accuracy=accuracy(undefended, data.test_y),
-        utility=accuracy(defended, data.test_y),
-        stolen_accuracy=accuracy(stolen, data.test_y),
-        fidelity=agreement(stolen, undefended),
+        identities=len(accounts.per_identity),
+        identities_flagged=sum(s.detected_after is not None for s in accounts.per_identity),
+        victim_accuracy=test.victim_accuracy,
+        utility=test.utility,
+        stolen_accuracy=test.stolen_accuracy,
+        fidelity=test.fidelity,
         queries_used=stats.used,
         perturbation_l1=stats.l1_sum / used,
         perturbation_kl=stats.kl_sum / used,
-        test_perturbation_l1=float(l1_distance(undefended, defended).mean()),
-        test_perturbation_kl=float(kl_divergence(defended, undefended).mean()),
+        test_perturbation_l1=test.test_perturbation_l1,
+        test_perturbation_kl=test.test_perturbation_kl,
         defense_us_per_query=1e6 * stats.defense_seconds / used,
-        latency_ratio=(reference.model_seconds + reference.defense_seconds)
-        / max(reference.model_seconds, 1e-12),
-        attack_seconds=attack_seconds,
+        latency_ratio=test.latency_ratio,
+        attack_seconds=theft.attack_seconds,
         match_seconds=time.perf_counter() - started,
         detected=stats.detected_after is not None,
         queries_to_detection=stats.detected_after,
         refused_batches=stats.refused_batches,
         benign_flagged=None if benign is None else benign.detected_after is not None,
         benign_queries_to_detection=None if benign is None else benign.detected_after,
-        chain_steps=json.dumps(steps),
-        removal="none"
-        if spec.removal is None
-        else plugin_label(
-            spec.removal.name, build_plugin(REMOVALS, spec.removal.name, spec.removal.params)
-        ),
-        stolen_accuracy_before_removal=before_removal,
+        chain_steps=_chain_steps(spec, stats),
+        removal=theft.removal,
+        stolen_accuracy_before_removal=theft.stolen_accuracy_before_removal,
         ownership_verified=any(v["verified"] for v in verdicts) if verdicts else None,
         ownership_score=max(v["score"] for v in verdicts) if verdicts else None,
         ownership=json.dumps(verdicts) if verdicts else "",
