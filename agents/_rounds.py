@@ -1,9 +1,8 @@
 """Helpers shared by the round-based attacks (``jbda``, ``activethief``): query a planned batch
-without ever overdrawing the budget, turn answers into training targets, derive torch seeds."""
+without ever overdrawing the budget, turn answers into training targets."""
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from arena.oracle import Oracle
@@ -33,8 +32,3 @@ def training_targets(answers: torch.Tensor, soft: bool) -> torch.Tensor:
     if not soft:
         return answers.argmax(dim=1)
     return answers / answers.sum(dim=1, keepdim=True).clamp_min(1e-12)
-
-
-def torch_seed(rng: np.random.Generator) -> int:
-    """A torch seed drawn from the attack's generator, so every run is a function of ``rng``."""
-    return int(rng.integers(0, 2**31 - 1))

@@ -12,6 +12,7 @@ from torch import nn
 from arena.attacker import Attacker
 from arena.knowledge import Knowledge
 from arena.oracle import Oracle
+from arena.seeds import torch_seed
 from arena.training import TrainRecipe, train_classifier
 from arena.validation import check_integer, check_number
 
@@ -42,7 +43,7 @@ class TransferSetAttack(Attacker):
     def _steal(self, oracle: Oracle, knowledge: Knowledge, rng: np.random.Generator) -> nn.Module:
         assert knowledge.pool is not None
         queries, answers = query_random_subset(oracle, knowledge.pool, rng, self.query_batch)
-        seed = int(rng.integers(0, 2**31 - 1))
+        seed = torch_seed(rng)
         substitute = knowledge.make_substitute(seed)
         recipe = TrainRecipe(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size)
         return train_classifier(substitute, queries, self.targets(answers), recipe, seed=seed)

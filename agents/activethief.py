@@ -36,10 +36,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from agents._rounds import ask, torch_seed, training_targets
+from agents._rounds import ask, training_targets
 from arena.attacker import ATTACKS, Attacker
 from arena.knowledge import Knowledge
 from arena.oracle import Oracle
+from arena.seeds import torch_seed
 from arena.training import TrainRecipe, predict_probs, train_classifier
 from arena.validation import check_bool, check_choice, check_integer, check_number
 

@@ -53,6 +53,7 @@ from arena.attacker import ATTACKS, Attacker
 from arena.errors import BudgetExhausted, InvalidParameters, QueryRefused
 from arena.knowledge import Knowledge
 from arena.oracle import Oracle
+from arena.seeds import torch_seed
 from arena.training import TrainRecipe, train_classifier
 from arena.validation import check_integer, check_number
 
@@ -105,7 +106,7 @@ class DFME(Attacker):
             check_number(name, getattr(self, name), low=0, high=top, low_open=True, high_open=True)
 
     def _steal(self, oracle: Oracle, knowledge: Knowledge, rng: np.random.Generator) -> nn.Module:
-        seed = int(rng.integers(0, 2**31 - 1))
+        seed = torch_seed(rng)
         with torch.random.fork_rng(devices=[]):  # deterministic, and the caller's RNG untouched
             torch.manual_seed(seed)
             return self._play(oracle, knowledge, seed)

@@ -42,6 +42,7 @@ from arena.attacker import ATTACKS, Attacker
 from arena.knowledge import Knowledge
 from arena.models import build_model
 from arena.oracle import InputSpec, Oracle
+from arena.seeds import torch_seed
 from arena.validation import check_integer, check_number
 
 SMALLEST_PROBABILITY = float(np.finfo(np.float32).tiny)
@@ -90,7 +91,7 @@ class EquationSolving(Attacker):
         n = max(0, min(wanted, oracle.remaining))
         x = uniform_inputs(rng, n, spec, self.spread)
         answers = oracle.query_all(x, self.query_batch, until_refused=True) if n else None
-        seed = int(rng.integers(0, 2**31 - 1))
+        seed = torch_seed(rng)
         model = build_model("softmax_regression", spec.shape, num_classes, seed=seed)
         if answers is None or len(answers) == 0:
             return model  # nothing answered: the initial weights are all we have

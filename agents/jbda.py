@@ -39,10 +39,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from agents._rounds import ask, torch_seed, training_targets
+from agents._rounds import ask, training_targets
 from arena.attacker import ATTACKS, Attacker
 from arena.knowledge import Knowledge
 from arena.oracle import Oracle
+from arena.seeds import torch_seed
 from arena.training import TrainRecipe, train_classifier
 from arena.validation import check_bool, check_integer, check_number
 

@@ -36,6 +36,7 @@ from arena.attacker import ATTACKS
 from arena.errors import QueryRefused
 from arena.knowledge import Knowledge
 from arena.oracle import Oracle
+from arena.seeds import torch_seed
 from arena.training import TrainRecipe, train_classifier
 from arena.validation import check_choice, check_integer, check_number
 
@@ -76,7 +77,7 @@ class Knockoff(TransferSetAttack):
             queries, answers = query_random_subset(oracle, knowledge.pool, rng, self.query_batch)
         else:
             queries, answers = self._adaptive_transfer_set(oracle, knowledge, rng)
-        seed = int(rng.integers(0, 2**31 - 1))
+        seed = torch_seed(rng)
         substitute = knowledge.make_substitute(seed)
         recipe = TrainRecipe(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size)
         return train_classifier(substitute, queries, self.targets(answers), recipe, seed=seed)
@@ -86,9 +87,9 @@ class Knockoff(TransferSetAttack):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         assert knowledge.pool is not None
         pool = knowledge.pool
-        groups = cluster_pool(pool, self.actions, int(rng.integers(0, 2**31 - 1)))
+        groups = cluster_pool(pool, self.actions, torch_seed(rng))
         unused = [list(rng.permutation(g)) for g in groups]
-        seed = int(rng.integers(0, 2**31 - 1))
+        seed = torch_seed(rng)
         online = knowledge.make_substitute(seed)
         optimizer = torch.optim.Adam(online.parameters(), lr=self.lr)
         bandit = GradientBandit(len(groups), self.bandit_lr)

@@ -19,6 +19,7 @@ from agents._transfer import TransferSetAttack
 from arena.attacker import ATTACKS
 from arena.knowledge import Knowledge
 from arena.oracle import Oracle
+from arena.seeds import torch_seed
 from arena.training import TrainRecipe, train_classifier
 
 
@@ -38,7 +39,7 @@ class RandomQueries(TransferSetAttack):
         noise = rng.uniform(spec.low, spec.high, size=shape).astype(np.float32)
         queries = torch.from_numpy(noise)
         answers = oracle.query_all(queries, batch_size=self.query_batch, until_refused=True)
-        seed = int(rng.integers(0, 2**31 - 1))
+        seed = torch_seed(rng)
         substitute = knowledge.make_substitute(seed)
         recipe = TrainRecipe(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size)
         x = queries[: len(answers)]

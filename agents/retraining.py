@@ -40,6 +40,7 @@ from agents.equation_solving import uniform_inputs
 from arena.attacker import ATTACKS, Attacker
 from arena.knowledge import Knowledge
 from arena.oracle import Oracle
+from arena.seeds import torch_seed
 from arena.training import TrainRecipe, train_classifier
 from arena.validation import check_choice, check_integer, check_number
 
@@ -104,7 +105,7 @@ class Retraining(Attacker):
             sizes = [first, *split_evenly(n - first, self.rounds)]
         queries: list[torch.Tensor] = []
         answers: list[torch.Tensor] = []
-        current = knowledge.make_substitute(int(rng.integers(0, 2**31 - 1)))
+        current = knowledge.make_substitute(torch_seed(rng))
         for size in sizes:
             if size == 0:
                 continue
@@ -122,7 +123,7 @@ class Retraining(Attacker):
                 break  # a detector refused us: keep what was answered
         x = torch.cat(queries) if queries else torch.empty(0, *oracle.input_spec.shape)
         y = torch.cat(answers) if answers else torch.empty(0, oracle.num_classes)
-        final = knowledge.make_substitute(int(rng.integers(0, 2**31 - 1)))
+        final = knowledge.make_substitute(torch_seed(rng))
         return self._fit(final, x, y, self.epochs, rng)
 
     def _fit(
@@ -135,7 +136,7 @@ class Retraining(Attacker):
     ) -> nn.Module:
         """Train ``model`` on the answers so far (cross-entropy against the returned rows)."""
         recipe = TrainRecipe(epochs=epochs, lr=self.lr, batch_size=self.batch_size)
-        return train_classifier(model, x, y, recipe, seed=int(rng.integers(0, 2**31 - 1)))
+        return train_classifier(model, x, y, recipe, seed=torch_seed(rng))
 
 
 def split_evenly(total: int, parts: int) -> list[int]:

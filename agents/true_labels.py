@@ -19,6 +19,7 @@ from agents._transfer import TransferSetAttack
 from arena.attacker import ATTACKS, MissingKnowledge
 from arena.knowledge import Knowledge
 from arena.oracle import Oracle
+from arena.seeds import torch_seed
 from arena.training import TrainRecipe, train_classifier
 
 
@@ -38,7 +39,7 @@ class TrueLabels(TransferSetAttack):
             raise MissingKnowledge("true_labels needs the pool's labels (in-distribution pool)")
         n = min(oracle.budget, len(knowledge.pool))
         chosen = torch.from_numpy(rng.permutation(len(knowledge.pool))[:n])
-        seed = int(rng.integers(0, 2**31 - 1))
+        seed = torch_seed(rng)
         substitute = knowledge.make_substitute(seed)
         recipe = TrainRecipe(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size)
         x, y = knowledge.pool[chosen], knowledge.pool_labels[chosen]

@@ -17,6 +17,7 @@ from arena.knowledge import Knowledge
 from arena.oracle import Oracle
 from arena.oracle_adapters import ArgmaxOracle, SmoothingOracle
 from arena.registry import OPTION, Registry
+from arena.seeds import torch_seed
 from arena.validation import check_bool, check_integer, check_number
 
 
@@ -75,7 +76,7 @@ class Attacker:
     def attacker_view(self, oracle: Oracle, rng: np.random.Generator) -> Oracle:
         """The oracle as the attack body sees it once the countermeasure options are applied."""
         if self.smoothing_copies > 1:
-            seed = int(rng.integers(0, 2**31 - 1))
+            seed = torch_seed(rng)
             oracle = SmoothingOracle(oracle, self.smoothing_copies, self.smoothing_noise, seed)
         if self.argmax_labels:
             oracle = ArgmaxOracle(oracle)

@@ -17,127 +17,31 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from arena.attacker import ATTACKS
+from arena.attacker import ATTACKS, Attacker
+from arena.benign import benign_traffic
 from arena.data import DataSplits, load_dataset
 from arena.defenses.base import OwnershipKeys
 from arena.defenses.chain import build_chain
+from arena.goodput import zoo_goodput
+from arena.identities import identity_budgets, merged_stats
 from arena.knowledge import Knowledge
 from arena.ledger import AuditDigest
+from arena.match_data import MatchData
 from arena.metrics import agreement, kl_divergence, l1_distance
 from arena.oracle import Oracle, OracleEndpoint
 from arena.oracle_adapters import MultiAccountOracle
-from arena.pools import attacker_pool
+from arena.ownership import verify_ownership
+from arena.record import MatchResult
 from arena.registry import build_plugin, plugin_label
 from arena.removal import REMOVALS
+from arena.seeds import attacker_rng, match_rng
 from arena.service import AccountStats, ReferenceOutputs
 from arena.service_factory import build_service
 from arena.specs import MatchSpec
 from arena.training import accuracy, predict_probs
-from arena.zoo import ZooProfile, benign_targets
-
-
-class MatchResult(BaseModel):
-    """One match's flat record: the only thing that crosses into tracking."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    match_key: str
-    victim_key: str
-    dataset: str
-    victim_arch: str
-    substitute_arch: str
-    defense: str
-    attack: str
-    attack_name: str
-    budget: int
-    seed: int
-    trusted: bool
-    """True: the attacker ran as trusted in-cluster code held to the oracle by contract."""
-    pool: str = "in_distribution"
-    """the query pool the threat model granted (:mod:`arena.pools`)"""
-    upper_bound: bool = False
-    """the attack is a reference point, not a real threat model (never a strongest adversary)"""
-    identities: int = 1
-    """accounts the thief spread its budget over"""
-    identities_flagged: int = 0
-    """of those, how many a detector flagged"""
-
-    victim_accuracy: float
-    """undefended victim's test accuracy"""
-    utility: float
-    """test accuracy of the defended answers' argmax"""
-    stolen_accuracy: float
-    fidelity: float
-    """agreement of the substitute with the undefended victim on the test set"""
-    queries_used: int
-    perturbation_l1: float
-    """mean L1 between undefended and defended answers on the attacker's queries"""
-    perturbation_kl: float
-    """mean KL(defended ‖ undefended) in nats on the attacker's queries"""
-    test_perturbation_l1: float
-    test_perturbation_kl: float
-    defense_us_per_query: float
-    """defense-chain time per answered attacker query, microseconds"""
-    latency_ratio: float
-    """(model + defense) / model time per query on the test set at batch 256"""
-    attack_seconds: float
-    match_seconds: float
-    detected: bool = False
-    """a detector in the chain flagged the attacker"""
-    queries_to_detection: int | None = None
-    """queries the attacker had been answered when it was flagged"""
-    refused_batches: int = 0
-    """attacker batches refused (uncharged) after detection"""
-    benign_flagged: bool | None = None
-    """a benign caller (test images in random order, as many as the budget) was flagged too;
-    ``None`` when the chain has no detector"""
-    benign_queries_to_detection: int | None = None
-    chain_steps: str = ""
-    """per defense of the chain, in order: its time per query (us) and mean L1 change (JSON)"""
-    removal: str = "none"
-    """the watermark-removal attack applied to the substitute before it was scored"""
-    stolen_accuracy_before_removal: float | None = None
-    ownership_verified: bool | None = None
-    """some verifier of the chain claims the substitute as stolen; ``None``: no verifier"""
-    ownership_score: float | None = None
-    """the highest verifier score (agreement with its keys)"""
-    ownership: str = ""
-    """per verifier: its score, threshold, number of keys and verdict (JSON)"""
-    goodput: float | None = None
-    """model zoos: share of a benign workload's queries (mixed targets) answered by a member
-    that meets the targets they stated; ``None`` for a single model"""
-    served_by: str = ""
-    """model zoos: the attacker's queries answered by each member, in member order (JSON)"""
-    reference_share: float | None = None
-    """model zoos: share of the attacker's queries answered by the reference member (the one
-    fidelity is measured against)"""
-    audit_queries: int = 0
-    """queries in the victim's audit log for the thief's identities (equals ``queries_used``)"""
-    audit_sha256: str = ""
-    """SHA-256 of the thief's audit records (per identity, in order), so the log that backs this
-    record can be checked later"""
-
-
-RUN_DEPENDENT_FIELDS = frozenset(
-    {
-        "attack_seconds",
-        "match_seconds",
-        "defense_us_per_query",
-        "latency_ratio",
-        "chain_steps",
-        "audit_sha256",
-    }
-)
-"""match-record fields that differ between any two runs of the same match: timings, and the
-audit digest (it covers each answer's time)"""
-
-
-def comparable(result: MatchResult, mode: str = "python") -> dict[str, Any]:
-    """A record without its run-dependent fields: equal for two runs of one match (R1, R2)."""
-    return result.model_dump(mode=mode, exclude=set(RUN_DEPENDENT_FIELDS))
+from arena.zoo import ZooProfile
 
 
 class ServiceAPI(OracleEndpoint, Protocol):
@@ -156,50 +60,6 @@ class ServiceAPI(OracleEndpoint, Protocol):
     def audit(self, attacker_id: str) -> AuditDigest: ...
 
 
-@dataclass(frozen=True)
-class MatchData:
-    """The slices a match needs besides the victim: the attacker's pool and the test set."""
-
-    pool: torch.Tensor | None
-    test_x: torch.Tensor
-    test_y: torch.Tensor
-    input_shape: tuple[int, ...]
-    num_classes: int
-    pool_labels: torch.Tensor | None = None
-    """the pool's true labels, for the upper-bound baseline only"""
-    pool_name: str = "in_distribution"
-
-    @classmethod
-    def from_splits(cls, data: DataSplits, pool: str = "in_distribution") -> MatchData:
-        granted = attacker_pool(data, pool)
-        return cls(
-            granted.images,
-            data.test.x,
-            data.test.y,
-            data.input_shape,
-            data.num_classes,
-            granted.labels,
-            pool,
-        )
-
-
-def attacker_id(spec: MatchSpec) -> str:
-    """The ledger identity of a match's attacker: unique per match, stable across reruns."""
-    return f"{spec.attack.name}-{spec.key()}"
-
-
-def attacker_rng(spec: MatchSpec) -> np.random.Generator:
-    """The attacker's randomness, derived from its identity, never from scheduling order.
-
-    It depends on the victim, the attack, the budget and the seed but not on the defenses or the
-    removal attack applied afterwards, so every defense of a victim faces the same draws (common
-    random numbers): a difference between two defenses in one tournament is the defenses' doing,
-    not a luckier sample of queries, and a removal attack works on the very model stolen without it.
-    """
-    identity = spec.model_copy(update={"defenses": (), "removal": None}).key()
-    return np.random.default_rng(int(identity, 16))
-
-
 def referee_match(
     spec: MatchSpec, service: ServiceAPI, data: MatchData, *, trusted: bool = True
 ) -> MatchResult:
@@ -207,14 +67,87 @@ def referee_match(
     started = time.perf_counter()
     attacker = build_plugin(ATTACKS, spec.attack.name, spec.attack.params)
     chain = build_chain(spec.defenses)
-    if data.pool_name != spec.pool:
-        raise ValueError(f"match wants the {spec.pool} pool, the data holds {data.pool_name}")
-    identities = identity_budgets(spec, attacker.identities)
-    for identity, budget in identities.items():
-        service.open_account(identity, budget)
+    _check_pool(spec, data)
+    identities = _open_thief_accounts(spec, service, attacker.identities)
     benign = benign_traffic(spec, service, data) if chain.has_detector else None
     profile = service.zoo_profile()
-    knowledge = Knowledge(
+    knowledge = _grant_knowledge(spec, data, attacker, profile)
+    theft = _steal(spec, attacker, _thief_oracle(service, identities), knowledge)
+    theft = _remove_watermark(spec, theft, knowledge, data)
+    verdicts = verify_ownership(theft.substitute, spec, service, list(identities))
+    test = _score_on_test_set(theft.substitute, service, data)
+    accounts = _read_thief_accounts(service, identities)
+    goodput = zoo_goodput(spec, service, data, profile) if profile is not None else None
+    return _record(
+        spec,
+        trusted=trusted,
+        attacker=attacker,
+        defense=chain.label,
+        substitute_arch=knowledge.substitute_arch,
+        theft=theft,
+        verdicts=verdicts,
+        test=test,
+        accounts=accounts,
+        benign=benign,
+        profile=profile,
+        goodput=goodput,
+        started=started,
+    )
+
+
+@dataclass(frozen=True)
+class _Theft:
+    """The thief's model as it will be scored, and what it took to get it."""
+
+    substitute: nn.Module
+    attack_seconds: float
+    removal: str = "none"
+    """label of the watermark-removal attack applied to the stolen model"""
+    stolen_accuracy_before_removal: float | None = None
+
+
+@dataclass(frozen=True)
+class _TestSet:
+    """The victim and the substitute on the test set: the record's test-set figures."""
+
+    victim_accuracy: float
+    utility: float
+    stolen_accuracy: float
+    fidelity: float
+    test_perturbation_l1: float
+    test_perturbation_kl: float
+    latency_ratio: float
+
+
+@dataclass(frozen=True)
+class _ThiefAccounts:
+    """The thief's accounts as the service kept them: per identity, merged, and audited."""
+
+    per_identity: list[AccountStats]
+    merged: AccountStats
+    audits: list[AuditDigest]
+
+
+def _check_pool(spec: MatchSpec, data: MatchData) -> None:
+    """The match data must hold the pool the match's threat model grants."""
+    if data.pool_name != spec.pool:
+        raise ValueError(f"match wants the {spec.pool} pool, the data holds {data.pool_name}")
+
+
+def _open_thief_accounts(spec: MatchSpec, service: ServiceAPI, count: int) -> dict[str, int]:
+    """Open an account per identity of the thief, the match budget split between them."""
+    identities = identity_budgets(spec, count)
+    for identity, budget in identities.items():
+        service.open_account(identity, budget)
+    return identities
+
+
+def _grant_knowledge(
+    spec: MatchSpec, data: MatchData, attacker: Attacker, profile: ZooProfile | None
+) -> Knowledge:
+    """What the threat model grants the thief besides the oracle (true pool labels only to an
+    upper-bound baseline)."""
+    return Knowledge(
         pool=data.pool,
         pool_name=spec.pool,
         input_shape=data.input_shape,
@@ -222,39 +155,103 @@ def referee_match(
         substitute_arch=spec.substitute_arch or default_substitute_arch(spec, profile),
         pool_labels=data.pool_labels if type(attacker).upper_bound else None,
     )
+
+
+def _thief_oracle(service: ServiceAPI, identities: dict[str, int]) -> Oracle:
+    """One oracle over all the thief's identities (a plain one when it has a single identity)."""
     oracles = [Oracle(service, identity) for identity in identities]
-    oracle = oracles[0] if len(oracles) == 1 else MultiAccountOracle(oracles)
+    return oracles[0] if len(oracles) == 1 else MultiAccountOracle(oracles)
+
+
+def _steal(spec: MatchSpec, attacker: Attacker, oracle: Oracle, knowledge: Knowledge) -> _Theft:
+    """Let the attacker steal with its own randomness, timed."""
     attack_start = time.perf_counter()
     substitute = attacker.steal(oracle, knowledge, attacker_rng(spec))
-    attack_seconds = time.perf_counter() - attack_start
-    before_removal = None
-    if spec.removal is not None:
-        before_removal = accuracy(predict_probs(substitute, data.test_x), data.test_y)
-        remover = build_plugin(REMOVALS, spec.removal.name, spec.removal.params)
-        removal_rng = np.random.default_rng(int(spec.key(), 16) ^ 0x5E11)
-        substitute = remover.apply(substitute, knowledge, removal_rng)
-    verdicts = verify_ownership(substitute, spec, service, list(identities))
+    return _Theft(substitute, time.perf_counter() - attack_start)
 
+
+def _remove_watermark(
+    spec: MatchSpec, theft: _Theft, knowledge: Knowledge, data: MatchData
+) -> _Theft:
+    """Put the stolen model through the match's removal attack, if any, noting its accuracy
+    before."""
+    if spec.removal is None:
+        return theft
+    before_removal = accuracy(predict_probs(theft.substitute, data.test_x), data.test_y)
+    remover = build_plugin(REMOVALS, spec.removal.name, spec.removal.params)
+    removal_rng = match_rng(spec, "removal")
+    return _Theft(
+        substitute=remover.apply(theft.substitute, knowledge, removal_rng),
+        attack_seconds=theft.attack_seconds,
+        removal=plugin_label(spec.removal.name, remover),
+        stolen_accuracy_before_removal=before_removal,
+    )
+
+
+def _score_on_test_set(substitute: nn.Module, service: ServiceAPI, data: MatchData) -> _TestSet:
+    """The victim's reference answers (undefended and defended) and the substitute's predictions
+    on the test set, scored."""
     reference = service.reference_outputs(data.test_x)
     undefended = torch.tensor(reference.undefended)
     defended = torch.tensor(reference.defended)
     stolen = predict_probs(substitute, data.test_x)
+    return _TestSet(
+        victim_accuracy=accuracy(undefended, data.test_y),
+        utility=accuracy(defended, data.test_y),
+        stolen_accuracy=accuracy(stolen, data.test_y),
+        fidelity=agreement(stolen, undefended),
+        test_perturbation_l1=float(l1_distance(undefended, defended).mean()),
+        test_perturbation_kl=float(kl_divergence(defended, undefended).mean()),
+        latency_ratio=(reference.model_seconds + reference.defense_seconds)
+        / max(reference.model_seconds, 1e-12),
+    )
+
+
+def _read_thief_accounts(service: ServiceAPI, identities: dict[str, int]) -> _ThiefAccounts:
+    """The thief's figures and audit digests from the service, per identity and merged."""
     per_identity = [service.account_stats(identity) for identity in identities]
-    stats = merged_stats(per_identity)
+    merged = merged_stats(per_identity)
     audits = [service.audit(identity) for identity in identities]
+    return _ThiefAccounts(per_identity, merged, audits)
+
+
+def _chain_steps(spec: MatchSpec, stats: AccountStats) -> str:
+    """Per defense of the chain, in order: its time and mean L1 change per answered query."""
     used = max(stats.used, 1)
-    goodput = zoo_goodput(spec, service, data, profile) if profile is not None else None
     steps = [
         {"defense": s.name, "us_per_query": 1e6 * sec / used, "l1_per_query": l1 / used}
         for s, sec, l1 in zip(spec.defenses, stats.step_seconds, stats.step_l1_sum, strict=True)
     ]
+    return json.dumps(steps)
+
+
+def _record(
+    spec: MatchSpec,
+    *,
+    trusted: bool,
+    attacker: Attacker,
+    defense: str,
+    substitute_arch: str,
+    theft: _Theft,
+    verdicts: list[dict[str, Any]],
+    test: _TestSet,
+    accounts: _ThiefAccounts,
+    benign: AccountStats | None,
+    profile: ZooProfile | None,
+    goodput: float | None,
+    started: float,
+) -> MatchResult:
+    """The match's flat record from what its steps found."""
+    stats = accounts.merged
+    used = max(stats.used, 1)
+    audits = accounts.audits
     return MatchResult(
         match_key=spec.key(),
         victim_key=spec.victim.key(),
         dataset=spec.victim.dataset,
         victim_arch=spec.victim.arch,
-        substitute_arch=knowledge.substitute_arch,
-        defense=chain.label,
+        substitute_arch=substitute_arch,
+        defense=defense,
         attack=plugin_label(spec.attack.name, attacker),
         attack_name=spec.attack.name,
         budget=spec.budget,
@@ -262,34 +259,29 @@ def referee_match(
         trusted=trusted,
         pool=spec.pool,
         upper_bound=type(attacker).upper_bound,
-        identities=len(identities),
-        identities_flagged=sum(s.detected_after is not None for s in per_identity),
-        victim_accuracy=accuracy(undefended, data.test_y),
-        utility=accuracy(defended, data.test_y),
-        stolen_accuracy=accuracy(stolen, data.test_y),
-        fidelity=agreement(stolen, undefended),
+        identities=len(accounts.per_identity),
+        identities_flagged=sum(s.detected_after is not None for s in accounts.per_identity),
+        victim_accuracy=test.victim_accuracy,
+        utility=test.utility,
+        stolen_accuracy=test.stolen_accuracy,
+        fidelity=test.fidelity,
         queries_used=stats.used,
         perturbation_l1=stats.l1_sum / used,
         perturbation_kl=stats.kl_sum / used,
-        test_perturbation_l1=float(l1_distance(undefended, defended).mean()),
-        test_perturbation_kl=float(kl_divergence(defended, undefended).mean()),
+        test_perturbation_l1=test.test_perturbation_l1,
+        test_perturbation_kl=test.test_perturbation_kl,
         defense_us_per_query=1e6 * stats.defense_seconds / used,
-        latency_ratio=(reference.model_seconds + reference.defense_seconds)
-        / max(reference.model_seconds, 1e-12),
-        attack_seconds=attack_seconds,
+        latency_ratio=test.latency_ratio,
+        attack_seconds=theft.attack_seconds,
         match_seconds=time.perf_counter() - started,
         detected=stats.detected_after is not None,
         queries_to_detection=stats.detected_after,
         refused_batches=stats.refused_batches,
         benign_flagged=None if benign is None else benign.detected_after is not None,
         benign_queries_to_detection=None if benign is None else benign.detected_after,
-        chain_steps=json.dumps(steps),
-        removal="none"
-        if spec.removal is None
-        else plugin_label(
-            spec.removal.name, build_plugin(REMOVALS, spec.removal.name, spec.removal.params)
-        ),
-        stolen_accuracy_before_removal=before_removal,
+        chain_steps=_chain_steps(spec, stats),
+        removal=theft.removal,
+        stolen_accuracy_before_removal=theft.stolen_accuracy_before_removal,
         ownership_verified=any(v["verified"] for v in verdicts) if verdicts else None,
         ownership_score=max(v["score"] for v in verdicts) if verdicts else None,
         ownership=json.dumps(verdicts) if verdicts else "",
@@ -301,39 +293,6 @@ def referee_match(
     )
 
 
-def verify_ownership(
-    suspect: nn.Module, spec: MatchSpec, service: ServiceAPI, identities: list[str]
-) -> list[dict[str, Any]]:
-    """Each verifier of the chain on the suspect: top-1 agreement with its keys (a serving-side
-    watermark's keys from every identity of the thief, merged) against its threshold."""
-    merged: dict[int, list[OwnershipKeys]] = {}
-    for identity in identities:
-        for position, keys in service.ownership_keys(identity):
-            merged.setdefault(position, []).append(keys)
-    verdicts = []
-    for position, found in sorted(merged.items()):
-        x = torch.cat([k.x for k in found])
-        y = torch.cat([k.y for k in found])
-        score = key_agreement(suspect, x, y)
-        threshold = found[0].threshold
-        verdicts.append(
-            {
-                "verifier": spec.defenses[position].name,
-                "score": score,
-                "threshold": threshold,
-                "keys": int(y.numel()),
-                "verified": score >= threshold,
-            }
-        )
-    return verdicts
-
-
-def key_agreement(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    """Share of the keys on which ``model``'s top-1 label is the key's label."""
-    with torch.no_grad():
-        return accuracy(predict_probs(model, x), y) if int(y.numel()) else 0.0
-
-
 def default_substitute_arch(spec: MatchSpec, profile: ZooProfile | None) -> str:
     """The thief's architecture when the config names none: the victim's own, and for a model
     zoo the reference member's (the model the thief is after)."""
@@ -341,83 +300,6 @@ def default_substitute_arch(spec: MatchSpec, profile: ZooProfile | None) -> str:
     if profile is None or members is None:
         return spec.victim.arch
     return members[profile.reference].arch
-
-
-GOODPUT_REQUESTS = 200
-GOODPUT_BATCH = 8
-
-
-def zoo_goodput(
-    spec: MatchSpec, service: ServiceAPI, data: MatchData, profile: ZooProfile
-) -> float:
-    """Goodput: a benign caller sends :data:`GOODPUT_REQUESTS` requests of test images, each with
-    its own targets (:func:`arena.zoo.benign_targets`); the share of its queries answered by a
-    member meeting the targets it stated. Its own account keeps it apart from the thief."""
-    identity = f"goodput-{spec.key()}"
-    service.open_account(identity, GOODPUT_REQUESTS * GOODPUT_BATCH)
-    rng = np.random.default_rng(int(spec.key(), 16) ^ 0x600D)
-    oracle = Oracle(service, identity)
-    n_test = int(data.test_x.shape[0])
-    for targets in benign_targets(profile, GOODPUT_REQUESTS, rng):
-        rows = torch.from_numpy(rng.choice(n_test, GOODPUT_BATCH, replace=False))
-        oracle.query(data.test_x[rows], targets)
-    stats = service.account_stats(identity)
-    return stats.targets_met / max(stats.used, 1)
-
-
-def identity_budgets(spec: MatchSpec, count: int) -> dict[str, int]:
-    """The thief's ledger identities and their budgets: the match budget split evenly.
-
-    One identity keeps the historical id (and so every earlier match key's ledger name).
-    """
-    base = attacker_id(spec)
-    if count == 1:
-        return {base: spec.budget}
-    share, extra = divmod(spec.budget, count)
-    return {f"{base}-id{i}": share + (i < extra) for i in range(count)}
-
-
-def merged_stats(accounts: list[AccountStats]) -> AccountStats:
-    """One thief's figures over all its identities; detection counts from the first flag."""
-    first = accounts[0]
-    if len(accounts) == 1:
-        return first
-    flagged = [a.detected_after for a in accounts if a.detected_after is not None]
-    return AccountStats(
-        budget=sum(a.budget for a in accounts),
-        used=sum(a.used for a in accounts),
-        batches=sum(a.batches for a in accounts),
-        l1_sum=sum(a.l1_sum for a in accounts),
-        kl_sum=sum(a.kl_sum for a in accounts),
-        model_seconds=sum(a.model_seconds for a in accounts),
-        defense_seconds=sum(a.defense_seconds for a in accounts),
-        step_seconds=[sum(v) for v in zip(*(a.step_seconds for a in accounts), strict=True)],
-        step_l1_sum=[sum(v) for v in zip(*(a.step_l1_sum for a in accounts), strict=True)],
-        detected_after=min(flagged) if flagged else None,
-        refused_batches=sum(a.refused_batches for a in accounts),
-        served_by=[sum(v) for v in zip(*(a.served_by for a in accounts), strict=True)],
-        targets_met=sum(a.targets_met for a in accounts),
-    )
-
-
-BENIGN_BATCH = 256
-
-
-def benign_traffic(spec: MatchSpec, service: ServiceAPI, data: MatchData) -> AccountStats:
-    """A benign caller of the same volume as the attack: test images in random order.
-
-    It has its own account (and so its own detector state), so whether it gets flagged is the
-    detector's false-positive behaviour, independent of the thief playing the same match.
-    """
-    identity = f"benign-{spec.key()}"
-    service.open_account(identity, spec.budget)
-    rng = np.random.default_rng(int(spec.key(), 16) ^ 0xBE9167)
-    n_test = int(data.test_x.shape[0])
-    order = np.concatenate([rng.permutation(n_test) for _ in range(-(-spec.budget // n_test))])
-    Oracle(service, identity).query_all(
-        data.test_x[torch.from_numpy(order[: spec.budget])], BENIGN_BATCH, until_refused=True
-    )
-    return service.account_stats(identity)
 
 
 def play_match(

@@ -25,6 +25,7 @@ from torch.nn.utils import prune
 
 from arena.knowledge import Knowledge
 from arena.registry import Registry, build_plugin
+from arena.seeds import torch_seed
 from arena.training import TrainRecipe, predict_probs, train_classifier
 from arena.validation import check_integer, check_number
 
@@ -106,7 +107,7 @@ class FineTune(Removal):
         thief that has some (the benchmarks' stronger-thief variant)."""
         tuned = copy.deepcopy(model)
         recipe = TrainRecipe(epochs=self.epochs, lr=float(self.lr), batch_size=128)
-        return train_classifier(tuned, x, labels, recipe, seed=int(rng.integers(0, 2**31 - 1)))
+        return train_classifier(tuned, x, labels, recipe, seed=torch_seed(rng))
 
 
 def build_removal(name: str, params: dict[str, Any]) -> Removal:

@@ -49,11 +49,12 @@ import agents  # noqa: F401  (registers the attacks)
 from agents.equation_solving import uniform_inputs
 from arena.attacker import ATTACKS
 from arena.data import DataSplits, load_dataset
+from arena.identities import attacker_id
 from arena.knowledge import Knowledge
 from arena.metrics import agreement
 from arena.oracle import InputSpec, Oracle
-from arena.referee import attacker_id, attacker_rng
 from arena.registry import build_plugin
+from arena.seeds import attacker_rng
 from arena.service_factory import build_service
 from arena.specs import MatchSpec, PluginSpec, VictimSpec
 from arena.training import accuracy, predict_probs

@@ -29,7 +29,7 @@ import torch
 from config_runs import run_config
 from rich.console import Console
 
-from arena.referee import MatchResult
+from arena.record import MatchResult
 from orchestration.config import load_config
 from orchestration.leaderboard import markdown_table
 

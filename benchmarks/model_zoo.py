@@ -28,7 +28,7 @@ from rich.console import Console
 
 from arena.data import load_dataset
 from arena.home import ArenaHome
-from arena.referee import MatchResult
+from arena.record import MatchResult
 from arena.victims import load_or_train
 from arena.zoo import ZooModule
 from orchestration.config import TournamentConfig, load_config

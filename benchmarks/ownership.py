@@ -39,7 +39,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from config_runs import run_config
 from machine import write_record
@@ -51,17 +50,15 @@ from arena.attacker import ATTACKS
 from arena.data import DataSplits, Split, load_dataset
 from arena.defenses.base import OwnershipKeys
 from arena.defenses.chain import build_chain
+from arena.identities import attacker_id
 from arena.knowledge import Knowledge
+from arena.match_data import MatchData
 from arena.oracle import Oracle
-from arena.referee import (
-    MatchData,
-    MatchResult,
-    attacker_id,
-    attacker_rng,
-    key_agreement,
-)
+from arena.ownership import key_agreement
+from arena.record import MatchResult
 from arena.registry import build_plugin
 from arena.removal import REMOVALS, FineTune
+from arena.seeds import attacker_rng, match_rng, torch_seed
 from arena.service_factory import build_service
 from arena.specs import MatchSpec, PluginSpec
 from arena.training import FitReport, TrainRecipe, accuracy, predict_probs, train_until_fitted
@@ -177,11 +174,11 @@ def after_removals(
     removals = {"none": score(model, keys, test)}
     for removal in REMOVAL_ATTACKS:
         remover = build_plugin(REMOVALS, removal.name, removal.params)
-        rng = np.random.default_rng(int(spec.key(), 16) ^ 0x5E11)
+        rng = match_rng(spec, "removal")
         label = f"{removal.name}{json.dumps(removal.params) if removal.params else ''}"
         removals[label] = score(remover.apply(model, knowledge, rng), keys, test)
     if pool_labels is not None and knowledge.pool is not None:
-        tuner, rng = FineTune(), np.random.default_rng(int(spec.key(), 16) ^ 0x5E11)
+        tuner, rng = FineTune(), match_rng(spec, "removal")
         rows = tuner.pick(knowledge.pool, rng)
         tuned = tuner.tune(model, knowledge.pool[rows], pool_labels[rows], rng)
         removals["fine_tune(true labels)"] = score(tuned, keys, test)
@@ -315,7 +312,7 @@ def memorising_theft(
     oracle = Oracle(service, identity)
     queries, answers = query_random_subset(oracle, knowledge.pool, rng, knockoff.query_batch)
     [(_, keys)] = service.ownership_keys(identity)
-    seed = int(rng.integers(0, 2**31 - 1))
+    seed = torch_seed(rng)
     recipe = TrainRecipe(epochs=round_epochs, lr=knockoff.lr, batch_size=knockoff.batch_size)
     rounds: list[dict[str, float]] = []
 

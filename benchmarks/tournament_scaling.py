@@ -36,7 +36,9 @@ from rich.table import Table
 import agents  # noqa: F401  (registers the attacks)
 from arena.data import load_dataset
 from arena.home import ArenaHome
-from arena.referee import MatchData, MatchResult, comparable, referee_match
+from arena.match_data import MatchData
+from arena.record import MatchResult, comparable
+from arena.referee import referee_match
 from arena.service_factory import build_service
 from arena.specs import MatchSpec
 from arena.victims import load_or_train

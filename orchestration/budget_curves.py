@@ -16,7 +16,7 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from arena.referee import MatchResult
+from arena.record import MatchResult
 from orchestration.escaping import markdown_cell
 from orchestration.leaderboard import attack_label
 

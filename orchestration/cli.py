@@ -331,7 +331,7 @@ def frontier(
 
 
 def _run(config: object, address: str | None, tracking_uri: str | None, home: ArenaHome) -> None:
-    from arena.referee import MatchResult
+    from arena.record import MatchResult
     from arena.specs import MatchSpec
     from orchestration.config import TournamentConfig
     from orchestration.leaderboard import attack_label, rich_table
@@ -604,10 +604,10 @@ def _attack(
     from arena.errors import ArenaError, InvalidParameters
     from arena.http_oracle import EndpointError
     from arena.knowledge import Knowledge
+    from arena.match_data import MatchData
     from arena.models import ARCHITECTURES
     from arena.oracle import Oracle
     from arena.pools import POOL_NAMES
-    from arena.referee import MatchData
     from arena.registry import build_plugin, plugin_label
     from arena.training import accuracy, predict_probs
 

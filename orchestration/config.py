@@ -29,10 +29,11 @@ from pydantic import (
 )
 
 import agents  # noqa: F401  (registers the built-in attacks)
-from arena.attacker import ATTACKS, Attacker
+from arena.attacker import ATTACKS
 from arena.data import DATASETS, NUM_CLASSES
 from arena.defenses import DEFENSES, Defense
 from arena.errors import ArenaError, brief, first_unprintable, one_line
+from arena.matchups import plays_pool, plays_victim
 from arena.models import ARCHITECTURES
 from arena.registry import Registry, build_plugin, canonical_params
 from arena.removal import REMOVALS
@@ -119,26 +120,6 @@ def attack_entries(value: Any) -> Any:
 Attacks = Annotated[list[PluginSpec], Field(min_length=1), BeforeValidator(attack_entries)]
 """an ``attacks`` list as tournaments and tuning studies both write it: an unknown suite is a
 problem at ``attacks`` reported with the config's other schema problems"""
-
-
-def plays_pool(attack: type[Attacker], pool: str) -> bool:
-    """Whether an attack has a match under a pool: data-free attacks play once (pool ``none``),
-    pool thieves every granted pool but ``none``, the true-label bound only in distribution."""
-    if not attack.needs_pool:
-        return pool == "none"
-    if attack.upper_bound:
-        return pool == "in_distribution"
-    return pool != "none"
-
-
-def plays_victim(attack: type[Attacker], chain: tuple[PluginSpec, ...], victim: VictimSpec) -> bool:
-    """Whether a match is meaningful on this victim: the model-zoo thieves and the serving-level
-    defenses act on a zoo's selection, so they play zoo victims only (any other attack and
-    defense plays a zoo too: it sends no targets and gets the cheapest member)."""
-    if victim.is_zoo:
-        return True
-    zoo_only = any(DEFENSES.get(d.name).zoo_only for d in chain)
-    return attack.victim_kind != VictimSpec.ZOO_ARCH and not zoo_only
 
 
 class RaySettings(_Strict):

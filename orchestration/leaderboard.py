@@ -1,8 +1,9 @@
 """The leaderboard: each defended victim ranked by its strongest adversary (DESIGN §1, §6).
 
 Seeds are averaged first (per defense, attack, pool and budget); the strongest adversary is then
-the attack, pool and budget with the highest mean stolen accuracy; protection = 1 - that accuracy.
-Upper-bound baselines (true labels: not a threat model) are shown beside it, never counted as it.
+the attack, pool and budget with the highest mean stolen accuracy (:mod:`arena.strongest`);
+protection = 1 - that accuracy. Upper-bound baselines (true labels: not a threat model) are shown
+beside it, never counted as it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from arena.referee import MatchResult
+from arena.record import MatchResult
+from arena.strongest import strongest, threats
 from orchestration.escaping import markdown_cell, plot_text
 
 
@@ -71,17 +73,12 @@ def build_leaderboard(results: list[MatchResult]) -> list[LeaderboardRow]:
 
     rows: list[LeaderboardRow] = []
     for (_victim, defense), group in by_defense.items():
-        threats = [r for r in group if not r.upper_bound] or group
         bounds = [r.stolen_accuracy for r in group if r.upper_bound]
-        cells: dict[tuple[str, int], list[MatchResult]] = defaultdict(list)
-        for r in threats:
-            cells[(attack_label(r), r.budget)].append(r)
-        mean_stolen = {cell: _mean([r.stolen_accuracy for r in rs]) for cell, rs in cells.items()}
-        (attack, budget), stolen = max(mean_stolen.items(), key=lambda item: (item[1], -item[0][1]))
-        strongest = cells[(attack, budget)]
+        cells = threats(group, attack_label)
+        top = strongest(cells)
         by_budget: dict[int, float] = {}
-        for (_, b), value in mean_stolen.items():
-            by_budget[b] = max(by_budget.get(b, 0.0), value)
+        for cell in cells:
+            by_budget[cell.budget] = max(by_budget.get(cell.budget, 0.0), cell.stolen_accuracy)
         first = group[0]
         rows.append(
             LeaderboardRow(
@@ -90,12 +87,12 @@ def build_leaderboard(results: list[MatchResult]) -> list[LeaderboardRow]:
                 defense=defense,
                 victim_accuracy=_mean([r.victim_accuracy for r in group]),
                 utility=_mean([r.utility for r in group]),
-                strongest_attack=attack,
-                strongest_budget=budget,
-                stolen_accuracy=stolen,
-                stolen_std=statistics.pstdev([r.stolen_accuracy for r in strongest]),
-                fidelity=_mean([r.fidelity for r in strongest]),
-                protection=1.0 - stolen,
+                strongest_attack=top.attack,
+                strongest_budget=top.budget,
+                stolen_accuracy=top.stolen_accuracy,
+                stolen_std=statistics.pstdev([r.stolen_accuracy for r in top.results]),
+                fidelity=_mean([r.fidelity for r in top.results]),
+                protection=1.0 - top.stolen_accuracy,
                 perturbation_kl=_mean([r.perturbation_kl for r in group]),
                 latency_ratio=_mean([r.latency_ratio for r in group]),
                 stolen_by_budget=dict(sorted(by_budget.items())),

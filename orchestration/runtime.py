@@ -27,8 +27,10 @@ from ray.actor import ActorHandle
 from arena.data import DataSplits, load_dataset
 from arena.defenses.chain import build_chain
 from arena.home import ArenaHome
+from arena.match_data import MatchData
 from arena.oracle import InputSpec
-from arena.referee import MatchData, MatchResult, referee_match
+from arena.record import MatchResult
+from arena.referee import referee_match
 from arena.specs import MatchSpec, VictimSpec
 from arena.victims import (
     TrainedVictim,

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from arena.home import ArenaHome
-from arena.referee import MatchResult
+from arena.record import MatchResult, result_json
 from arena.specs import MatchSpec, VictimSpec
 from orchestration.budget_curves import (
     BudgetCurve,
@@ -31,7 +31,7 @@ from orchestration.leaderboard import (
     protection_utility_plot,
 )
 from orchestration.runtime import MatchFailure, MatchRuntime, Outcome
-from orchestration.tracking import Tracker, result_json
+from orchestration.tracking import Tracker
 
 
 @dataclass

@@ -13,7 +13,6 @@ never shows a run as live or finished when it is neither (D4).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -30,13 +29,12 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from arena.errors import ArenaError
 from arena.home import ArenaHome
-from arena.referee import MatchResult
+from arena.record import MatchResult, from_tracking, to_tracking
 from arena.specs import MatchSpec
 
 TOURNAMENT_TAG = "arena.tournament"
 MATCH_KEY_TAG = "arena.match_key"
 KIND_TAG = "arena.kind"
-RESULT_TAG_PREFIX = "result."
 TRUST_TAG = "trust"
 TRUSTED_IN_CLUSTER = "trusted-in-cluster"
 """tournament runs: attackers ran inside the Ray cluster as trusted code held to the oracle by
@@ -97,38 +95,6 @@ def driver_alive(identity: str) -> bool | None:
     except PermissionError:
         return True
     return True
-
-
-def _result_fields(result: MatchResult) -> tuple[list[Metric], list[RunTag]]:
-    now = int(time.time() * 1000)
-    metrics, tags = [], []
-    for name, value in result.model_dump().items():
-        if value is None:
-            continue  # absent means None when the record is rebuilt
-        if isinstance(value, bool | str):
-            tags.append(
-                RunTag(
-                    f"{RESULT_TAG_PREFIX}{name}",
-                    str(value).lower() if isinstance(value, bool) else value,
-                )
-            )
-        else:
-            metrics.append(Metric(name, float(value), now, 0))
-    return metrics, tags
-
-
-def _result_from_run(data: Any) -> MatchResult:
-    fields: dict[str, Any] = {
-        key.removeprefix(RESULT_TAG_PREFIX): value
-        for key, value in data.tags.items()
-        if key.startswith(RESULT_TAG_PREFIX)
-    }
-    fields["trusted"] = fields.get("trusted") == "true"
-    for name, info in MatchResult.model_fields.items():
-        if name in data.metrics:
-            value = data.metrics[name]
-            fields[name] = int(value) if info.annotation is int else value
-    return MatchResult.model_validate(fields)
 
 
 class TrackingUnavailable(ArenaError):
@@ -298,7 +264,7 @@ class Tracker:
     def finished_results(self, parent_id: str) -> dict[str, MatchResult]:
         """Records of the matches already FINISHED under this tournament, by match key."""
         return {
-            run.data.tags[MATCH_KEY_TAG]: _result_from_run(run.data)
+            run.data.tags[MATCH_KEY_TAG]: from_tracking(run.data.metrics, run.data.tags)
             for run in self._children(parent_id)
             if run.info.status == "FINISHED" and MATCH_KEY_TAG in run.data.tags
         }
@@ -311,9 +277,15 @@ class Tracker:
             tags=self._match_tags(parent_id, spec),
         )
         run_id: str = run.info.run_id
-        metrics, tags = _result_fields(result)
+        metrics, tags = to_tracking(result)
+        now = int(time.time() * 1000)
         params = [Param(k, str(v)) for k, v in flatten(spec.model_dump(mode="json"))]
-        self.client.log_batch(run_id, metrics=metrics, params=params, tags=tags)
+        self.client.log_batch(
+            run_id,
+            metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
+            params=params,
+            tags=[RunTag(k, v) for k, v in tags.items()],
+        )
         self.client.log_dict(run_id, result.model_dump(), "match_result.json")
         self.client.set_terminated(run_id, status="FINISHED")
         self._drop_failed_attempts(parent_id, spec.key(), keep=run_id)
@@ -369,7 +341,3 @@ class Tracker:
 
     def close(self, parent_id: str, status: str) -> None:
         self.client.set_terminated(parent_id, status=status)
-
-
-def result_json(results: list[MatchResult]) -> dict[str, Any]:
-    return {"matches": [json.loads(r.model_dump_json()) for r in results]}

@@ -37,7 +37,8 @@ from optuna.trial import FrozenTrial, TrialState
 from arena.defenses import Choice, FloatRange, IntRange, ParamSpace
 from arena.errors import ArenaError
 from arena.home import ArenaHome
-from arena.referee import MatchResult
+from arena.record import MatchResult
+from arena.strongest import strongest, threats
 from orchestration.frontier import (
     DEFAULTS_ATTR,
     SCORES_ATTR,
@@ -126,8 +127,7 @@ def score(
     if not results:
         raise ValueError("a trial needs at least one match result")
     stolen = {r.attack: r.stolen_accuracy for r in results}
-    threats = [r for r in results if not r.upper_bound] or results  # a bound is no adversary
-    strongest = max(threats, key=lambda r: r.stolen_accuracy)
+    top = strongest(threats(results, per_match=True))
     utility = min(_utility(r, utility_metric) for r in results)
     cost_value = None
     if cost == "latency":
@@ -136,9 +136,9 @@ def score(
         cost_value = max(r.test_perturbation_kl for r in results)
     return Scores(
         utility=utility,
-        protection=1.0 - strongest.stolen_accuracy,
+        protection=1.0 - top.stolen_accuracy,
         cost=cost_value,
-        strongest_attack=strongest.attack,
+        strongest_attack=top.attack,
         stolen_accuracy=stolen,
         fidelity={r.attack: r.fidelity for r in results},
         feasible=utility >= victim_accuracy - floor - 1e-12,

@@ -20,6 +20,12 @@ FORBIDDEN_MODULES = (
     "arena.service",
     "arena.ledger",
     "arena.referee",
+    "arena.record",
+    "arena.match_data",
+    "arena.identities",
+    "arena.ownership",
+    "arena.goodput",
+    "arena.benign",
     "arena.victims",
     "arena.data",
     "importlib",
@@ -28,8 +34,9 @@ FORBIDDEN_MODULES = (
     "ctypes",
     "pickle",
 )
-"""the victim's side (service, ledger, referee, victim cache, the datasets with test labels),
-the cluster, and the ways around an import check (dynamic imports, heap and frame walking)"""
+"""the victim's side (service, ledger, the referee and the modules split out of it, victim cache,
+the datasets with test labels), the cluster, and the ways around an import check (dynamic
+imports, heap and frame walking)"""
 FORBIDDEN_NAMES = frozenset(
     {
         "__ray_call__",

@@ -14,10 +14,11 @@ from agents.knockoff import GradientBandit, RunningRewards, batch_rewards
 from arena.attacker import ATTACKS
 from arena.data import DataSplits
 from arena.errors import BudgetExhausted, InvalidParameters, QueryRefused
+from arena.identities import identity_budgets
 from arena.oracle import Oracle
 from arena.oracle_adapters import ArgmaxOracle, MultiAccountOracle, SmoothingOracle
 from arena.pools import attacker_pool
-from arena.referee import identity_budgets, play_match
+from arena.referee import play_match
 from arena.registry import build_plugin, canonical_params
 from arena.specs import MatchSpec, PluginSpec, VictimSpec
 

@@ -19,7 +19,8 @@ from arena.defenses import DEFENSES
 from arena.defenses.dawn import Dawn, WatermarkLog
 from arena.errors import InvalidParameters
 from arena.oracle import Oracle
-from arena.referee import key_agreement, play_match, verify_ownership
+from arena.ownership import key_agreement, verify_ownership
+from arena.referee import play_match
 from arena.registry import build_plugin
 from arena.removal import REMOVALS, FineTune
 from arena.service_factory import build_service

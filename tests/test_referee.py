@@ -6,13 +6,16 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from arena_testkit import as_plugin_specs, match_spec
 
 from arena.data import DataSplits
 from arena.defenses import DEFENSES
-from arena.referee import MatchResult, attacker_rng, play_match
+from arena.record import RESULT_TAG_PREFIX, MatchResult, from_tracking, to_tracking
+from arena.referee import play_match
+from arena.seeds import attacker_rng, match_rng
 from arena.service_factory import build_service
 from arena.specs import MatchSpec, PluginSpec, VictimSpec
 from arena.victims import cache_path, load_or_train, train_victim
@@ -125,6 +128,16 @@ def test_result_record_is_frozen_and_strict(results: dict[tuple[str, str], Match
     assert MatchResult.model_validate(r.model_dump()) == r
 
 
+def test_every_record_round_trips_through_its_tracking_form(
+    results: dict[tuple[str, str], MatchResult],
+) -> None:
+    for r in results.values():
+        metrics, tags = to_tracking(r)
+        assert all(isinstance(value, float) for value in metrics.values())
+        assert all(key.startswith(RESULT_TAG_PREFIX) for key in tags)
+        assert from_tracking(metrics, {**tags, "arena.kind": "match"}) == r  # other tags ignored
+
+
 def test_build_service_serves_the_cached_victim(
     digits_data: DataSplits, victim_cache: Path, digits_victim_spec: VictimSpec
 ) -> None:
@@ -193,3 +206,11 @@ def test_attacker_draws_depend_on_attack_and_seed_but_not_on_defenses(
     assert spec("none", 0).key() != spec("label_only", 0).key()
     assert draws[("none", 0)] == draws[("label_only", 0)]  # common random numbers
     assert draws[("none", 0)] != draws[("none", 1)]
+
+
+def test_the_referee_streams_keep_their_historical_salts(digits_victim_spec: VictimSpec) -> None:
+    """Records made before the streams had names must replay: the salts are pinned here."""
+    spec = match_spec(digits_victim_spec, ["prada"])
+    for stream, salt in (("removal", 0x5E11), ("goodput", 0x600D), ("benign", 0xBE9167)):
+        expected = np.random.default_rng(int(spec.key(), 16) ^ salt).integers(0, 2**31, size=8)
+        assert match_rng(spec, stream).integers(0, 2**31, size=8).tolist() == expected.tolist()

@@ -28,7 +28,8 @@ from arena.data import DataSplits
 from arena.defenses import DEFENSES
 from arena.errors import InvalidParameters, InvalidQuery, QueryErrorCode
 from arena.oracle import Answer, Rejection
-from arena.referee import MatchResult, play_match
+from arena.record import MatchResult
+from arena.referee import play_match
 from arena.registry import build_plugin
 from arena.service import VictimService
 from arena.specs import MatchSpec, PluginSpec, VictimSpec

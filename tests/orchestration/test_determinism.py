@@ -13,7 +13,9 @@ import pytest
 
 from arena.data import DataSplits
 from arena.home import ArenaHome
-from arena.referee import MatchData, MatchResult, comparable, referee_match
+from arena.match_data import MatchData
+from arena.record import MatchResult, comparable
+from arena.referee import referee_match
 from arena.service import VictimService
 from arena.service_factory import build_service
 from arena.specs import MatchSpec, PluginSpec, VictimSpec

@@ -252,7 +252,8 @@ def _drive(args: argparse.Namespace) -> dict[str, Any]:
     import ray
 
     from arena.home import ArenaHome
-    from arena.referee import MatchResult, attacker_id, comparable
+    from arena.identities import attacker_id
+    from arena.record import MatchResult, comparable
     from orchestration import runtime, tournament
     from orchestration.config import parse_config
     from orchestration.ray_service import start_victim_service

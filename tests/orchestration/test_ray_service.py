@@ -22,8 +22,9 @@ import torch
 import agents  # noqa: F401
 from arena.data import DataSplits
 from arena.errors import BudgetExhausted, InvalidQuery, QueryErrorCode
+from arena.match_data import MatchData
 from arena.oracle import InputSpec, Oracle, Rejection
-from arena.referee import MatchData, play_match, referee_match
+from arena.referee import play_match, referee_match
 from arena.specs import MatchSpec, PluginSpec, VictimSpec
 from arena.victims import load_or_train
 from orchestration.ray_service import RayServiceProxy, start_victim_service

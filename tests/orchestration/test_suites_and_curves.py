@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from arena.attacker import ATTACKS
-from arena.referee import MatchResult
+from arena.record import MatchResult
+from arena.strongest import strongest, threats
 from orchestration.budget_curves import budget_curves, curve_metrics, curves_markdown
 from orchestration.config import ConfigError, parse_config
 from orchestration.leaderboard import build_leaderboard
@@ -172,6 +173,22 @@ def test_strongest_adversary_ignores_the_upper_bound_and_tags_pools() -> None:
     assert row.strongest_attack == "copycat [ood pool]"
     assert row.stolen_accuracy == pytest.approx(0.75)
     assert row.upper_bound_accuracy == pytest.approx(0.88)
+
+
+def test_one_strongest_adversary_rule_for_the_leaderboard_and_tuning() -> None:
+    """Seeds averaged per attack and budget (leaderboard) or every match alone (tuning); the
+    highest stolen accuracy wins, a tie going to the smaller budget; bounds only when alone."""
+    played = [
+        result("none", "knockoff", 1000, 0.75, seed=0, match_key="a"),
+        result("none", "knockoff", 1000, 0.25, seed=1, match_key="b"),  # mean 0.5
+        result("none", "copycat", 500, 0.5, match_key="c"),  # ties it with fewer queries
+        result("none", "true_labels", 100, 0.95, upper_bound=True, match_key="d"),
+    ]
+    cell = strongest(threats(played))
+    assert (cell.attack, cell.budget, cell.stolen_accuracy) == ("copycat", 500, 0.5)
+    match = strongest(threats(played, per_match=True))
+    assert (match.attack, match.stolen_accuracy, match.results) == ("knockoff", 0.75, (played[0],))
+    assert strongest(threats(played[3:])).attack == "true_labels"  # nothing else was played
 
 
 def test_a_tree_victim_needs_a_neural_substitute_for_training_attacks() -> None:

@@ -29,8 +29,10 @@ import torch
 import agents  # noqa: F401
 from arena.data import DataSplits
 from arena.errors import Overloaded, VictimUnavailable
+from arena.match_data import MatchData
 from arena.oracle import Answer, InputSpec, Oracle, Rejection
-from arena.referee import MatchData, MatchResult, play_match, referee_match
+from arena.record import MatchResult
+from arena.referee import play_match, referee_match
 from arena.specs import MatchSpec, PluginSpec, VictimSpec
 from arena.victims import load_or_train
 from orchestration.ray_service import HostedVictimService, RayServiceProxy, start_victim_service

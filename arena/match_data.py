@@ -1,0 +1,37 @@
+"""What a match grants besides the victim: the attacker's query pool and the referee's test set."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from arena.data import DataSplits
+from arena.pools import attacker_pool
+
+
+@dataclass(frozen=True)
+class MatchData:
+    """The slices a match needs besides the victim: the attacker's pool and the test set."""
+
+    pool: torch.Tensor | None
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    input_shape: tuple[int, ...]
+    num_classes: int
+    pool_labels: torch.Tensor | None = None
+    """the pool's true labels, for the upper-bound baseline only"""
+    pool_name: str = "in_distribution"
+
+    @classmethod
+    def from_splits(cls, data: DataSplits, pool: str = "in_distribution") -> MatchData:
+        granted = attacker_pool(data, pool)
+        return cls(
+            granted.images,
+            data.test.x,
+            data.test.y,
+            data.input_shape,
+            data.num_classes,
+            granted.labels,
+            pool,
+        )
