@@ -206,8 +206,9 @@ def tune(
 def _tune(config: object, address: str | None, tracking_uri: str | None, home: ArenaHome) -> None:
     from orchestration.frontier import dominated_by_frontier, frontier_table
     from orchestration.tracking import Tracker
+    from orchestration.trial_scores import Scores
     from orchestration.tune_config import TuneConfig
-    from orchestration.tuning import Scores, run_study
+    from orchestration.tuning import run_study
 
     assert isinstance(config, TuneConfig)
     console.print(

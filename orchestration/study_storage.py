@@ -11,8 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from arena.errors import ArenaError
+
 if TYPE_CHECKING:
     from optuna.storages import BaseStorage
+
+
+class StudyError(ArenaError):
+    """A study that cannot be opened or run (bad storage, a study of another shape)."""
 
 
 def named_storage(storage: str) -> str | Path:

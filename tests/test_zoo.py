@@ -37,8 +37,9 @@ from arena.targets import NO_TARGETS, Targets, parse_targets
 from arena.victims import TrainedVictim, build_victim_model, load_or_train
 from arena.zoo import ZooModule, ZooProfile, select_member
 from orchestration.config import ConfigError, parse_config
+from orchestration.study_storage import StudyError
+from orchestration.trial_scores import score, utility_baseline
 from orchestration.tune_config import TuneConfig, parse_tune_config
-from orchestration.tuning import StudyError, score, utility_baseline
 
 INF = math.inf
 BUDGET = 400

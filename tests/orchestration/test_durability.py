@@ -37,6 +37,7 @@ from orchestration.journal_repair import (
     release_stale_lock,
     repair_journal,
 )
+from orchestration.study import distributions, open_storage, open_study, reap_interrupted
 from orchestration.tracking import (
     DRIVER_TAG,
     MATCH_KEY_TAG,
@@ -46,7 +47,6 @@ from orchestration.tracking import (
     driver_identity,
 )
 from orchestration.tune_config import TuneConfig, parse_tune_config
-from orchestration.tuning import distributions, open_storage, open_study, reap_interrupted
 
 REPO = Path(__file__).resolve().parents[2]
 TUNE_SMOKE = REPO / "configs" / "tuning" / "digits_smoke.yaml"

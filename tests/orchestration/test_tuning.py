@@ -20,8 +20,10 @@ from arena.referee import play_match
 from arena.specs import MatchSpec, PluginSpec, VictimSpec
 from orchestration.config import ConfigError
 from orchestration.frontier import best_at_floor, dominated_by_frontier, study_view
+from orchestration.study import distributions
+from orchestration.trial_scores import Scores, score
+from orchestration.trial_tracking import record_trial
 from orchestration.tune_config import load_tune_config, parse_tune_config
-from orchestration.tuning import Scores, distributions, record_trial, score
 
 REPO = Path(__file__).resolve().parents[2]
 SMOKE = REPO / "configs" / "tuning" / "digits_smoke.yaml"
@@ -134,7 +136,7 @@ def test_frontier_opens_the_journal_tune_writes_and_repairs_it_the_same_way(tmp_
     """``arena frontier STUDY --home H`` reads the journal ``arena tune`` writes under H, through
     the same opener: a torn last record a killed driver left is cut off (kept in ``.torn``)."""
     from orchestration.journal_repair import TORN_SUFFIX
-    from orchestration.tuning import open_storage, open_study
+    from orchestration.study import open_storage, open_study
 
     config = parse_tune_config({**smoke_dict(), "name": "torn"})
     study = open_study(config, open_storage(config, tmp_path))
@@ -322,7 +324,7 @@ def test_D1_killed_study_resumes_to_exactly_the_configured_trials(tmp_path: Path
 def test_a_trial_killed_while_its_parameters_were_written_is_not_retried_half_set() -> None:
     """D1: the driver can die inside ``ask`` after some parameters are stored: the reaper fails
     that trial and retries only complete settings (or an enqueued setting's fixed parameters)."""
-    from orchestration.tuning import reap_interrupted
+    from orchestration.study import reap_interrupted
 
     study = optuna.create_study(directions=["maximize", "maximize"])
     dists = distributions(parse_tune_config(smoke_dict()).space())
@@ -343,7 +345,7 @@ def test_a_trial_killed_while_its_parameters_were_written_is_not_retried_half_se
 
 def test_a_repeated_setting_reuses_theevaluated_twin() -> None:
     """Evaluation is deterministic, so a sampler's repeat of a finished setting is not replayed."""
-    from orchestration.tuning import evaluated_twin
+    from orchestration.study import evaluated_twin
 
     study = optuna.create_study(directions=["maximize", "maximize"])
     dists = distributions({"beta": parse_tune_config(smoke_dict()).space()["beta"]})
@@ -358,7 +360,7 @@ def test_a_repeated_setting_reuses_theevaluated_twin() -> None:
 
 
 def test_unusable_storage_is_one_line_before_anything_runs(tmp_path: Path) -> None:
-    from orchestration.tuning import StudyError, open_storage
+    from orchestration.study import StudyError, open_storage
 
     config = parse_tune_config({**smoke_dict(), "storage": "sqlite:////no/such/dir/study.db"})
     with pytest.raises(StudyError) as caught:
