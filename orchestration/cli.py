@@ -79,23 +79,30 @@ def tournament(
     debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False,
 ) -> None:
     """Play every defense × attack × budget × seed of CONFIG on Ray and log it to MLflow."""
-    from arena.errors import ArenaError
-
     config = _tournament_config(config_path)
     arena_home = _writable_home(home)
-    # SIGTERM (e.g. from a scheduler) ends the run like Ctrl-C: parent run marked KILLED,
-    # victim services stopped, finished matches kept for the rerun
+    _driver(
+        lambda: _run(config, address, tracking_uri, arena_home),
+        "interrupted; rerun the same command to play the remaining matches",
+        debug,
+    )
+
+
+def _driver(work: Callable[[], None], interrupted: str, debug: bool) -> None:
+    """Run a driver (a tournament, a study): SIGTERM (e.g. from a scheduler) ends it like
+    Ctrl-C, so its parent run is marked KILLED, its victim services are stopped and what
+    finished is kept for the rerun; an arena error is one line (a traceback with ``--debug``)."""
+    from arena.errors import ArenaError
+
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        _run(config, address, tracking_uri, arena_home)
+        work()
     except ArenaError as exc:
         if debug:
             raise
         raise _fail(escape(str(exc))) from None
     except KeyboardInterrupt:
-        raise _fail(
-            "interrupted; rerun the same command to play the remaining matches", 130
-        ) from None
+        raise _fail(interrupted, 130) from None
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -188,19 +195,13 @@ def tune(
 ) -> None:
     """Tune one defense's hyperparameters with Optuna against the worst case of an attack suite;
     the same command resumes an interrupted study."""
-    from arena.errors import ArenaError
-
     config = _tune_config(config_path)
     arena_home = _writable_home(home)
-    signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        _tune(config, address, tracking_uri, arena_home)
-    except ArenaError as exc:
-        if debug:
-            raise
-        raise _fail(escape(str(exc))) from None
-    except KeyboardInterrupt:
-        raise _fail("interrupted; rerun the same command to finish the study", 130) from None
+    _driver(
+        lambda: _tune(config, address, tracking_uri, arena_home),
+        "interrupted; rerun the same command to finish the study",
+        debug,
+    )
 
 
 def _tune(config: object, address: str | None, tracking_uri: str | None, home: ArenaHome) -> None:

@@ -9,7 +9,7 @@ every problem :class:`ConfigError` lists is one short line.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -443,13 +443,24 @@ def _substitute_problems(lineup: Lineup) -> list[tuple[str, str]]:
     return []
 
 
-def parse_config(raw: Any, source: str = "<config>") -> TournamentConfig:
-    """Validate an already-parsed YAML document; raises ConfigError listing every problem."""
-    config = validate_model(TournamentConfig, raw, source)
-    problems = _semantic_problems(config)
+def parse_document(
+    model: type[ModelT],
+    raw: Any,
+    source: str,
+    problems_of: Callable[[ModelT], list[tuple[str, str]]],
+) -> ModelT:
+    """Validate a parsed YAML document: the schema, then ``problems_of`` the valid model; raises
+    ConfigError listing every problem (the one way tournament and tuning configs are parsed)."""
+    config = validate_model(model, raw, source)
+    problems = problems_of(config)
     if problems:
         raise ConfigError(source, problems)
     return config
+
+
+def parse_config(raw: Any, source: str = "<config>") -> TournamentConfig:
+    """Validate an already-parsed YAML document; raises ConfigError listing every problem."""
+    return parse_document(TournamentConfig, raw, source, _semantic_problems)
 
 
 def load_config(path: Path) -> TournamentConfig:

@@ -15,7 +15,6 @@ from arena.errors import brief
 from arena.specs import MatchSpec, PluginSpec, VictimSpec
 from orchestration.config import (
     Attacks,
-    ConfigError,
     Lineup,
     Name,
     PluginAt,
@@ -23,9 +22,9 @@ from orchestration.config import (
     TrackingSettings,
     defense_problems,
     lineup_problems,
+    parse_document,
     plugin_problems,
     read_yaml,
-    validate_model,
 )
 from orchestration.study_storage import named_storage
 
@@ -230,11 +229,7 @@ def _semantic_problems(config: TuneConfig) -> list[tuple[str, str]]:
 
 def parse_tune_config(raw: Any, source: str = "<config>") -> TuneConfig:
     """Validate a parsed YAML document; raises ConfigError listing every problem."""
-    config = validate_model(TuneConfig, raw, source)
-    problems = _semantic_problems(config)
-    if problems:
-        raise ConfigError(source, problems)
-    return config
+    return parse_document(TuneConfig, raw, source, _semantic_problems)
 
 
 def load_tune_config(path: Path) -> TuneConfig:
