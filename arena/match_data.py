@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from arena.data import DataSplits
+from arena.knowledge import Knowledge
 from arena.pools import attacker_pool
 
 
@@ -34,4 +35,16 @@ class MatchData:
             data.num_classes,
             granted.labels,
             pool,
+        )
+
+    def knowledge(self, substitute_arch: str, upper_bound: bool) -> Knowledge:
+        """What the threat model grants a thief besides the oracle: this pool (its true labels
+        only to an ``upper_bound`` baseline), the input shape, the classes, the substitute."""
+        return Knowledge(
+            pool=self.pool,
+            pool_name=self.pool_name,
+            input_shape=self.input_shape,
+            num_classes=self.num_classes,
+            substitute_arch=substitute_arch,
+            pool_labels=self.pool_labels if upper_bound else None,
         )

@@ -147,14 +147,8 @@ def _grant_knowledge(
 ) -> Knowledge:
     """What the threat model grants the thief besides the oracle (true pool labels only to an
     upper-bound baseline)."""
-    return Knowledge(
-        pool=data.pool,
-        pool_name=spec.pool,
-        input_shape=data.input_shape,
-        num_classes=data.num_classes,
-        substitute_arch=spec.substitute_arch or default_substitute_arch(spec, profile),
-        pool_labels=data.pool_labels if type(attacker).upper_bound else None,
-    )
+    substitute_arch = spec.substitute_arch or default_substitute_arch(spec, profile)
+    return data.knowledge(substitute_arch, type(attacker).upper_bound)
 
 
 def _thief_oracle(service: ServiceAPI, identities: dict[str, int]) -> Oracle:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -24,7 +23,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from arena.knowledge import Knowledge
-from arena.registry import Registry, build_plugin
+from arena.registry import Registry
 from arena.seeds import torch_seed
 from arena.training import TrainRecipe, predict_probs, train_classifier
 from arena.validation import check_integer, check_number
@@ -108,7 +107,3 @@ class FineTune(Removal):
         tuned = copy.deepcopy(model)
         recipe = TrainRecipe(epochs=self.epochs, lr=float(self.lr), batch_size=128)
         return train_classifier(tuned, x, labels, recipe, seed=torch_seed(rng))
-
-
-def build_removal(name: str, params: dict[str, Any]) -> Removal:
-    return build_plugin(REMOVALS, name, params)

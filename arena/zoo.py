@@ -53,10 +53,6 @@ class ZooProfile:
             and self.latency_ms[member] <= targets.max_latency_ms
         )
 
-    def by_accuracy(self) -> list[int]:
-        """Members from the least to the most accurate (ties: the faster first)."""
-        return sorted(range(self.size), key=lambda i: (self.accuracy[i], -self.latency_ms[i]))
-
 
 def select_member(profile: ZooProfile, targets: Targets) -> int:
     """The cheapest member meeting both targets; best effort when none does (see module doc)."""

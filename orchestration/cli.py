@@ -605,7 +605,6 @@ def _attack(
     from arena.attacker import ATTACKS
     from arena.errors import ArenaError, InvalidParameters
     from arena.http_oracle import EndpointError
-    from arena.knowledge import Knowledge
     from arena.match_data import MatchData
     from arena.models import ARCHITECTURES
     from arena.oracle import Oracle
@@ -626,14 +625,7 @@ def _attack(
             f"served victim takes {list(input_spec.shape)} and {output_spec.num_classes}",
         )
     granted = MatchData.from_splits(data, pool)
-    knowledge = Knowledge(
-        pool=granted.pool,
-        pool_name=pool,
-        input_shape=data.input_shape,
-        num_classes=data.num_classes,
-        substitute_arch=substitute_arch,
-        pool_labels=granted.pool_labels if type(attacker).upper_bound else None,
-    )
+    knowledge = granted.knowledge(substitute_arch, type(attacker).upper_bound)
     oracle = Oracle(endpoint, "http")
 
     def steal() -> None:
