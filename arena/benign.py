@@ -14,7 +14,7 @@ from arena.service import AccountStats
 from arena.specs import MatchSpec
 
 if TYPE_CHECKING:
-    from arena.referee import ServiceAPI
+    from arena.service import ServiceAPI
 
 BENIGN_BATCH = 256
 

@@ -13,7 +13,7 @@ from arena.specs import MatchSpec
 from arena.zoo import ZooProfile, benign_targets
 
 if TYPE_CHECKING:
-    from arena.referee import ServiceAPI
+    from arena.service import ServiceAPI
 
 GOODPUT_REQUESTS = 200
 GOODPUT_BATCH = 8

@@ -12,7 +12,7 @@ from arena.specs import MatchSpec
 from arena.training import accuracy, predict_probs
 
 if TYPE_CHECKING:
-    from arena.referee import ServiceAPI
+    from arena.service import ServiceAPI
 
 
 def verify_ownership(

@@ -13,16 +13,14 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from arena.attacker import ATTACKS, Attacker
 from arena.benign import benign_traffic
 from arena.data import DataSplits, load_dataset
-from arena.defenses.base import OwnershipKeys
 from arena.defenses.chain import build_chain
 from arena.goodput import zoo_goodput
 from arena.identities import identity_budgets, merged_stats
@@ -30,34 +28,18 @@ from arena.knowledge import Knowledge
 from arena.ledger import AuditDigest
 from arena.match_data import MatchData
 from arena.metrics import agreement, kl_divergence, l1_distance
-from arena.oracle import Oracle, OracleEndpoint
+from arena.oracle import Oracle
 from arena.oracle_adapters import MultiAccountOracle
 from arena.ownership import verify_ownership
 from arena.record import MatchResult
 from arena.registry import build_plugin, plugin_label
 from arena.removal import REMOVALS
 from arena.seeds import attacker_rng, match_rng
-from arena.service import AccountStats, ReferenceOutputs
+from arena.service import AccountStats, ServiceAPI
 from arena.service_factory import build_service
 from arena.specs import MatchSpec
 from arena.training import accuracy, predict_probs
 from arena.zoo import ZooProfile
-
-
-class ServiceAPI(OracleEndpoint, Protocol):
-    """The victim-service interface the referee needs (query half plus the trusted half)."""
-
-    def open_account(self, attacker_id: str, budget: int) -> None: ...
-
-    def account_stats(self, attacker_id: str) -> AccountStats: ...
-
-    def reference_outputs(self, x: np.ndarray | torch.Tensor) -> ReferenceOutputs: ...
-
-    def zoo_profile(self) -> ZooProfile | None: ...
-
-    def ownership_keys(self, attacker_id: str) -> list[tuple[int, OwnershipKeys]]: ...
-
-    def audit(self, attacker_id: str) -> AuditDigest: ...
 
 
 def referee_match(

@@ -20,7 +20,7 @@ import threading
 import time
 import zlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -31,7 +31,15 @@ from arena.defenses.chain import DefenseChain
 from arena.errors import RejectionCode
 from arena.ledger import AuditDigest, Ledger, array_hash
 from arena.metrics import exact_sum, kl_divergence, l1_distance
-from arena.oracle import AccountStatus, Answer, InputSpec, OutputSpec, Rejection, validate_query
+from arena.oracle import (
+    AccountStatus,
+    Answer,
+    InputSpec,
+    OracleEndpoint,
+    OutputSpec,
+    Rejection,
+    validate_query,
+)
 from arena.targets import NO_TARGETS, Targets, parse_targets
 from arena.zoo import ZooModule, ZooProfile, select_member
 
@@ -84,6 +92,25 @@ class _Account:
     def snapshot(self) -> dict[str, Any]:
         """What the ledger keeps of this account besides its charges (JSON)."""
         return {"stats": dataclasses.asdict(self.stats), "rng": self.rng.bit_generator.state}
+
+
+class ServiceAPI(OracleEndpoint, Protocol):
+    """A victim service as the referee sees it: the attacker's side (:class:`OracleEndpoint`,
+    all an oracle may call) plus the trusted side (accounts, statistics, reference outputs,
+    ownership keys, the audit digest). :class:`VictimService` implements it in process,
+    ``orchestration.ray_service.RayServiceProxy`` for an actor; the HTTP endpoint serves any."""
+
+    def open_account(self, attacker_id: str, budget: int) -> None: ...
+
+    def account_stats(self, attacker_id: str) -> AccountStats: ...
+
+    def reference_outputs(self, x: np.ndarray | torch.Tensor) -> ReferenceOutputs: ...
+
+    def zoo_profile(self) -> ZooProfile | None: ...
+
+    def ownership_keys(self, attacker_id: str) -> list[tuple[int, OwnershipKeys]]: ...
+
+    def audit(self, attacker_id: str) -> AuditDigest: ...
 
 
 class VictimService:

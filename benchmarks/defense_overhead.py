@@ -74,9 +74,8 @@ from arena.defenses.chain import DefenseChain, build_chain
 from arena.defenses.registry import DEFENSES
 from arena.errors import QueryRefused
 from arena.oracle import InputSpec, Oracle
-from arena.referee import ServiceAPI
 from arena.registry import build_plugin, plugin_label
-from arena.service import VictimService
+from arena.service import ServiceAPI, VictimService
 from arena.specs import PluginSpec, VictimSpec
 from arena.victims import default_victim_cache, defended_model, load_or_train
 from orchestration.ray_service import RayServiceProxy, start_victim_service

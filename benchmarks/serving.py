@@ -49,8 +49,7 @@ from arena.data import DataSplits, load_dataset
 from arena.defenses.chain import build_chain
 from arena.ledger import Ledger
 from arena.oracle import InputSpec, Oracle
-from arena.referee import ServiceAPI
-from arena.service import VictimService
+from arena.service import ServiceAPI, VictimService
 from arena.specs import PluginSpec, VictimSpec
 from arena.victims import TrainedVictim, default_victim_cache, load_or_train
 from orchestration.ray_service import RayServiceProxy, start_victim_service

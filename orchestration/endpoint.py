@@ -47,7 +47,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, ValidationError
@@ -58,8 +58,9 @@ from arena.defenses import DEFENSES
 from arena.errors import ArenaError, RejectionCode
 from arena.home import ArenaHome
 from arena.ledger import Ledger
-from arena.oracle import AccountStatus, Answer, OracleEndpoint, Rejection
+from arena.oracle import AccountStatus, Answer, Rejection
 from arena.registry import canonical_params
+from arena.service import ServiceAPI
 from arena.service_factory import build_service
 from arena.specs import PluginSpec, VictimSpec
 from orchestration.config import TournamentConfig
@@ -72,12 +73,6 @@ BODY_SLACK = 64
 for raw float32; a little slack keeps the bound obviously safe)"""
 LENGTH_DIGITS = 15
 ATTACKER = r"[A-Za-z0-9._-]{1,128}"
-
-
-class ServedService(OracleEndpoint, Protocol):
-    """What the endpoint needs from the service: the oracle half plus opening accounts."""
-
-    def open_account(self, attacker_id: str, budget: int) -> None: ...
 
 
 class TokenFileError(ArenaError):
@@ -193,7 +188,7 @@ class IsolatedEndpoint:
 
     def __init__(
         self,
-        service: ServedService,
+        service: ServiceAPI,
         tokens: TokenTable,
         host: str = "127.0.0.1",
         port: int = 0,
