@@ -50,7 +50,7 @@ import h11
 
 log = logging.getLogger(__name__)
 
-READ_CHUNK = 64 * 1024
+READ_CHUNK = 1 << 20
 LINGER_S = 2.0
 """how long a refused connection's leftover input is read and dropped before the close"""
 LINGER_BYTES = 1 << 20
