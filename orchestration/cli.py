@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from arena.home import ArenaHome
     from arena.http_oracle import HttpEndpoint
     from orchestration.config import TournamentConfig
+    from orchestration.http_server import Limits
     from orchestration.tune_config import TuneConfig
 
 T = TypeVar("T")
@@ -441,6 +442,22 @@ def serve(
         float | None,
         typer.Option("--token-rate", min=0.001, help="requests a second each token may send"),
     ] = None,
+    request_timeout: Annotated[
+        float,
+        typer.Option("--request-timeout", min=0.1, help="seconds a whole request may take"),
+    ] = 10.0,
+    max_connections: Annotated[
+        int, typer.Option("--max-connections", min=1, help="open connections, all clients")
+    ] = 256,
+    max_per_client: Annotated[
+        int,
+        typer.Option(
+            "--max-per-client",
+            min=1,
+            help="open connections from one address (raise it behind a proxy: all its clients "
+            "share its address)",
+        ),
+    ] = 32,
     home: HomeOption = Path(".arena"),
     debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False,
 ) -> None:
@@ -474,12 +491,18 @@ def serve(
             tls.load_cert_chain(certfile, keyfile)
         except (OSError, ssl.SSLError) as exc:
             raise _fail(f"cannot use --certfile/--keyfile: {exc.strerror or exc}", 2) from None
+    from orchestration.http_server import Limits
+
+    limits = Limits(
+        request_timeout_s=request_timeout,
+        max_connections=max_connections,
+        max_connections_per_client=max_per_client,
+    )
     arena_home = _writable_home(home)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        _serve(
-            config, victim, defense, table, host, port, ServeOptions(arena_home, token_rate, tls)
-        )
+        options = ServeOptions(arena_home, limits, token_rate, tls)
+        _serve(config, victim, defense, table, host, port, options)
     except ArenaError as exc:
         if debug:
             raise
@@ -497,6 +520,7 @@ class ServeOptions:
     """How ``arena serve`` runs besides what it serves."""
 
     home: ArenaHome
+    limits: Limits
     token_rate: float | None = None
     tls: SSLContext | None = None
 
@@ -510,7 +534,16 @@ def _serve(
 
     assert isinstance(config, TournamentConfig) and isinstance(table, TokenTable)
     served = serve_config_victim(
-        config, victim, defense, table, options.home, host, port, options.token_rate, options.tls
+        config,
+        victim,
+        defense,
+        table,
+        options.home,
+        host,
+        port,
+        limits=options.limits,
+        token_rate=options.token_rate,
+        tls=options.tls,
     )
     logging.getLogger("orchestration.http_server").addHandler(logging.StreamHandler())
     target = config.victims[victim]

@@ -443,6 +443,8 @@ def serve_config_victim(
     home: ArenaHome,
     host: str,
     port: int,
+    *,
+    limits: Limits | None = None,
     token_rate: float | None = None,
     tls: ssl.SSLContext | None = None,
 ) -> ServedVictim:
@@ -457,7 +459,9 @@ def serve_config_victim(
     data = load_dataset(target.dataset, home.data_dir)
     service = build_service(target, chain, data, home.victims, ledger=ledger)
     try:
-        endpoint = IsolatedEndpoint(service, tokens, host, port, token_rate=token_rate, tls=tls)
+        endpoint = IsolatedEndpoint(
+            service, tokens, host, port, limits=limits, token_rate=token_rate, tls=tls
+        )
     except ValueError as exc:  # a budget that differs from the one the ledger holds
         ledger.close()
         raise TokenFileError(

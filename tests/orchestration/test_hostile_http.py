@@ -534,6 +534,31 @@ def test_H3_restarted_arena_serve_keeps_budgets_replays_and_detector_state(
     assert served_twice.audited() == (192, 192)
 
 
+def test_H1_arena_serve_limits_come_from_its_flags(
+    tmp_path: Path, digits_victim: TrainedVictim, victim_cache: Path
+) -> None:
+    """``--request-timeout`` and ``--max-per-client`` reach the server ``arena serve`` runs."""
+    server = arena_serve(tmp_path, digits_victim, victim_cache, ["none"], 10)
+    server.args += ["--request-timeout", "1", "--max-per-client", "2"]
+    try:
+        url = server.start()
+        host, port = url.removeprefix("http://").split(":")
+        held = [socket.create_connection((host, int(port)), 10) for _ in range(2)]
+        try:
+            time.sleep(0.2)
+            with socket.create_connection((host, int(port)), 10) as extra:
+                extra.sendall(b"GET /v1/spec HTTP/1.1\r\nHost: arena\r\n\r\n")
+                assert status_of(read_response(extra)) == 429
+            started = time.perf_counter()
+            assert status_of(read_response(held[0])) == 408
+            assert time.perf_counter() - started < 2.5
+        finally:
+            for sock in held:
+                sock.close()
+    finally:
+        server.kill()
+
+
 # ---- H8: schema-driven fuzz of the live endpoint ----------------------------------------------
 
 

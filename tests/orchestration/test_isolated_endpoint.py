@@ -565,6 +565,8 @@ def test_I1_cli_mistakes_are_one_line_exit_2(
     good.write_text(f"attackers:\n  - {{id: eve, budget: 5, tokens: [{'t' * 20}]}}\n")
     result = runner.invoke(app, ["serve", smoke, "--tokens", str(good), "--victim", "3"])
     assert result.exit_code == 2 and "--victim must be 0..0" in result.stderr
+    result = runner.invoke(app, ["serve", smoke, "--tokens", str(good), "--max-per-client", "0"])
+    assert result.exit_code == 2 and "--max-per-client" in result.output
     assert served.service.account_status("bob").used == 0, "a mistake was charged"
     # a token whose budget is spent: the attack says so and exits 1
     served.service.answer("bob", "spend-all", images_like(300))
