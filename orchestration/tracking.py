@@ -130,6 +130,9 @@ class Tracker:
                 f"cannot use tracking URI {tracking_uri!r}: {first}"
             ) from None
         self.tracking_uri = tracking_uri
+        if artifact_root is None and tracking_uri.startswith("sqlite:///"):
+            # beside a local store, never MLflow's default ./mlruns in whatever the cwd is
+            artifact_root = Path(tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts"
         if found is None:
             location = artifact_root.resolve().as_uri() if artifact_root else None
             self.experiment_id = self.client.create_experiment(
