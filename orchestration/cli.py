@@ -682,19 +682,28 @@ def _attack(
 
 @app.command("list")
 def list_plugins() -> None:
-    """List the registered defenses, attacks, architectures and datasets."""
+    """List the registered defenses, attacks, architectures, datasets and removals (with the
+    installed plug-ins), each with its version."""
     import agents  # noqa: F401  (registers the attacks)
     from arena.attacker import ATTACKS
     from arena.data import DATASETS
     from arena.defenses import DEFENSES
+    from arena.errors import ArenaError
     from arena.models import ARCHITECTURES
+    from arena.plugins import load_installed_plugins
+    from arena.removal import REMOVALS
 
-    for registry in (DEFENSES, ATTACKS, ARCHITECTURES, DATASETS):
+    try:
+        load_installed_plugins()
+    except ArenaError as exc:
+        raise _fail(escape(str(exc)), 2) from None
+    for registry in (DEFENSES, ATTACKS, ARCHITECTURES, DATASETS, REMOVALS):
         table = Table(title=f"{registry.kind}s", title_justify="left", show_header=False, box=None)
         table.add_column("name", style="bold cyan")
+        table.add_column("version", style="dim")
         table.add_column("description")
         for name, description in registry.describe().items():
-            table.add_row(name, description)
+            table.add_row(name, f"v{registry.version(name)}", description)
         console.print(table)
         console.print()
 
