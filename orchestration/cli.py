@@ -579,6 +579,10 @@ def attack(
         str, typer.Option("--substitute-arch", help="the thief's architecture")
     ] = "mlp",
     seed: Annotated[int, typer.Option("--seed", help="the attacker's randomness")] = 0,
+    plugins: Annotated[
+        list[str] | None,
+        typer.Option("--plugin", help="a plug-in module or .py file to import (repeatable)"),
+    ] = None,
     ca_file: Annotated[
         Path | None,
         typer.Option("--ca-file", help="trust this certificate for an https:// --url"),
@@ -595,6 +599,7 @@ def attack(
     from arena.data import load_dataset
     from arena.errors import ArenaError, VictimUnavailable
     from arena.http_oracle import EndpointError, HttpEndpoint
+    from arena.plugins import import_plugin, load_installed_plugins
 
     try:
         params = json.loads(options)
@@ -604,6 +609,9 @@ def attack(
         raise _fail("--options must be a JSON object of hyperparameters", 2)
     arena_home = _writable_home(home)
     try:  # everything before the first query: a mistake here is bad input, exit 2
+        load_installed_plugins()
+        for ref in plugins or []:
+            import_plugin(ref)
         endpoint = HttpEndpoint(url, token, ca_file=None if ca_file is None else str(ca_file))
         data = load_dataset(dataset, arena_home.data_dir)
         steal = _attack(endpoint, attack_name, data, params, pool, substitute_arch, seed)
