@@ -162,3 +162,8 @@ class InvalidParameters(ArenaError):
 
 class DatasetMissing(ArenaError):
     """A dataset is not on disk and cannot be downloaded; the message says how to get it."""
+
+
+class InvalidDataset(ArenaError):
+    """A user's dataset whose files are there but unusable (mixed image sizes, bad labels);
+    the message names the file and the fix."""

@@ -456,7 +456,7 @@ def serve_config_victim(
     )
     target = config.victims[victim]
     ledger = Ledger(served_ledger_path(home, target, chain))
-    data = load_dataset(target.dataset, home.data_dir)
+    data = load_dataset(target.dataset, home.data_dir, config.download)
     service = build_service(target, chain, data, home.victims, ledger=ledger)
     try:
         endpoint = IsolatedEndpoint(

@@ -106,7 +106,7 @@ def run_study(
     status = "FAILED"
     evaluated = 0
     try:
-        with MatchRuntime(config.ray, home, parent, address) as runtime:
+        with MatchRuntime(config.ray, home, parent, address, config.download) as runtime:
             victim = runtime.ensure_victim(config.victim)
             floor = config.utility_floor
             baseline = utility_baseline(config, victim.test_accuracy)
