@@ -91,15 +91,17 @@ def _mnist_family(name: str, title: str, data_dir: Path, download: bool) -> Data
 
 @DATASETS.register("mnist")
 def mnist(data_dir: Path, download: bool = False) -> DataSplits:
-    """MNIST 28x28 grey digits, 10 classes, from MNIST/raw: victim train[:50000], pool
-    train[50000:], test the official 10,000."""
+    """MNIST 28x28 grey digits, 10 classes (MNIST/raw/): victim train[:50000], pool the rest.
+
+    The test split is the official 10,000 images; no normalisation, as for Fashion-MNIST."""
     return _mnist_family("mnist", "MNIST", data_dir, download)
 
 
 @DATASETS.register("kmnist")
 def kmnist(data_dir: Path, download: bool = False) -> DataSplits:
-    """Kuzushiji-MNIST 28x28 grey cursive Japanese characters, 10 classes, from KMNIST/raw:
-    victim train[:50000], pool train[50000:], test the official 10,000."""
+    """Kuzushiji-MNIST 28x28 grey characters, 10 classes (KMNIST/raw/): pool train[50000:].
+
+    Victim train[:50000]; the test split is the official 10,000 images; no normalisation."""
     return _mnist_family("kmnist", "KMNIST", data_dir, download)
 
 
@@ -152,15 +154,19 @@ def _cifar(name: str, data_dir: Path, download: bool) -> DataSplits:
 
 @DATASETS.register("cifar10")
 def cifar10(data_dir: Path, download: bool = False) -> DataSplits:
-    """CIFAR-10 32x32 colour objects, 10 classes, from cifar-10-batches-py: victim
-    train[:40000], pool train[40000:], test the official 10,000; normalised in the model."""
+    """CIFAR-10 32x32 colour, 10 classes (cifar-10-batches-py/): pool train[40000:], normalised.
+
+    Victim train[:40000]; the test split is the official 10,000 images; the model's first layer
+    applies :data:`CIFAR10_NORMALIZATION`."""
     return _cifar("cifar10", data_dir, download)
 
 
 @DATASETS.register("cifar100")
 def cifar100(data_dir: Path, download: bool = False) -> DataSplits:
-    """CIFAR-100 32x32 colour objects, 100 fine classes, from cifar-100-python: victim
-    train[:40000], pool train[40000:], test the official 10,000; normalised in the model."""
+    """CIFAR-100 32x32 colour, 100 classes (cifar-100-python/): pool train[40000:], normalised.
+
+    The 100 fine labels; victim train[:40000]; the test split is the official 10,000 images;
+    the model's first layer applies :data:`CIFAR100_NORMALIZATION`."""
     return _cifar("cifar100", data_dir, download)
 
 
@@ -180,9 +186,11 @@ def read_svhn(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
 
 @DATASETS.register("svhn")
 def svhn(data_dir: Path, download: bool = False) -> DataSplits:
-    """SVHN 32x32 colour house-number digits, 10 classes, from train_32x32.mat and
-    test_32x32.mat: victim train[:58606], pool train[58606:] (the last fifth), test the
-    official 26,032; normalised in the model."""
+    """SVHN 32x32 colour digits (train_32x32.mat, test_32x32.mat): pool train[58606:], normalised.
+
+    Victim train[:58606], the pool the last fifth of the 73,257 training images (the extra
+    split is not used); the test split is the official 26,032; labels 0..9 (the files' 10 is
+    0); the model's first layer applies :data:`SVHN_NORMALIZATION`."""
     from torchvision.datasets import SVHN
 
     if download:

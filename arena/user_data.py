@@ -102,8 +102,9 @@ def _stack(images: list[Any], paths: list[str], mode: str, first: tuple[str, Any
 
 @DATASET_FORMS.register("imagefolder")
 def imagefolder(name: str) -> DataSplits:
-    """imagefolder:PATH: PATH/train/<class>/*.png and PATH/test/<class>/*.png, the pool from
-    PATH/pool/<class>/ if present, else every fifth training image."""
+    """imagefolder:PATH: PATH/{train,test}/<class>/*.png; pool PATH/pool/ or every 5th image.
+
+    See the module docstring for the channels, the sizes and the class indices."""
     root = form_path(name)
     folders = {"train": root / "train", "test": root / "test", "pool": root / "pool"}
     for part in ("train", "test"):
@@ -216,8 +217,9 @@ def _npz_arrays(name: str, path: Path) -> dict[str, np.ndarray[Any, Any]]:
 
 @DATASET_FORMS.register("npz")
 def npz(name: str) -> DataSplits:
-    """npz:PATH: arrays x_train, y_train, x_test, y_test (optionally x_pool, y_pool), uint8 or
-    float in [0, 1]; the pool is x_pool, else every fifth training image."""
+    """npz:PATH: x_train, y_train, x_test, y_test (+ x_pool, y_pool); pool else every 5th image.
+
+    Images uint8 or float in [0, 1]; see the module docstring for the accepted shapes."""
     arrays = _npz_arrays(name, form_path(name))
     splits = {}
     for part in ("train", "test", "pool"):

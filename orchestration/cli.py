@@ -685,11 +685,11 @@ def list_plugins() -> None:
     """List the registered defenses, attacks, architectures and datasets."""
     import agents  # noqa: F401  (registers the attacks)
     from arena.attacker import ATTACKS
-    from arena.data import DATASETS
+    from arena.data import DATASET_FORMS, DATASETS
     from arena.defenses import DEFENSES
     from arena.models import ARCHITECTURES
 
-    for registry in (DEFENSES, ATTACKS, ARCHITECTURES, DATASETS):
+    for registry in (DEFENSES, ATTACKS, ARCHITECTURES, DATASETS, DATASET_FORMS):
         table = Table(title=f"{registry.kind}s", title_justify="left", show_header=False, box=None)
         table.add_column("name", style="bold cyan")
         table.add_column("description")
