@@ -60,6 +60,13 @@ def parse_pool(text: str) -> str | DatasetPool:
     return DatasetPool(dataset, **options)
 
 
+def pool_dataset(pool: str) -> str | None:
+    """The dataset a ``dataset:NAME`` pool draws from (to be loaded beside the victim's), or
+    None for the built-in pools."""
+    chosen = parse_pool(pool)
+    return chosen.dataset if isinstance(chosen, DatasetPool) else None
+
+
 def pool_text(value: Any) -> Any:
     """A pool as a config writes it (text or ``{dataset, resize, channels}``) as canonical text;
     other values are left for validation to reject."""

@@ -29,7 +29,7 @@ from arena.defenses.chain import build_chain
 from arena.home import ArenaHome
 from arena.match_data import MatchData
 from arena.oracle import InputSpec
-from arena.pool_source import DatasetPool, parse_pool
+from arena.pool_source import pool_dataset
 from arena.record import MatchResult
 from arena.referee import referee_match
 from arena.specs import MatchSpec, VictimSpec
@@ -200,14 +200,13 @@ class MatchRuntime:
 
     def _pool_source(self, pool: str) -> DataSplits | None:
         """The dataset a ``dataset:NAME`` pool draws from, loaded once; None for other pools."""
-        if not isinstance(chosen := parse_pool(pool), DatasetPool):
+        if (name := pool_dataset(pool)) is None:
             return None
-        if chosen.dataset in self._data:
-            return self._data[chosen.dataset]
-        if chosen.dataset not in self._pool_sources:
-            source = load_dataset(chosen.dataset, self.home.data_dir, self.download)
-            self._pool_sources[chosen.dataset] = source
-        return self._pool_sources[chosen.dataset]
+        if name in self._data:
+            return self._data[name]
+        if name not in self._pool_sources:
+            self._pool_sources[name] = load_dataset(name, self.home.data_dir, self.download)
+        return self._pool_sources[name]
 
     def ensure_victim(self, victim: VictimSpec) -> TrainedVictim:
         """Data, Ray and the trained victim, before any defense is chosen (a tuning study)."""

@@ -16,6 +16,7 @@ from arena.errors import InvalidParameters
 from arena.match_data import MatchData
 from arena.pool_source import BUILT_IN_POOLS, DatasetPool, parse_pool, pool_text
 from arena.pools import LUMA, pool_problem
+from arena.referee import play_match
 from arena.specs import MatchSpec, PluginSpec, PoolName, VictimSpec
 from tests.dataset_files import write_cifar10, write_cifar100, write_mnist
 
@@ -144,3 +145,26 @@ def test_pool_problems_known_without_loading() -> None:
     assert "unknown dataset" in (pool_problem("dataset:imagenet", "cifar10") or "")
     assert pool_problem("dataset:npz:/x.npz", "cifar10") is None  # checked when loaded
     assert np.isclose(sum(LUMA), 1.0)
+
+
+def test_a_match_with_a_user_dataset_pool(
+    tmp_path: Path, digits_data: DataSplits, victim_cache: Path, digits_victim_spec: VictimSpec
+) -> None:
+    """A whole match in this process: the digits victim queried with a 16x16 npz pool,
+    area-resized to the victim's 8x8."""
+    path = tmp_path / "pool.npz"
+    images = np.random.default_rng(3).random((40, 16, 16)).astype(np.float32)
+    labels = np.arange(40) % 4
+    np.savez(path, x_train=images, y_train=labels, x_test=images[:4], y_test=labels[:4])
+    spec = MatchSpec(
+        victim=digits_victim_spec,
+        defenses=(PluginSpec(name="none"),),
+        attack=PluginSpec(name="copycat", params={"epochs": 2}),
+        budget=30,
+        pool={"dataset": f"npz:{path}", "resize": "area"},  # type: ignore[arg-type]
+    )
+    assert spec.pool == f"dataset:npz:{path}?resize=area"
+    result = play_match(spec, digits_data, victim_cache)
+    assert result.pool == spec.pool and result.queries_used == 30
+    with pytest.raises(InvalidParameters, match="add resize=bilinear"):
+        play_match(spec.model_copy(update={"pool": f"dataset:npz:{path}"}), digits_data)
