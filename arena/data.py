@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from arena.errors import DatasetMissing, UnknownPlugin
+from arena.errors import DatasetMissing, UnknownPlugin, first_unprintable
 from arena.home import ArenaHome
 from arena.normalization import Normalization
 from arena.registry import Registry
@@ -107,13 +107,17 @@ def load_dataset(name: str, data_dir: Path | None = None, download: bool = False
     return loader(data_dir or default_data_dir(), download)
 
 
+FORM_LIMIT = 400
+"""longest dataset form, ``npz:PATH`` included: names reach match keys, tags and terminals"""
+
+
 def dataset_form(name: str) -> str | None:
     """The form prefix of ``name`` (``npz`` for ``npz:/data/x.npz``), or None for a plain
-    name; a known prefix with an empty path is an unknown dataset."""
+    name; a known prefix with an empty, overlong or unprintable path is an unknown dataset."""
     prefix, colon, path = name.partition(":")
     if not colon or prefix not in DATASET_FORMS:
         return None
-    if not path.strip():
+    if not path.strip() or len(name) > FORM_LIMIT or first_unprintable(name) is not None:
         raise UnknownPlugin("dataset", name, DATASETS.names())
     return prefix
 

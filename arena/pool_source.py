@@ -21,6 +21,8 @@ RESIZE_MODES = ("nearest", "bilinear", "bicubic", "area")
 """``torch.nn.functional.interpolate`` modes a pool may be resized with"""
 CHANNEL_MAPS = ("repeat", "luminance")
 """``repeat``: grey to RGB, the one channel copied; ``luminance``: RGB to grey, ITU-R 601 luma"""
+TEXT_LIMIT = 500
+"""longest pool text (a ``dataset:npz:PATH`` pool holds a path; pools reach keys and tags)"""
 OPTIONS = {"resize": RESIZE_MODES, "channels": CHANNEL_MAPS}
 
 
@@ -42,6 +44,8 @@ def parse_pool(text: str) -> str | DatasetPool:
     """A built-in pool's name, or the dataset pool ``text`` names; ValueError saying the fix."""
     if text in BUILT_IN_POOLS:
         return text
+    if len(text) > TEXT_LIMIT or not text.isprintable():
+        raise ValueError(f"a pool is printable text of at most {TEXT_LIMIT} characters")
     if not text.startswith(DATASET_PREFIX):
         raise ValueError(
             f"unknown pool {text!r}; use one of {', '.join(BUILT_IN_POOLS)} or dataset:NAME"

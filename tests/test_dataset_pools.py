@@ -109,6 +109,8 @@ def test_pool_texts_are_canonical() -> None:
         ("dataset:", "names its dataset"),
         ("dataset:mnist?resize=linear", "resize='linear'"),
         ("dataset:mnist?size=2", "'size' is unknown"),
+        ("dataset:npz:/x\x1b[2J.npz", "printable text"),
+        ("dataset:npz:/" + "x" * 600, "at most 500"),
     ]:
         with pytest.raises(ValueError, match=says):
             pool_text(bad)

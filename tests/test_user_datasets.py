@@ -182,6 +182,7 @@ def test_forms_and_plain_names() -> None:
     assert is_dataset("npz:/anywhere.npz") and is_dataset("imagefolder:rel/path")
     assert is_dataset("cifar10") and not is_dataset("imagenet")
     assert not is_dataset("npz:") and not is_dataset("zip:/x")
+    assert not is_dataset("npz:/x\n.npz") and not is_dataset("npz:/" + "x" * 500)
     with pytest.raises(UnknownPlugin, match="unknown dataset 'zip:/x'"):
         load_dataset("zip:/x")
     with pytest.raises(UnknownPlugin):
