@@ -51,6 +51,13 @@ def missing(title: str, folder: Path, reason: str) -> DatasetMissing:
     )
 
 
+def _reason(exc: Exception) -> str:
+    """Why files could not be read, briefly: the missing file's name, else the error."""
+    if isinstance(exc, FileNotFoundError) and exc.filename:
+        return f"no {Path(str(exc.filename)).name}"
+    return f"{type(exc).__name__}: {exc}"
+
+
 def uint8_images(images: np.ndarray[Any, Any]) -> torch.Tensor:
     """``[N, C, H, W]`` bytes as float32 in [0, 1]."""
     return torch.from_numpy(np.ascontiguousarray(images)).to(torch.float32).div(255.0)
@@ -139,7 +146,7 @@ def _cifar(name: str, data_dir: Path, download: bool) -> DataSplits:
         test_x, test_y = read_cifar(folder, [f for f, _ in cls.test_list], label_key)
         classes = tuple(_unpickle(folder / cls.meta["filename"])[cls.meta["key"]])
     except (OSError, ValueError, KeyError, pickle.UnpicklingError, EOFError) as exc:
-        raise missing(title, folder, f"{type(exc).__name__}: {exc}") from None
+        raise missing(title, folder, _reason(exc)) from None
     victim_train, pool = tail_split(train_x, train_y, CIFAR_POOL_SHARE)
     return DataSplits(
         name=name,
@@ -200,7 +207,7 @@ def svhn(data_dir: Path, download: bool = False) -> DataSplits:
         train_x, train_y = read_svhn(data_dir / SVHN.split_list["train"][1])
         test_x, test_y = read_svhn(data_dir / SVHN.split_list["test"][1])
     except (OSError, ValueError, KeyError) as exc:
-        raise missing("SVHN", data_dir, f"{type(exc).__name__}: {exc}") from None
+        raise missing("SVHN", data_dir, _reason(exc)) from None
     victim_train, pool = tail_split(train_x, train_y, SVHN_POOL_SHARE)
     return DataSplits(
         name="svhn",

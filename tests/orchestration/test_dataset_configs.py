@@ -102,3 +102,18 @@ def test_a_missing_pool_dataset_fails_before_ray_starts(tmp_path: Path) -> None:
         runtime.ensure(specs)
     assert str(home.data_dir / "cifar-10-batches-py") in str(info.value)
     assert not ray.is_initialized()
+
+
+def test_arena_attack_takes_dataset_pools_and_names_what_is_missing(tmp_path: Path) -> None:
+    from tests.orchestration.test_cli import run_arena
+
+    common = ["attack", "--url", "http://127.0.0.1:9", "--token", "t", "--attack", "knockoff"]
+    common += ["--dataset", "digits", "--home", str(tmp_path / "home")]
+    bogus = run_arena(*common, "--pool", "imagenet")
+    assert bogus.returncode == 2 and "--pool: unknown pool 'imagenet'" in bogus.stderr
+    missing = run_arena(*common, "--pool", "dataset:svhn?resize=area&channels=luminance")
+    assert missing.returncode == 2, missing.stderr
+    assert "SVHN is not readable" in missing.stderr and "Traceback" not in missing.stderr
+    listed = run_arena("list").stdout
+    for name in ("cifar100", "svhn", "kmnist", "imagefolder", "npz"):
+        assert name in listed
