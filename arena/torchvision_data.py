@@ -51,6 +51,14 @@ def missing(title: str, folder: Path, reason: str) -> DatasetMissing:
     )
 
 
+def download_failed(title: str, folder: Path, exc: Exception) -> DatasetMissing:
+    """The one-line error for a download that failed (offline, or a checksum mismatch)."""
+    return DatasetMissing(
+        f"{title} could not be downloaded into {folder} ({type(exc).__name__}); without "
+        "network, copy torchvision's files there or point ARENA_DATA_DIR at a folder holding them"
+    )
+
+
 def _reason(exc: Exception) -> str:
     """Why files could not be read, briefly: the missing file's name, else the error."""
     if isinstance(exc, FileNotFoundError) and exc.filename:
@@ -68,7 +76,7 @@ def _download(title: str, folder: Path, fetch: Callable[[], object]) -> None:
     try:
         fetch()
     except (RuntimeError, OSError) as exc:
-        raise missing(title, folder, f"download failed: {type(exc).__name__}") from None
+        raise download_failed(title, folder, exc) from None
 
 
 def _mnist_family(name: str, title: str, data_dir: Path, download: bool) -> DataSplits:
@@ -81,8 +89,9 @@ def _mnist_family(name: str, title: str, data_dir: Path, download: bool) -> Data
         train = cls(str(data_dir), train=True, download=download)
         test = cls(str(data_dir), train=False, download=download)
     except (RuntimeError, OSError, ValueError, AssertionError) as exc:
-        reason = "download failed" if download else "files missing or unreadable"
-        raise missing(title, raw, f"{reason}: {type(exc).__name__}") from None
+        if download:
+            raise download_failed(title, raw, exc) from None
+        raise missing(title, raw, f"files missing or unreadable: {type(exc).__name__}") from None
     victim_train, pool = tail_split(
         _to_float_images(train.data), train.targets.to(torch.int64), MNIST_POOL_SHARE
     )

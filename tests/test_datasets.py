@@ -55,6 +55,8 @@ def test_mnist_family_from_idx_files(tmp_path: Path, name: str, folder: str) -> 
     assert torch.equal(d.test.x, torch.from_numpy(arrays["x_test"]).float().div(255).unsqueeze(1))
     assert len(d.class_names) == 10 and d.normalization is None
     assert same(d, load_dataset(name, tmp_path))
+    # files already there: torchvision's download is a no-op, nothing is fetched
+    assert same(d, load_dataset(name, tmp_path, download=True))
 
 
 def test_cifar10_from_pickled_batches(tmp_path: Path) -> None:
