@@ -58,6 +58,8 @@ def parse_pool(text: str) -> str | DatasetPool:
         key, _, value = option.partition("=")
         if key not in OPTIONS:
             raise ValueError(f"pool option {key!r} is unknown; known: {', '.join(OPTIONS)}")
+        if key in options:
+            raise ValueError(f"pool option {key!r} is given twice; give it once")
         if value not in OPTIONS[key]:
             raise ValueError(f"pool {key}={value!r}; use one of {', '.join(OPTIONS[key])}")
         options[key] = value

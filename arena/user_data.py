@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from arena.data import DATASET_FORMS, DataSplits, Split
-from arena.errors import DatasetMissing, InvalidDataset
+from arena.errors import DatasetMissing, InvalidDataset, one_line
 
 POOL_EVERY = 5
 """without a pool of its own, the training images at positions 4, 9, 14, ... (every fifth, in
@@ -69,7 +69,8 @@ def _read_folder(folder: Path, name: str) -> tuple[list[Any], list[str], list[st
         found = ImageFolder(str(folder), loader=_open_image)
     except (FileNotFoundError, OSError) as exc:
         raise DatasetMissing(
-            f"{name}: no images in {folder} ({exc}); put them in {folder}/<class>/*.png"
+            f"{name}: no images in {folder} ({one_line(str(exc), 160)}); put them in "
+            f"{folder}/<class>/*.png"
         ) from None
     images, classes, paths = [], [], []
     for index, (path, label) in enumerate(found.samples):

@@ -109,6 +109,7 @@ def test_pool_texts_are_canonical() -> None:
         ("dataset:", "names its dataset"),
         ("dataset:mnist?resize=linear", "resize='linear'"),
         ("dataset:mnist?size=2", "'size' is unknown"),
+        ("dataset:mnist?resize=area&resize=nearest", "given twice"),
         ("dataset:npz:/x\x1b[2J.npz", "printable text"),
         ("dataset:npz:/" + "x" * 600, "at most 500"),
     ]:

@@ -77,10 +77,17 @@ def test_imagefolder_with_a_pool_folder_and_rgb_images(tmp_path: Path) -> None:
 def test_imagefolder_mistakes_are_one_line_with_the_fix(tmp_path: Path) -> None:
     root = tmp_path / "data"
     one_line_error(DatasetMissing, f"imagefolder:{root}", str(root / "train"), "<class>")
+    (root / "train").mkdir(parents=True)
+    (root / "test").mkdir()
+    one_line_error(DatasetMissing, f"imagefolder:{root}", "no images in", "<class>/*.png")
     grey_folder(root, train=2, test=1)
     write_png(root / "test" / "ant" / "wide.png", np.zeros((5, 9), dtype=np.uint8))
     one_line_error(InvalidDataset, f"imagefolder:{root}", "wide.png", "9x5", "one size")
     (root / "test" / "ant" / "wide.png").unlink()
+    (root / "test" / "ant" / "broken.png").write_bytes(b"not a png")
+    one_line_error(InvalidDataset, f"imagefolder:{root}", "broken.png", "remove or replace it")
+    (root / "test" / "ant" / "broken.png").unlink()
+    (root / "test" / "bee" / "notes.txt").write_text("not an image")  # ignored: not an image
     write_png(root / "test" / "cat" / "0.png", np.zeros((5, 6), dtype=np.uint8))
     one_line_error(InvalidDataset, f"imagefolder:{root}", "['cat']", "training images")
 
