@@ -7,6 +7,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import ray
 
@@ -91,7 +92,7 @@ def test_class_checks_use_the_new_datasets_class_counts() -> None:
 
 
 def test_a_missing_pool_dataset_fails_before_ray_starts(tmp_path: Path) -> None:
-    assert not ray.is_initialized()
+    was_running = ray.is_initialized()  # the session's shared Ray may be up already
     raw = config(
         victims=[{"dataset": "digits", "arch": "mlp", "epochs": 1}],
         pools=[{"dataset": "cifar10", "resize": "area", "channels": "luminance"}],
@@ -101,7 +102,7 @@ def test_a_missing_pool_dataset_fails_before_ray_starts(tmp_path: Path) -> None:
     with MatchRuntime(RaySettings(), home, "run") as runtime, pytest.raises(DatasetMissing) as info:
         runtime.ensure(specs)
     assert str(home.data_dir / "cifar-10-batches-py") in str(info.value)
-    assert not ray.is_initialized()
+    assert ray.is_initialized() == was_running  # the runtime did not start one
 
 
 def test_arena_attack_takes_dataset_pools_and_names_what_is_missing(tmp_path: Path) -> None:
@@ -117,3 +118,28 @@ def test_arena_attack_takes_dataset_pools_and_names_what_is_missing(tmp_path: Pa
     listed = run_arena("list").stdout
     for name in ("cifar100", "svhn", "kmnist", "imagefolder", "npz"):
         assert name in listed
+
+
+def test_a_tournament_with_a_dataset_pool_plays_on_ray(
+    ray_session: None, tmp_path: Path, cache_dir: Path
+) -> None:
+    """The runtime loads the pool's dataset beside the victim's and ships the mapped pool."""
+    from orchestration.tournament import run_tournament
+    from orchestration.tracking import Tracker, default_tracking_uri
+
+    path = tmp_path / "pool.npz"
+    images = (np.random.default_rng(4).random((30, 16, 16)) * 255).astype(np.uint8)
+    labels = np.arange(30) % 3
+    np.savez(path, x_train=images, y_train=labels, x_test=images[:3], y_test=labels[:3])
+    raw = config(
+        victims=[{"dataset": "digits", "arch": "mlp", "epochs": 20, "lr": 0.003}],
+        attacks=[{"name": "knockoff", "params": {"epochs": 2}}],
+        pools=[{"dataset": f"npz:{path}", "resize": "area"}],
+    )
+    tracker = Tracker(default_tracking_uri(tmp_path), "t-pool", artifact_root=tmp_path / "a")
+    outcome = run_tournament(
+        parse_config(raw), tracker, ArenaHome.at(tmp_path / "home", victims=cache_dir)
+    )
+    assert outcome.played == 1 and not outcome.failures
+    (result,) = outcome.results
+    assert result.pool == f"dataset:npz:{path}?resize=area" and result.queries_used == 100
