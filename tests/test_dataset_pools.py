@@ -10,6 +10,7 @@ from typing import get_args
 import numpy as np
 import pytest
 import torch
+from dataset_files import write_cifar10, write_cifar100, write_mnist
 
 from arena.data import DataSplits, load_dataset
 from arena.errors import InvalidParameters
@@ -18,7 +19,6 @@ from arena.pool_source import BUILT_IN_POOLS, DatasetPool, parse_pool, pool_text
 from arena.pools import LUMA, pool_problem
 from arena.referee import play_match
 from arena.specs import MatchSpec, PluginSpec, PoolName, VictimSpec
-from tests.dataset_files import write_cifar10, write_cifar100, write_mnist
 
 
 @pytest.fixture(scope="module")

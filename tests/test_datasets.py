@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from dataset_files import write_cifar10, write_cifar100, write_mnist, write_svhn
 from torch import nn
 
 from arena.data import NUM_CLASSES, DataSplits, load_dataset
 from arena.errors import DatasetMissing
 from arena.normalization import Normalize, normalized
-from tests.dataset_files import write_cifar10, write_cifar100, write_mnist, write_svhn
 
 
 def check_splits(d: DataSplits, shape: tuple[int, ...], sizes: tuple[int, int, int]) -> None:

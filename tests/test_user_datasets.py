@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from dataset_files import pixels, write_png
 
 from arena.data import is_dataset, load_dataset
 from arena.errors import DatasetMissing, InvalidDataset, UnknownPlugin
-from tests.dataset_files import pixels, write_png
 
 
 def one_line_error(kind: type[Exception], name: str, *parts: str) -> str:

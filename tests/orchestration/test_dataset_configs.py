@@ -4,6 +4,8 @@ runs, and a missing pool dataset failing the runtime before Ray starts."""
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,17 @@ BASE: dict[str, Any] = {
 
 def config(**changes: Any) -> dict[str, Any]:
     return {**copy.deepcopy(BASE), **changes}
+
+
+def run_arena(*args: str) -> subprocess.CompletedProcess[str]:
+    """The ``arena`` command in a fresh process, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "orchestration", *args],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+        timeout=120,
+    )
 
 
 def problems(raw: dict[str, Any]) -> dict[str, str]:
@@ -106,8 +119,6 @@ def test_a_missing_pool_dataset_fails_before_ray_starts(tmp_path: Path) -> None:
 
 
 def test_arena_attack_takes_dataset_pools_and_names_what_is_missing(tmp_path: Path) -> None:
-    from tests.orchestration.test_cli import run_arena
-
     common = ["attack", "--url", "http://127.0.0.1:9", "--token", "t", "--attack", "knockoff"]
     common += ["--dataset", "digits", "--home", str(tmp_path / "home")]
     bogus = run_arena(*common, "--pool", "imagenet")
@@ -120,6 +131,7 @@ def test_arena_attack_takes_dataset_pools_and_names_what_is_missing(tmp_path: Pa
         assert name in listed
 
 
+@pytest.mark.ray
 def test_a_tournament_with_a_dataset_pool_plays_on_ray(
     ray_session: None, tmp_path: Path, cache_dir: Path
 ) -> None:
