@@ -2,7 +2,10 @@
 
 Images are float32 in [0, 1], shaped ``[N, C, H, W]``; labels are int64.
 Fashion-MNIST comes from (in order) an unpacked copy under the data dir, the Debian package
-``dataset-fashion-mnist``, or a torchvision download.
+``dataset-fashion-mnist``, or a torchvision download. The other torchvision datasets
+(:mod:`arena.torchvision_data`) are read from torchvision's layout under the data dir and
+downloaded only when asked (``download: true``). A user's own data is named by a form,
+``imagefolder:PATH`` or ``npz:PATH`` (:mod:`arena.user_data`).
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from arena.errors import DatasetMissing
+from arena.errors import DatasetMissing, UnknownPlugin, first_unprintable
 from arena.home import ArenaHome
+from arena.normalization import Normalization
 from arena.registry import Registry
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -51,16 +55,42 @@ class DataSplits:
     test: Split
     num_classes: int
     class_names: tuple[str, ...]
+    normalization: Normalization | None = None
+    """per-channel ``(mean, std)`` the models apply as their first layer
+    (:func:`arena.normalization.normalized`); ``None``: inputs are used as they are"""
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(int(s) for s in self.test.x.shape[1:])
 
 
-DatasetLoader = Callable[[Path], DataSplits]
+DatasetLoader = Callable[[Path, bool], DataSplits]
+"""``(data_dir, download) -> DataSplits``; ``download``: fetch missing files (the user asked)"""
 DATASETS: Registry[DatasetLoader] = Registry("dataset")
-NUM_CLASSES: dict[str, int] = {"fashion_mnist": 10, "digits": 10}
+DatasetForm = Callable[[str], DataSplits]
+"""the loader of a form ``PREFIX:PATH``, given the whole name (it names the data it returns)"""
+DATASET_FORMS: Registry[DatasetForm] = Registry("dataset form")
+"""``imagefolder:PATH``, ``npz:PATH``: a user's own data, named by its path"""
+NUM_CLASSES: dict[str, int] = {
+    "fashion_mnist": 10,
+    "digits": 10,
+    "mnist": 10,
+    "kmnist": 10,
+    "cifar10": 10,
+    "cifar100": 100,
+    "svhn": 10,
+}
 """classes per registered dataset, known without loading it (configs are checked against it)"""
+INPUT_SHAPES: dict[str, tuple[int, int, int]] = {
+    "fashion_mnist": (1, 28, 28),
+    "digits": (1, 8, 8),
+    "mnist": (1, 28, 28),
+    "kmnist": (1, 28, 28),
+    "cifar10": (3, 32, 32),
+    "cifar100": (3, 32, 32),
+    "svhn": (3, 32, 32),
+}
+"""image shape per registered dataset, known without loading it (pool mappings are checked)"""
 
 
 def default_data_dir() -> Path:
@@ -68,10 +98,44 @@ def default_data_dir() -> Path:
     return ArenaHome.from_environment().data_dir
 
 
-def load_dataset(name: str, data_dir: Path | None = None) -> DataSplits:
-    """Load a registered dataset and its splits; raises DatasetMissing with the fix."""
+def load_dataset(name: str, data_dir: Path | None = None, download: bool = False) -> DataSplits:
+    """Load a registered dataset (or a form such as ``npz:PATH``) and its splits; raises
+    DatasetMissing with the fix. Only ``download=True`` fetches missing files."""
+    if (form := dataset_form(name)) is not None:
+        return DATASET_FORMS.get(form)(name)
     loader = DATASETS.get(name)
-    return loader(data_dir or default_data_dir())
+    return loader(data_dir or default_data_dir(), download)
+
+
+FORM_LIMIT = 400
+"""longest dataset form, ``npz:PATH`` included: names reach match keys, tags and terminals"""
+
+
+def dataset_form(name: str) -> str | None:
+    """The form prefix of ``name`` (``npz`` for ``npz:/data/x.npz``), or None for a plain
+    name; a known prefix with an empty, overlong or unprintable path is an unknown dataset."""
+    prefix, colon, path = name.partition(":")
+    if not colon or prefix not in DATASET_FORMS:
+        return None
+    if not path.strip() or len(name) > FORM_LIMIT or first_unprintable(name) is not None:
+        raise UnknownPlugin("dataset", name, DATASETS.names())
+    return prefix
+
+
+def is_dataset(name: str) -> bool:
+    """Whether ``name`` is a registered dataset or a well-formed form (its files are not read)."""
+    try:
+        return name in DATASETS or dataset_form(name) is not None
+    except UnknownPlugin:
+        return False
+
+
+def tail_split(x: torch.Tensor, y: torch.Tensor, share: int) -> tuple[Split, Split]:
+    """An official train split cut into the victim's part and the attacker pool: the last
+    ``1/share`` of the images (rounded down) is the pool, the rest the victim's; deterministic
+    and disjoint, and the same rule for a full download and a smaller copy."""
+    cut = len(y) - len(y) // share
+    return Split(x[:cut], y[:cut]), Split(x[cut:], y[cut:])
 
 
 def _unpack_debian_fashion_mnist(raw: Path) -> bool:
@@ -90,18 +154,24 @@ def _unpack_debian_fashion_mnist(raw: Path) -> bool:
     return True
 
 
+MNIST_POOL_SHARE = 6
+"""the MNIST family's pool: the last sixth of the 60,000 training images, ``train[50000:]``"""
+
+
 def _to_float_images(images: torch.Tensor) -> torch.Tensor:
     return (images.to(torch.float32) / 255.0).unsqueeze(1).contiguous()
 
 
 @DATASETS.register("fashion_mnist")
-def fashion_mnist(data_dir: Path) -> DataSplits:
-    """Fashion-MNIST 28x28 grey clothes, 10 classes: victim train[:50000], pool train[50000:]."""
+def fashion_mnist(data_dir: Path, download: bool = False) -> DataSplits:
+    """Fashion-MNIST 28x28 grey clothes, 10 classes: victim train[:50000], pool train[50000:].
+
+    Downloaded when neither FashionMNIST/raw nor the Debian package has it, whatever
+    ``download`` says (its behaviour from before the switch existed)."""
     from torchvision.datasets import FashionMNIST
 
     raw = data_dir / "FashionMNIST" / "raw"
     have_raw = all((raw / f).is_file() for f in FASHION_MNIST_FILES)
-    download = False
     if not have_raw and not _unpack_debian_fashion_mnist(raw):
         download = True
     try:
@@ -114,10 +184,11 @@ def fashion_mnist(data_dir: Path) -> DataSplits:
             "folder holding FashionMNIST/raw/"
         ) from None
     train_x, train_y = _to_float_images(train.data), train.targets.to(torch.int64)
+    victim_train, pool = tail_split(train_x, train_y, MNIST_POOL_SHARE)
     return DataSplits(
         name="fashion_mnist",
-        victim_train=Split(train_x[:50000], train_y[:50000]),
-        attacker_pool=Split(train_x[50000:], train_y[50000:]),
+        victim_train=victim_train,
+        attacker_pool=pool,
         test=Split(_to_float_images(test.data), test.targets.to(torch.int64)),
         num_classes=10,
         class_names=tuple(train.classes),
@@ -125,7 +196,7 @@ def fashion_mnist(data_dir: Path) -> DataSplits:
 
 
 @DATASETS.register("digits")
-def digits(data_dir: Path) -> DataSplits:
+def digits(data_dir: Path, download: bool = False) -> DataSplits:
     """scikit-learn's bundled 8x8 digits (1,797 images): a tiny real dataset for tests."""
     from sklearn.datasets import load_digits
 
@@ -142,3 +213,7 @@ def digits(data_dir: Path) -> DataSplits:
         num_classes=10,
         class_names=tuple(str(i) for i in range(10)),
     )
+
+
+# The other loaders register themselves with the registries above (imported last: they use them).
+from arena import torchvision_data, user_data  # noqa: E402, F401

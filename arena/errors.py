@@ -171,3 +171,8 @@ class PluginImportError(ArenaError):
         super().__init__(f"plug-in {brief(ref)} failed to import: {one_line(reason, 300)}")
         self.ref = ref
         self.reason = reason
+
+
+class InvalidDataset(ArenaError):
+    """A user's dataset whose files are there but unusable (mixed image sizes, bad labels);
+    the message names the file and the fix."""

@@ -25,8 +25,11 @@ class MatchData:
     pool_name: str = "in_distribution"
 
     @classmethod
-    def from_splits(cls, data: DataSplits, pool: str = "in_distribution") -> MatchData:
-        granted = attacker_pool(data, pool)
+    def from_splits(
+        cls, data: DataSplits, pool: str = "in_distribution", source: DataSplits | None = None
+    ) -> MatchData:
+        """``source``: for a ``dataset:NAME`` pool, that dataset's splits (:mod:`arena.pools`)."""
+        granted = attacker_pool(data, pool, source)
         return cls(
             granted.images,
             data.test.x,

@@ -31,6 +31,7 @@ from arena.metrics import agreement, kl_divergence, l1_distance
 from arena.oracle import Oracle
 from arena.oracle_adapters import MultiAccountOracle
 from arena.ownership import verify_ownership
+from arena.pool_source import pool_dataset
 from arena.record import MatchResult
 from arena.registry import build_plugin, plugin_label
 from arena.removal import REMOVALS
@@ -294,5 +295,7 @@ def play_match(
 ) -> MatchResult:
     """Play one match entirely in this process (tests, notebooks, debugging)."""
     data = data or load_dataset(spec.victim.dataset)
+    source = None if (other := pool_dataset(spec.pool)) is None else load_dataset(other)
+    granted = MatchData.from_splits(data, spec.pool, source)
     service = build_service(spec.victim, spec.defenses, data, cache_dir)
-    return referee_match(spec, service, MatchData.from_splits(data, spec.pool))
+    return referee_match(spec, service, granted)

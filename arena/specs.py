@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     NonNegativeInt,
@@ -23,8 +24,13 @@ from pydantic import (
     model_validator,
 )
 
+from arena.pool_source import pool_text
+
 PoolName = Literal["in_distribution", "out_of_distribution", "none"]
-"""the query pools a threat model can grant (:mod:`arena.pools`)"""
+"""the built-in query pools a threat model can grant (:mod:`arena.pools`)"""
+PoolChoice = Annotated[str, BeforeValidator(pool_text)]
+"""a built-in pool or another dataset's, ``dataset:NAME[?resize=..&channels=..]``, as canonical
+text (:mod:`arena.pool_source`): the built-in names hash as they always did"""
 
 
 class Spec(BaseModel):
@@ -153,7 +159,7 @@ class MatchSpec(Spec):
     attack: PluginSpec
     budget: PositiveInt
     seed: NonNegativeInt = 0
-    pool: PoolName = "in_distribution"
+    pool: PoolChoice = "in_distribution"
     """the attacker's unlabeled query pool (DESIGN §1 knowledge; see :mod:`arena.pools`)"""
     VERSION_FIELDS: ClassVar[tuple[str, ...]] = ("substitute_arch_version",)
 

@@ -574,7 +574,9 @@ def attack(
     options: Annotated[
         str, typer.Option("--options", help="the attack's hyperparameters as JSON")
     ] = "{}",
-    pool: Annotated[str, typer.Option("--pool", help="query pool granted")] = "in_distribution",
+    pool: Annotated[
+        str, typer.Option("--pool", help="query pool granted (or dataset:NAME, another dataset's)")
+    ] = "in_distribution",
     substitute_arch: Annotated[
         str, typer.Option("--substitute-arch", help="the thief's architecture")
     ] = "mlp",
@@ -600,6 +602,7 @@ def attack(
     from arena.errors import ArenaError, VictimUnavailable
     from arena.http_oracle import EndpointError, HttpEndpoint
     from arena.plugins import import_plugin, load_installed_plugins
+    from arena.pool_source import pool_dataset
 
     try:
         params = json.loads(options)
@@ -614,7 +617,10 @@ def attack(
             import_plugin(ref)
         endpoint = HttpEndpoint(url, token, ca_file=None if ca_file is None else str(ca_file))
         data = load_dataset(dataset, arena_home.data_dir)
-        steal = _attack(endpoint, attack_name, data, params, pool, substitute_arch, seed)
+        pool = _pool_option(pool)
+        other = pool_dataset(pool)
+        source = None if other is None else load_dataset(other, arena_home.data_dir)
+        steal = _attack(endpoint, attack_name, data, params, pool, substitute_arch, seed, source)
     except ArenaError as exc:
         if debug:
             raise
@@ -636,6 +642,7 @@ def _attack(
     pool: str,
     substitute_arch: str,
     seed: int,
+    source: DataSplits | None = None,
 ) -> Callable[[], None]:
     """Check the attack, the endpoint and the data; return the theft itself."""
     import time
@@ -644,19 +651,16 @@ def _attack(
 
     import agents  # noqa: F401  (registers the attacks)
     from arena.attacker import ATTACKS
-    from arena.errors import ArenaError, InvalidParameters
+    from arena.errors import ArenaError
     from arena.http_oracle import EndpointError
     from arena.match_data import MatchData
     from arena.models import ARCHITECTURES
     from arena.oracle import Oracle
-    from arena.pools import POOL_NAMES
     from arena.registry import build_plugin, plugin_label
     from arena.training import accuracy, predict_probs
 
     attacker = build_plugin(ATTACKS, name, params)
     ARCHITECTURES.get(substitute_arch)
-    if pool not in POOL_NAMES:
-        raise InvalidParameters(f"--pool must be one of {', '.join(POOL_NAMES)}, got {pool!r}")
     input_spec, output_spec = endpoint.public_spec()
     if data.input_shape != input_spec.shape or data.num_classes != output_spec.num_classes:
         raise EndpointError(
@@ -665,7 +669,7 @@ def _attack(
             f"{data.name} has inputs {list(data.input_shape)} and {data.num_classes} classes; the "
             f"served victim takes {list(input_spec.shape)} and {output_spec.num_classes}",
         )
-    granted = MatchData.from_splits(data, pool)
+    granted = MatchData.from_splits(data, pool, source)
     knowledge = granted.knowledge(substitute_arch, type(attacker).upper_bound)
     oracle = Oracle(endpoint, "http")
 
@@ -688,13 +692,25 @@ def _attack(
     return steal
 
 
+def _pool_option(pool: str) -> str:
+    """``--pool`` as canonical pool text (``dataset:mnist?resize=bilinear&channels=repeat``
+    names another dataset's pool); InvalidParameters saying what is accepted."""
+    from arena.errors import InvalidParameters
+    from arena.pool_source import pool_text
+
+    try:
+        return str(pool_text(pool))
+    except ValueError as exc:
+        raise InvalidParameters(f"--pool: {exc}") from None
+
+
 @app.command("list")
 def list_plugins() -> None:
     """List the registered defenses, attacks, architectures, datasets and removals (with the
     installed plug-ins), each with its version."""
     import agents  # noqa: F401  (registers the attacks)
     from arena.attacker import ATTACKS
-    from arena.data import DATASETS
+    from arena.data import DATASET_FORMS, DATASETS
     from arena.defenses import DEFENSES
     from arena.errors import ArenaError
     from arena.models import ARCHITECTURES
@@ -705,7 +721,7 @@ def list_plugins() -> None:
         load_installed_plugins()
     except ArenaError as exc:
         raise _fail(escape(str(exc)), 2) from None
-    for registry in (DEFENSES, ATTACKS, ARCHITECTURES, DATASETS, REMOVALS):
+    for registry in (DEFENSES, ATTACKS, ARCHITECTURES, DATASETS, DATASET_FORMS, REMOVALS):
         table = Table(title=f"{registry.kind}s", title_justify="left", show_header=False, box=None)
         table.add_column("name", style="bold cyan")
         table.add_column("version", style="dim")

@@ -30,15 +30,16 @@ from pydantic import (
 
 import agents  # noqa: F401  (registers the built-in attacks)
 from arena.attacker import ATTACKS
-from arena.data import DATASETS, NUM_CLASSES
+from arena.data import DATASETS, NUM_CLASSES, is_dataset
 from arena.defenses import DEFENSES, Defense
 from arena.errors import ArenaError, PluginImportError, brief, first_unprintable, one_line
 from arena.matchups import plays_pool, plays_victim
 from arena.models import ARCHITECTURES
 from arena.plugins import import_plugin, load_installed_plugins, resolved_ref
+from arena.pools import pool_problem
 from arena.registry import Registry, build_plugin, canonical_params
 from arena.removal import REMOVALS
-from arena.specs import MatchSpec, PluginSpec, PoolName, VictimSpec
+from arena.specs import MatchSpec, PluginSpec, PoolChoice, VictimSpec
 from arena.versions import versioned_match
 from orchestration.suites import expand_suites
 from orchestration.yaml_input import PATH_LIMIT, UnreadableYaml, read_yaml_file
@@ -176,8 +177,12 @@ class TournamentConfig(_Strict):
     attacks: Attacks
     budgets: list[PositiveInt] = Field(min_length=1)
     seeds: list[NonNegativeInt] = Field(default=[0], min_length=1)
-    pools: list[PoolName] = Field(default=["in_distribution"], min_length=1)
-    """query pools the thieves are granted (:mod:`arena.pools`); data-free attacks play once"""
+    pools: list[PoolChoice] = Field(default=["in_distribution"], min_length=1)
+    """query pools the thieves are granted (:mod:`arena.pools`); data-free attacks play once;
+    ``dataset:NAME`` or ``{dataset: NAME, resize: MODE, channels: MAP}`` for another dataset's
+    (:mod:`arena.pool_source`)"""
+    download: bool = False
+    """fetch missing torchvision datasets (on a machine with network); else they must be on disk"""
     queries_to_x: float = Field(default=0.9, gt=0, le=1)
     """budget curves: queries-to-X is the smallest budget whose stolen accuracy reaches X times
     the victim's accuracy"""
@@ -351,7 +356,7 @@ def victim_problems(victim: VictimSpec, path: str) -> list[tuple[str, str]]:
     problems = []
     for field, registry in (("dataset", DATASETS), ("arch", ARCHITECTURES)):
         name = getattr(victim, field)
-        if name not in registry:
+        if name not in registry and not (field == "dataset" and is_dataset(name)):
             known = ", ".join(registry.names())
             problems.append(
                 (f"{path}.{field}", f"unknown {registry.kind} {brief(name)}; known: {known}")
@@ -428,6 +433,12 @@ def _lineup(config: TournamentConfig) -> Lineup:
 def _semantic_problems(config: TournamentConfig) -> list[tuple[str, str]]:
     """The lineup's problems, then whether any match is left to play under the pools."""
     problems = lineup_problems(_lineup(config))
+    problems += [
+        (f"pools.{i}", found)
+        for i, pool in enumerate(config.pools)
+        for found in dict.fromkeys(pool_problem(pool, v.dataset) for v in config.victims)
+        if found is not None
+    ]
     if not problems and not config.matches():
         problems.append(("pools", f"no attack of this config can play the pools {config.pools}"))
     return problems

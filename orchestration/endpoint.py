@@ -453,7 +453,7 @@ def serve_config_victim(
     chain = tuple(canonical_plugin(DEFENSES, p.name, p.params) for p in config.defenses[defense])
     target = versioned_victim(config.victims[victim])
     ledger = Ledger(served_ledger_path(home, target, chain))
-    data = load_dataset(target.dataset, home.data_dir)
+    data = load_dataset(target.dataset, home.data_dir, config.download)
     service = build_service(target, chain, data, home.victims, ledger=ledger)
     try:
         endpoint = IsolatedEndpoint(

@@ -31,6 +31,7 @@ from arena.home import ArenaHome
 from arena.match_data import MatchData
 from arena.oracle import InputSpec
 from arena.plugins import PluginSource, ensure_plugins, sources_for
+from arena.pool_source import pool_dataset
 from arena.record import MatchResult
 from arena.referee import referee_match
 from arena.specs import MatchSpec, VictimSpec
@@ -172,15 +173,20 @@ class MatchRuntime:
         run_id: str,
         address: str | None = None,
         plugins: Sequence[str] = (),
+        download: bool = False,
     ) -> None:
         self.settings = ray_settings
         self.home = home
         self.address = address
+        self.download = download
+        """fetch missing datasets (the config's ``download: true``)"""
         self.run_id = run_id
         self.ledgers = home.ledgers / f"{run_id}-{uuid.uuid4().hex[:8]}"
         self._started_ray = False
         self._ray_ready = False
         self._data: dict[str, DataSplits] = {}
+        self._pool_sources: dict[str, DataSplits] = {}
+        """datasets only ``dataset:`` pools draw from (not put in the object store whole)"""
         self._data_refs: dict[str, ObjectRef[Any]] = {}
         self._match_data: dict[tuple[str, str], ObjectRef[Any]] = {}
         self.victims: dict[str, TrainedVictim] = {}
@@ -209,12 +215,31 @@ class MatchRuntime:
         """Data, Ray, victims and prepared defenses for these matches (what exists is kept)."""
         if not specs:
             return
+        granted = {  # built before Ray starts: a pool that cannot be granted is one clear error
+            (name, pool): MatchData.from_splits(self._dataset(name), pool, self._pool_source(pool))
+            for name, pool in {(s.victim.dataset, s.pool) for s in specs}
+            if (name, pool) not in self._match_data
+        }
         self._ensure_victims([s.victim for s in specs])
-        for name, pool in {(s.victim.dataset, s.pool) for s in specs}:
-            if (name, pool) not in self._match_data:
-                data = MatchData.from_splits(self._data[name], pool)
-                self._match_data[(name, pool)] = ray.put(data)
+        for key, data in granted.items():
+            self._match_data[key] = ray.put(data)
         self._prepare_defenses(specs)
+
+    def _dataset(self, name: str) -> DataSplits:
+        """A victim's dataset, loaded once (downloaded only if the config says ``download``)."""
+        if name not in self._data:
+            self._data[name] = load_dataset(name, self.home.data_dir, self.download)
+        return self._data[name]
+
+    def _pool_source(self, pool: str) -> DataSplits | None:
+        """The dataset a ``dataset:NAME`` pool draws from, loaded once; None for other pools."""
+        if (name := pool_dataset(pool)) is None:
+            return None
+        if name in self._data:
+            return self._data[name]
+        if name not in self._pool_sources:
+            self._pool_sources[name] = load_dataset(name, self.home.data_dir, self.download)
+        return self._pool_sources[name]
 
     def ensure_victim(self, victim: VictimSpec) -> TrainedVictim:
         """Data, Ray and the trained victim, before any defense is chosen (a tuning study)."""
@@ -225,8 +250,8 @@ class MatchRuntime:
         """The datasets (loaded before Ray starts: a missing one is a clear error, not a failed
         task), Ray, the data in the object store once, and the victims: cached ones loaded in
         the driver, the others trained in parallel Ray tasks."""
-        for name in {v.dataset for v in victims} - set(self._data):
-            self._data[name] = load_dataset(name, self.home.data_dir)
+        for name in {v.dataset for v in victims}:
+            self._dataset(name)
         if not self._ray_ready:
             torch.set_num_threads(self.settings.cpus_per_match)
             self._started_ray = start_ray(self.settings, self.home, self.address)

@@ -80,6 +80,8 @@ class TuneConfig(_Strict):
     """Optuna storage: a journal file path or an RDB URL; ``None``: a journal under ARENA_HOME"""
     sampler_seed: NonNegativeInt = 0
     substitute_arch: str | None = None
+    download: bool = False
+    """fetch a missing torchvision dataset (on a machine with network); else it must be on disk"""
     ray: RaySettings = RaySettings()
     tracking: TrackingSettings = TrackingSettings(experiment="arena-tuning")
 

@@ -107,7 +107,9 @@ def run_study(
     status = "FAILED"
     evaluated = 0
     try:
-        with MatchRuntime(config.ray, home, parent, address, config.plugins) as runtime:
+        with MatchRuntime(
+            config.ray, home, parent, address, plugins=config.plugins, download=config.download
+        ) as runtime:
             victim = runtime.ensure_victim(versioned_victim(config.victim))
             floor = config.utility_floor
             baseline = utility_baseline(config, victim.test_accuracy)
