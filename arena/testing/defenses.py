@@ -27,7 +27,14 @@ from arena.testing.probability_rows import (
 )
 from arena.testing.shape import expect_documented, expect_frozen_dataclass, init_fields
 
-FLAGS = ("preserves_argmax", "stateful", "detector", "needs_training", "answers_labels_only")
+FLAGS = (
+    "preserves_argmax",
+    "stateful",
+    "detector",
+    "needs_training",
+    "answers_labels_only",
+    "zoo_only",
+)
 NOT_A_NUMBER: tuple[Any, ...] = (float("nan"), "1", True, None)
 """values no numeric hyperparameter may accept"""
 
