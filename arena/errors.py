@@ -162,3 +162,12 @@ class InvalidParameters(ArenaError):
 
 class DatasetMissing(ArenaError):
     """A dataset is not on disk and cannot be downloaded; the message says how to get it."""
+
+
+class PluginImportError(ArenaError):
+    """A plug-in module or file named in a config (or installed) failed to import."""
+
+    def __init__(self, ref: str, reason: str) -> None:
+        super().__init__(f"plug-in {brief(ref)} failed to import: {one_line(reason, 300)}")
+        self.ref = ref
+        self.reason = reason

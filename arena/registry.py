@@ -29,17 +29,32 @@ class Registry(Generic[T]):
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._items: dict[str, T] = {}
+        self._versions: dict[str, int] = {}
 
-    def register(self, name: str) -> Callable[[T], T]:
-        """Decorator: ``@DEFENSES.register("rounding")``. Names are unique."""
+    def register(self, name: str, version: int = 1) -> Callable[[T], T]:
+        """Decorator: ``@DEFENSES.register("rounding", version=2)``. Names are unique.
+
+        ``version`` is part of every match and trial key that uses the plug-in: bump it whenever
+        the plug-in's behaviour changes, so a rerun plays its matches again instead of reusing
+        results of the older code."""
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise ValueError(
+                f"{self.kind} {name!r}: version must be a positive int, not {version!r}"
+            )
 
         def add(item: T) -> T:
             if name in self._items:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
             self._items[name] = item
+            self._versions[name] = version
             return item
 
         return add
+
+    def version(self, name: str) -> int:
+        """The registered version of ``name`` (raises UnknownPlugin like :meth:`get`)."""
+        self.get(name)
+        return self._versions[name]
 
     def get(self, name: str) -> T:
         try:

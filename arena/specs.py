@@ -17,6 +17,9 @@ from pydantic import (
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    model_serializer,
     model_validator,
 )
 
@@ -29,17 +32,36 @@ class Spec(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    VERSION_FIELDS: ClassVar[tuple[str, ...]] = ()
+    """plug-in version fields: shown in every dump (run params), but left out of the key form
+    while at version 1, so the keys (and the seeds derived from them) of plug-ins that were never
+    bumped are the ones they had before versions existed; a bump changes the key"""
+
+    @model_serializer(mode="wrap")
+    def _key_form(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
+        data = handler(self)
+        if isinstance(data, dict) and isinstance(info.context, dict) and info.context.get("key"):
+            for name in self.VERSION_FIELDS:
+                if data.get(name) == 1:
+                    del data[name]
+        return data
+
     def key(self) -> str:
         """Stable short hash of the canonical JSON form."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        form = self.model_dump(mode="json", context={"key": True})
+        canonical = json.dumps(form, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 class PluginSpec(Spec):
     """A registered plug-in by name with its hyperparameters."""
 
+    VERSION_FIELDS: ClassVar[tuple[str, ...]] = ("version",)
+
     name: str = Field(min_length=1)
     params: dict[str, Any] = Field(default_factory=dict)
+    version: PositiveInt = 1
+    """the registered plug-in's version when the spec was made (:mod:`arena.versions`)"""
 
 
 class VictimSpec(Spec):
@@ -50,6 +72,7 @@ class VictimSpec(Spec):
     gradient descent); ``train_size`` and ``seed`` apply as for the other architectures.
     """
 
+    VERSION_FIELDS: ClassVar[tuple[str, ...]] = ("arch_version", "dataset_version")
     TREE_ARCH: ClassVar[str] = "decision_tree"
     ZOO_ARCH: ClassVar[str] = "zoo"
     MAX_TREE_DEPTH: ClassVar[int] = 16
@@ -77,6 +100,10 @@ class VictimSpec(Spec):
     reference: int | None = Field(default=None, ge=0, exclude_if=lambda v: v is None)
     """model zoos only: the index in ``members`` of the model the owner protects, against which
     fidelity, utility and the victim's accuracy are measured; unset: the most accurate member"""
+    arch_version: PositiveInt = 1
+    """the registered architecture's version (:mod:`arena.versions`); a bump retrains"""
+    dataset_version: PositiveInt = 1
+    """the registered dataset's version (:mod:`arena.versions`); a bump retrains"""
 
     @model_validator(mode="after")
     def _max_depth_for_trees_only(self) -> VictimSpec:
@@ -128,8 +155,12 @@ class MatchSpec(Spec):
     seed: NonNegativeInt = 0
     pool: PoolName = "in_distribution"
     """the attacker's unlabeled query pool (DESIGN §1 knowledge; see :mod:`arena.pools`)"""
+    VERSION_FIELDS: ClassVar[tuple[str, ...]] = ("substitute_arch_version",)
+
     substitute_arch: str | None = None
     """the thief's architecture; ``None`` means the victim's"""
+    substitute_arch_version: PositiveInt = 1
+    """the registered substitute architecture's version (:mod:`arena.versions`)"""
     removal: PluginSpec | None = Field(default=None, exclude_if=lambda v: v is None)
     """a watermark-removal attack the thief applies to its model before it is checked
     (:mod:`arena.removal`); ``None``: none, and left out of the key"""

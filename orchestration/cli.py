@@ -579,6 +579,10 @@ def attack(
         str, typer.Option("--substitute-arch", help="the thief's architecture")
     ] = "mlp",
     seed: Annotated[int, typer.Option("--seed", help="the attacker's randomness")] = 0,
+    plugins: Annotated[
+        list[str] | None,
+        typer.Option("--plugin", help="a plug-in module or .py file to import (repeatable)"),
+    ] = None,
     ca_file: Annotated[
         Path | None,
         typer.Option("--ca-file", help="trust this certificate for an https:// --url"),
@@ -595,6 +599,7 @@ def attack(
     from arena.data import load_dataset
     from arena.errors import ArenaError, VictimUnavailable
     from arena.http_oracle import EndpointError, HttpEndpoint
+    from arena.plugins import import_plugin, load_installed_plugins
 
     try:
         params = json.loads(options)
@@ -604,6 +609,9 @@ def attack(
         raise _fail("--options must be a JSON object of hyperparameters", 2)
     arena_home = _writable_home(home)
     try:  # everything before the first query: a mistake here is bad input, exit 2
+        load_installed_plugins()
+        for ref in plugins or []:
+            import_plugin(ref)
         endpoint = HttpEndpoint(url, token, ca_file=None if ca_file is None else str(ca_file))
         data = load_dataset(dataset, arena_home.data_dir)
         steal = _attack(endpoint, attack_name, data, params, pool, substitute_arch, seed)
@@ -682,19 +690,28 @@ def _attack(
 
 @app.command("list")
 def list_plugins() -> None:
-    """List the registered defenses, attacks, architectures and datasets."""
+    """List the registered defenses, attacks, architectures, datasets and removals (with the
+    installed plug-ins), each with its version."""
     import agents  # noqa: F401  (registers the attacks)
     from arena.attacker import ATTACKS
     from arena.data import DATASETS
     from arena.defenses import DEFENSES
+    from arena.errors import ArenaError
     from arena.models import ARCHITECTURES
+    from arena.plugins import load_installed_plugins
+    from arena.removal import REMOVALS
 
-    for registry in (DEFENSES, ATTACKS, ARCHITECTURES, DATASETS):
+    try:
+        load_installed_plugins()
+    except ArenaError as exc:
+        raise _fail(escape(str(exc)), 2) from None
+    for registry in (DEFENSES, ATTACKS, ARCHITECTURES, DATASETS, REMOVALS):
         table = Table(title=f"{registry.kind}s", title_justify="left", show_header=False, box=None)
         table.add_column("name", style="bold cyan")
+        table.add_column("version", style="dim")
         table.add_column("description")
         for name, description in registry.describe().items():
-            table.add_row(name, description)
+            table.add_row(name, f"v{registry.version(name)}", description)
         console.print(table)
         console.print()
 

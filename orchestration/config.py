@@ -32,12 +32,14 @@ import agents  # noqa: F401  (registers the built-in attacks)
 from arena.attacker import ATTACKS
 from arena.data import DATASETS, NUM_CLASSES
 from arena.defenses import DEFENSES, Defense
-from arena.errors import ArenaError, brief, first_unprintable, one_line
+from arena.errors import ArenaError, PluginImportError, brief, first_unprintable, one_line
 from arena.matchups import plays_pool, plays_victim
 from arena.models import ARCHITECTURES
+from arena.plugins import import_plugin, load_installed_plugins, resolved_ref
 from arena.registry import Registry, build_plugin, canonical_params
 from arena.removal import REMOVALS
 from arena.specs import MatchSpec, PluginSpec, PoolName, VictimSpec
+from arena.versions import versioned_match
 from orchestration.suites import expand_suites
 from orchestration.yaml_input import PATH_LIMIT, UnreadableYaml, read_yaml_file
 
@@ -149,10 +151,16 @@ class TrackingSettings(_Strict):
     experiment: Label = "model-stealing-arena"
 
 
+Plugins = list[Annotated[str, Field(min_length=1, max_length=PATH_LIMIT)]]
+"""a config's ``plugins:``: importable module names or ``.py`` file paths"""
+
+
 class TournamentConfig(_Strict):
     """Victims × defense chains × attacks × budgets × seeds, all played as matches."""
 
     name: Name
+    plugins: Plugins = []
+    """plug-in modules or ``.py`` files to import first (:mod:`arena.plugins`)"""
     victims: list[VictimSpec] = Field(min_length=1)
     defenses: list[list[PluginSpec]] = Field(min_length=1)
     """each entry is one defense chain; a single defense may be written without the list"""
@@ -208,15 +216,17 @@ class TournamentConfig(_Strict):
         ]
         specs = {
             (
-                s := MatchSpec(
-                    victim=victim,
-                    defenses=chain,
-                    attack=attack,
-                    budget=budget,
-                    seed=seed,
-                    pool=pool,
-                    substitute_arch=self.substitute_arch,
-                    removal=removal,
+                s := versioned_match(
+                    MatchSpec(
+                        victim=victim,
+                        defenses=chain,
+                        attack=attack,
+                        budget=budget,
+                        seed=seed,
+                        pool=pool,
+                        substitute_arch=self.substitute_arch,
+                        removal=removal,
+                    )
                 )
             ).key(): s
             for victim in self.victims
@@ -451,11 +461,39 @@ def parse_document(
 ) -> ModelT:
     """Validate a parsed YAML document: the schema, then ``problems_of`` the valid model; raises
     ConfigError listing every problem (the one way tournament and tuning configs are parsed)."""
+    raw = load_config_plugins(raw, source)
     config = validate_model(model, raw, source)
     problems = problems_of(config)
     if problems:
         raise ConfigError(source, problems)
     return config
+
+
+def load_config_plugins(raw: Any, source: str) -> Any:
+    """Import the installed plug-ins and the ones a config's ``plugins:`` names, before the rest
+    of it is validated (so their names are known there); a plug-in that does not import is a
+    ConfigError naming it and why, before anything starts. Relative file paths are taken from
+    the config file's folder; the document comes back with them resolved."""
+    try:
+        load_installed_plugins()
+    except PluginImportError as exc:
+        raise ConfigError(source, [("<installed plug-ins>", str(exc))]) from None
+    entries = raw.get("plugins") if isinstance(raw, dict) else None
+    if not isinstance(entries, list):
+        return raw  # absent, or a wrong type the schema reports
+    folder = Path(source).parent if Path(source).is_file() else Path.cwd()
+    problems: list[tuple[str, str]] = []
+    for i, ref in enumerate(entries):
+        if not isinstance(ref, str) or not ref:
+            continue  # the schema reports it by its path
+        try:
+            import_plugin(ref, folder)
+        except PluginImportError as exc:
+            problems.append((f"plugins.{i}", str(exc)))
+    if problems:
+        raise ConfigError(source, problems)
+    resolved = [resolved_ref(r, folder) if isinstance(r, str) else r for r in entries]
+    return {**raw, "plugins": resolved}
 
 
 def parse_config(raw: Any, source: str = "<config>") -> TournamentConfig:

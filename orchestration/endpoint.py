@@ -59,10 +59,10 @@ from arena.errors import ArenaError, RejectionCode
 from arena.home import ArenaHome
 from arena.ledger import Ledger
 from arena.oracle import AccountStatus, Answer, Rejection
-from arena.registry import canonical_params
 from arena.service import ServiceAPI
 from arena.service_factory import build_service
 from arena.specs import PluginSpec, VictimSpec
+from arena.versions import canonical_plugin, versioned_victim
 from orchestration.config import TournamentConfig
 from orchestration.http_server import HttpError, HttpServer, Limits, RequestHead, Response
 from orchestration.openapi import openapi_document
@@ -450,11 +450,8 @@ def serve_config_victim(
 ) -> ServedVictim:
     """``config.victims[victim]`` behind ``config.defenses[defense]``, served to ``tokens`` (not
     started yet), with its ledger under ``home`` reopened where the last run left it."""
-    chain = tuple(
-        PluginSpec(name=p.name, params=canonical_params(DEFENSES, p.name, p.params))
-        for p in config.defenses[defense]
-    )
-    target = config.victims[victim]
+    chain = tuple(canonical_plugin(DEFENSES, p.name, p.params) for p in config.defenses[defense])
+    target = versioned_victim(config.victims[victim])
     ledger = Ledger(served_ledger_path(home, target, chain))
     data = load_dataset(target.dataset, home.data_dir)
     service = build_service(target, chain, data, home.victims, ledger=ledger)

@@ -36,6 +36,7 @@ from arena.oracle import (
     Rejection,
     check_structure,
 )
+from arena.plugins import PluginSource, ensure_plugins
 from arena.service import AccountStats, ReferenceOutputs, VictimService
 from arena.service_factory import served_models
 from arena.specs import PluginSpec, VictimSpec
@@ -66,7 +67,9 @@ class HostedVictimService(VictimService):
         data: DataSplits | None = None,
         cache_dir: Path | None = None,
         ledger_path: Path | None = None,
+        plugins: tuple[PluginSource, ...] = (),
     ) -> None:
+        ensure_plugins(plugins)
         torch.set_num_threads(max(1, threads))
         gpus = ray.get_gpu_ids()
         device = "cuda" if gpus and torch.cuda.is_available() else "cpu"
@@ -99,6 +102,7 @@ def start_victim_service(
     max_restarts: int = 0,
     max_pending_calls: int = -1,
     service_cls: type[HostedVictimService] = HostedVictimService,
+    plugins: tuple[PluginSource, ...] = (),
     **options: Any,
 ) -> ActorHandle[Any]:
     """Start one victim-service actor; ``state`` (and ``data``, needed only by defenses that
@@ -107,7 +111,8 @@ def start_victim_service(
     ``ledger_path``: the ledger file a restarted actor reopens (without one a restart would
     start from empty accounts, so restarts are refused). ``max_pending_calls``: the queue cap
     (-1: none). ``service_cls`` and ``options`` (Ray actor options, e.g. a node's resources)
-    let fault tests and clusters place or instrument the actor."""
+    let fault tests and clusters place or instrument the actor. ``plugins``: what the actor
+    imports before building the victim (:func:`arena.plugins.sources_for`)."""
     if max_restarts and ledger_path is None:
         raise ValueError("a victim service that restarts needs a ledger file to restore")
     actor_cls: Any = ray.remote(service_cls)
@@ -125,7 +130,16 @@ def start_victim_service(
     )
     threads = max(1, int(num_cpus)) if num_cpus else 1
     handle: ActorHandle[Any] = actor_cls.remote(
-        victim, defenses, state, input_spec, num_classes, threads, data, cache_dir, ledger_path
+        victim,
+        defenses,
+        state,
+        input_spec,
+        num_classes,
+        threads,
+        data,
+        cache_dir,
+        ledger_path,
+        plugins,
     )
     return handle
 

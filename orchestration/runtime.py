@@ -29,6 +29,7 @@ from arena.defenses.chain import build_chain
 from arena.home import ArenaHome
 from arena.match_data import MatchData
 from arena.oracle import InputSpec
+from arena.plugins import PluginSource, ensure_plugins, sources_for
 from arena.record import MatchResult
 from arena.referee import referee_match
 from arena.specs import MatchSpec, VictimSpec
@@ -69,17 +70,28 @@ class Finished:
 
 @ray.remote
 def _train_victim_task(
-    spec: VictimSpec, data: DataSplits, threads: int, cache_dir: Path
+    spec: VictimSpec,
+    data: DataSplits,
+    threads: int,
+    cache_dir: Path,
+    plugins: tuple[PluginSource, ...],
 ) -> TrainedVictim:
+    ensure_plugins(plugins)
     torch.set_num_threads(threads)
     return train_victim(spec, data, cache_dir)
 
 
 @ray.remote
 def _prepare_defenses_task(
-    spec: MatchSpec, state: dict[str, torch.Tensor], data: DataSplits, cache_dir: Path, threads: int
+    spec: MatchSpec,
+    state: dict[str, torch.Tensor],
+    data: DataSplits,
+    cache_dir: Path,
+    threads: int,
+    plugins: tuple[PluginSource, ...],
 ) -> None:
     """Train (and cache) what a defended victim's defenses need, once, before serving starts."""
+    ensure_plugins(plugins)
     torch.set_num_threads(threads)
     model = build_victim_model(spec.victim, data.input_shape, data.num_classes, state)
     defended_model(spec.victim, model, build_chain(spec.defenses), data, cache_dir)
@@ -92,9 +104,11 @@ def play_match_task(
     data: MatchData,
     threads: int,
     timeout_s: float = 300.0,
+    plugins: tuple[PluginSource, ...] = (),
 ) -> Outcome:
     torch.set_num_threads(threads)
     try:
+        ensure_plugins(plugins)
         return referee_match(spec, RayServiceProxy(service, timeout_s), data)
     except Exception as exc:  # reported as a value: one failing match must not sink the rest
         detail = traceback.format_exc(limit=8)
@@ -141,6 +155,7 @@ class MatchRuntime:
         home: ArenaHome,
         run_id: str,
         address: str | None = None,
+        plugins: Sequence[str] = (),
     ) -> None:
         self.settings = ray_settings
         self.home = home
@@ -159,6 +174,8 @@ class MatchRuntime:
         self._services: dict[Hashable, ActorHandle[Any]] = {}
         self._actors_started = 0
         self._running: dict[ObjectRef[Any], tuple[MatchSpec, Hashable]] = {}
+        self.plugins = sources_for(plugins)
+        """the config's plug-ins as the driver loaded them, loaded again in every task and actor"""
 
     def __enter__(self) -> MatchRuntime:
         return self
@@ -212,7 +229,9 @@ class MatchRuntime:
             else:
                 task = _train_victim_task.options(num_cpus=threads)
                 data = self._data_refs[spec.dataset]
-                training[spec.key()] = task.remote(spec, data, threads, self.home.victims)
+                training[spec.key()] = task.remote(
+                    spec, data, threads, self.home.victims, self.plugins
+                )
         for key, ref in training.items():
             victim: TrainedVictim = ray.get(ref)
             save_victim(victim, self.home.victims)
@@ -243,6 +262,7 @@ class MatchRuntime:
                 self._data_refs[spec.victim.dataset],
                 self.home.victims,
                 threads,
+                self.plugins,
             )
             for spec in first.values()
         ]
@@ -272,6 +292,7 @@ class MatchRuntime:
                 ledger_path=ledger,
                 max_restarts=self.settings.victim_max_restarts,
                 max_pending_calls=self.settings.victim_queue_cap,
+                plugins=self.plugins,
             )
             self._actors_started += 1
         return self._services[key]
@@ -294,6 +315,7 @@ class MatchRuntime:
             self._match_data[(spec.victim.dataset, spec.pool)],
             threads,
             self.settings.victim_timeout_s,
+            self.plugins,
         )
         self._running[ref] = (spec, label)
 

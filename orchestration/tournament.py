@@ -80,7 +80,7 @@ def run_tournament(
         pending = [s for s in specs if s.key() not in results]
         if on_start:
             on_start(len(pending), len(specs) - len(pending))
-        with MatchRuntime(config.ray, home, parent, address) as runtime:
+        with MatchRuntime(config.ray, home, parent, address, config.plugins) as runtime:
             runtime.ensure(pending)
             victims = {
                 k: TrainedVictimInfo(v.spec, v.test_accuracy, v.train_seconds, v.from_cache)

@@ -13,11 +13,13 @@ import agents  # noqa: F401  (registers the built-in attacks)
 from arena.defenses import DEFENSES, Choice, FloatRange, IntRange, ParamSpace
 from arena.errors import brief
 from arena.specs import MatchSpec, PluginSpec, VictimSpec
+from arena.versions import versioned_match
 from orchestration.config import (
     Attacks,
     Lineup,
     Name,
     PluginAt,
+    Plugins,
     RaySettings,
     TrackingSettings,
     defense_problems,
@@ -50,6 +52,8 @@ class TuneConfig(_Strict):
 
     name: Name
     """the study's name (in the Optuna storage and the MLflow parent run)"""
+    plugins: Plugins = []
+    """plug-in modules or ``.py`` files to import first (:mod:`arena.plugins`)"""
     victim: VictimSpec
     defense: str = Field(min_length=1)
     fixed: dict[str, Any] = {}
@@ -83,13 +87,15 @@ class TuneConfig(_Strict):
         """The suite's matches against this defense with ``params`` (plus the fixed ones)."""
         chain = (PluginSpec(name=self.defense, params={**self.fixed, **params}),)
         return [
-            MatchSpec(
-                victim=self.victim,
-                defenses=chain,
-                attack=attack,
-                budget=self.budget,
-                seed=self.seed,
-                substitute_arch=self.substitute_arch,
+            versioned_match(
+                MatchSpec(
+                    victim=self.victim,
+                    defenses=chain,
+                    attack=attack,
+                    budget=self.budget,
+                    seed=self.seed,
+                    substitute_arch=self.substitute_arch,
+                )
             )
             for attack in self.attacks
         ]

@@ -25,6 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from arena.home import ArenaHome
 from arena.record import MatchResult
+from arena.versions import versioned_victim
 from orchestration.frontier import (
     SCORES_ATTR,
     StudyView,
@@ -106,8 +107,8 @@ def run_study(
     status = "FAILED"
     evaluated = 0
     try:
-        with MatchRuntime(config.ray, home, parent, address) as runtime:
-            victim = runtime.ensure_victim(config.victim)
+        with MatchRuntime(config.ray, home, parent, address, config.plugins) as runtime:
+            victim = runtime.ensure_victim(versioned_victim(config.victim))
             floor = config.utility_floor
             baseline = utility_baseline(config, victim.test_accuracy)
             study.set_user_attr("victim_accuracy", baseline)

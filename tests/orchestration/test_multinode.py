@@ -177,12 +177,29 @@ def local_cluster(workers: Sequence[str]) -> Iterator[LocalCluster]:
             shutil.rmtree(cluster.root, ignore_errors=True)
 
 
-def f3_config(raw: dict[str, Any]) -> dict[str, Any]:
+PLUGIN = """
+from dataclasses import dataclass
+
+from arena.defenses import DEFENSES
+from arena.defenses.reverse_sigmoid import ReverseSigmoid
+
+
+@DEFENSES.register("f3_reverse_sigmoid")
+@dataclass(frozen=True)
+class F3ReverseSigmoid(ReverseSigmoid):
+    \"\"\"Reverse sigmoid, from a plug-in file the worker nodes never saw.\"\"\"
+"""
+
+
+def f3_config(raw: dict[str, Any], plugin: Path) -> dict[str, Any]:
     """The digits smoke tournament cut to one match that asks 400 single-image queries, so the
-    victim is still mid-match when its node is killed."""
+    victim is still mid-match when its node is killed. Its defense comes from a plug-in file
+    named in ``plugins:``: the victim actor on a worker node must load it from the driver."""
+    plugin.write_text(PLUGIN)
     raw["name"] = "digits-f3"
+    raw["plugins"] = [str(plugin)]
     raw["victims"][0]["epochs"] = 10
-    raw["defenses"] = [{"name": "reverse_sigmoid", "params": {"beta": 1.0, "gamma": 0.1}}]
+    raw["defenses"] = [{"name": "f3_reverse_sigmoid", "params": {"beta": 1.0, "gamma": 0.1}}]
     raw["attacks"] = [{"name": "knockoff", "params": {"epochs": 3, "query_batch": 1}}]
     raw["budgets"] = [400]
     raw["ray"] = {"cpus_per_match": 1, "cpus_per_victim": 0}
@@ -193,7 +210,7 @@ def f3_config(raw: dict[str, Any]) -> dict[str, Any]:
 def test_F3_victim_survives_losing_its_worker_node(
     tmp_path: Path, smoke_config_dict: dict[str, Any]
 ) -> None:
-    config = f3_config(smoke_config_dict)
+    config = f3_config(smoke_config_dict, tmp_path / "f3_plugin.py")
     out = tmp_path / "f3.json"
     with local_cluster(WORKERS) as cluster:
         groups = cluster.process_groups()
