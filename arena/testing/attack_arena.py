@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -30,13 +29,20 @@ ZOO_LATENCY_MS = (0.02, 0.05, 0.1)
 zoo thief could not replay its own match"""
 
 
-@dataclass(frozen=True)
 class AttackArena:
-    """A dataset, a victim and a zoo of it; each service is fresh (new accounts, new ledger)."""
+    """A dataset, a victim and a zoo around it; each service is fresh (new accounts, new
+    ledger). Without a zoo given, one is trained the first time a zoo thief needs it."""
 
-    data: DataSplits
-    victim: nn.Module
-    zoo: ZooModule
+    def __init__(self, data: DataSplits, victim: nn.Module, zoo: ZooModule | None = None) -> None:
+        self.data = data
+        self.victim = victim
+        self._zoo = zoo
+
+    @property
+    def zoo(self) -> ZooModule:
+        if self._zoo is None:
+            self._zoo = train_zoo(self.data, self.victim)
+        return self._zoo
 
     def service(self, defenses: Sequence[PluginSpec] = (), zoo: bool = False) -> VictimService:
         """The victim (or the zoo) behind ``defenses``, which must not need preparing."""
@@ -59,14 +65,20 @@ class AttackArena:
         )
 
 
+def train_zoo(data: DataSplits, victim: nn.Module) -> ZooModule:
+    """Two softmax regressions (an under-trained one and a trained one, the reference) beside
+    ``victim``, with pinned latencies."""
+    members = [train_victim(spec, data) for spec in ZOO_MEMBERS[:-1]]
+    models = [*(m.model for m in members), victim]
+    accuracy = (*(m.test_accuracy for m in members), accuracy_of(victim, data))
+    return ZooModule(models, ZooProfile(accuracy, ZOO_LATENCY_MS, 1)).eval()
+
+
 @functools.cache
 def digits_arena() -> AttackArena:
-    """The digits arena, built once per process."""
+    """The digits arena, its victim trained once per process."""
     data = load_dataset("digits")
-    members = [train_victim(spec, data) for spec in ZOO_MEMBERS]
-    accuracy = tuple(m.test_accuracy for m in members)
-    zoo = ZooModule([m.model for m in members], ZooProfile(accuracy, ZOO_LATENCY_MS, 1))
-    return AttackArena(data, members[-1].model, zoo.eval())
+    return AttackArena(data, train_victim(VICTIM, data).model)
 
 
 def accuracy_of(model: nn.Module, data: DataSplits) -> float:
