@@ -20,7 +20,6 @@ from arena.registry import OPTION, Registry
 from arena.seeds import torch_seed
 from arena.validation import check_bool, check_integer, check_number
 
-
 ANSWER_FORMS = ("soft", "top_k", "label_only")
 """what a victim may answer: probabilities, the k largest of them, or a one-hot label"""
 
