@@ -13,7 +13,7 @@ from arena.attacker import Attacker
 from arena.knowledge import Knowledge
 from arena.oracle import Oracle
 from arena.seeds import torch_seed
-from arena.training import TrainRecipe, train_classifier
+from arena.training import TrainRecipe
 from arena.validation import check_integer, check_number
 
 
@@ -46,7 +46,7 @@ class TransferSetAttack(Attacker):
         seed = torch_seed(rng)
         substitute = knowledge.make_substitute(seed)
         recipe = TrainRecipe(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size)
-        return train_classifier(substitute, queries, self.targets(answers), recipe, seed=seed)
+        return knowledge.fit(substitute, queries, self.targets(answers), recipe, seed=seed)
 
 
 def query_random_subset(

@@ -41,7 +41,7 @@ from arena.attacker import ATTACKS, Attacker
 from arena.knowledge import Knowledge
 from arena.oracle import Oracle
 from arena.seeds import torch_seed
-from arena.training import TrainRecipe, predict_probs, train_classifier
+from arena.training import TrainRecipe, predict_probs
 from arena.validation import check_bool, check_choice, check_integer, check_number
 
 STRATEGIES = ("entropy", "kcenter", "random")
@@ -133,7 +133,7 @@ class ActiveThief(Attacker):
         if substitute is None or not self.warm_start:
             substitute = knowledge.make_substitute(seed)
         targets = training_targets(answers, self.soft_labels)
-        return train_classifier(substitute, x, targets, recipe, seed=seed)
+        return knowledge.fit(substitute, x, targets, recipe, seed=seed)
 
     def select(
         self,

@@ -54,7 +54,7 @@ from arena.errors import BudgetExhausted, InvalidParameters, QueryRefused
 from arena.knowledge import Knowledge
 from arena.oracle import Oracle
 from arena.seeds import torch_seed
-from arena.training import TrainRecipe, train_classifier
+from arena.training import TrainRecipe
 from arena.validation import check_integer, check_number
 
 REPLAY_MAX_EPOCHS = 200
@@ -112,9 +112,13 @@ class DFME(Attacker):
             return self._play(oracle, knowledge, seed)
 
     def _play(self, oracle: Oracle, knowledge: Knowledge, seed: int) -> nn.Module:
+        # the noise is drawn on the CPU (the same numbers on every device) and moved to the
+        # device the student and the generator compute on; queries go to the oracle on the CPU
         noise = torch.Generator().manual_seed(seed + 1)
+        device = torch.device(knowledge.device)
         student = knowledge.make_substitute(seed)
         generator = build_generator(knowledge.input_shape, self.latent_dim, self.generator_width)
+        generator = generator.to(device)
         student_opt = torch.optim.Adam(student.parameters(), lr=self.lr)
         generator_opt = torch.optim.Adam(generator.parameters(), lr=self.generator_lr)
         low, high = oracle.input_spec.low, oracle.input_spec.high
@@ -128,7 +132,7 @@ class DFME(Attacker):
 
         def sample(n: int) -> torch.Tensor:
             # at least two images: batch norm needs more than one value per channel
-            z = torch.randn(max(n, 2), self.latent_dim, generator=noise)
+            z = torch.randn(max(n, 2), self.latent_dim, generator=noise).to(device)
             pre: torch.Tensor = generator(z)
             return pre[:n]
 
@@ -137,7 +141,7 @@ class DFME(Attacker):
             with torch.no_grad():
                 base = pre.detach().unsqueeze(1)
                 dim = math.prod(base.shape[2:])
-                u = torch.randn(n, m, dim, generator=noise)
+                u = torch.randn(n, m, dim, generator=noise).to(device)
                 u = (u / u.norm(dim=2, keepdim=True)).view(n, m, *base.shape[2:])
                 x = to_range(torch.cat([base + self.grad_epsilon * u, base], dim=1).flatten(0, 1))
                 target = victim(x)
@@ -183,7 +187,7 @@ class DFME(Attacker):
             steps_per_epoch = -(-len(replay) // self.batch_size)
             epochs = min(-(-self.replay_steps // steps_per_epoch), REPLAY_MAX_EPOCHS)
             recipe = TrainRecipe(epochs=epochs, lr=self.lr, batch_size=self.batch_size)
-            train_classifier(student, *replay.everything(), recipe, seed=seed, loss_fn=F.l1_loss)
+            knowledge.fit(student, *replay.everything(), recipe, seed=seed, loss_fn=F.l1_loss)
         return student
 
 
@@ -196,9 +200,10 @@ class VictimLogits:
         self.stopped = False  # the victim refused (a detector) or the ledger ran dry: stop
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor | None:
-        """Mean-centred ``log p`` for ``x``; ``None`` once the victim refuses to answer."""
+        """Mean-centred ``log p`` for ``x`` (on ``x``'s device; the oracle is asked on the CPU);
+        ``None`` once the victim refuses to answer."""
         try:
-            answers = self.oracle.query_all(x)
+            answers = self.oracle.query_all(x.cpu()).to(x.device)
         except (QueryRefused, BudgetExhausted):
             self.stopped = True
             return None

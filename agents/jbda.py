@@ -44,7 +44,7 @@ from arena.attacker import ATTACKS, Attacker
 from arena.knowledge import Knowledge
 from arena.oracle import Oracle
 from arena.seeds import torch_seed
-from arena.training import TrainRecipe, train_classifier
+from arena.training import TrainRecipe, model_device
 from arena.validation import check_bool, check_integer, check_number
 
 GRADIENT_CHUNK = 1024
@@ -93,7 +93,7 @@ class JacobianAugmentation(Attacker):
         recipe = TrainRecipe(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size)
         for round_index in itertools.count():
             targets = training_targets(answers, self.soft_labels)
-            substitute = train_classifier(substitute, x, targets, recipe, seed=torch_seed(rng))
+            substitute = knowledge.fit(substitute, x, targets, recipe, seed=torch_seed(rng))
             if stop or len(x) == 0:
                 break
             parents = torch.arange(len(x))
@@ -189,13 +189,14 @@ def input_gradients(
 
     The objective sums per-point terms and the points do not interact in an eval-mode forward
     pass, so the gradient of the sum with respect to the batch is every point's own gradient.
+    The gradients are computed on the model's device and returned on the CPU, beside ``x``.
     """
     model.eval()
+    device = model_device(model)
     chunks = []
     for start in range(0, int(x.shape[0]), GRADIENT_CHUNK):
-        xb = x[start : start + GRADIENT_CHUNK].detach().clone().requires_grad_(True)
-        (gradient,) = torch.autograd.grad(
-            objective(model(xb), classes[start : start + GRADIENT_CHUNK]), xb
-        )
-        chunks.append(gradient)
+        xb = x[start : start + GRADIENT_CHUNK].to(device).detach().clone().requires_grad_(True)
+        chosen = classes[start : start + GRADIENT_CHUNK].to(device)
+        (gradient,) = torch.autograd.grad(objective(model(xb), chosen), xb)
+        chunks.append(gradient.cpu())
     return torch.cat(chunks) if chunks else torch.empty_like(x)

@@ -37,7 +37,7 @@ from arena.errors import QueryRefused
 from arena.knowledge import Knowledge
 from arena.oracle import Oracle
 from arena.seeds import torch_seed
-from arena.training import TrainRecipe, train_classifier
+from arena.training import TrainRecipe
 from arena.validation import check_choice, check_integer, check_number
 
 REWARDS = ("certainty", "diversity", "loss", "all")
@@ -80,7 +80,7 @@ class Knockoff(TransferSetAttack):
         seed = torch_seed(rng)
         substitute = knowledge.make_substitute(seed)
         recipe = TrainRecipe(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size)
-        return train_classifier(substitute, queries, self.targets(answers), recipe, seed=seed)
+        return knowledge.fit(substitute, queries, self.targets(answers), recipe, seed=seed)
 
     def _adaptive_transfer_set(
         self, oracle: Oracle, knowledge: Knowledge, rng: np.random.Generator
@@ -110,13 +110,16 @@ class Knockoff(TransferSetAttack):
                 y = oracle.query(x)
             except QueryRefused:
                 break
+            # the online model computes on the thief's device; rewards and the transfer set
+            # stay on the CPU (no-ops there)
+            xd, yd = x.to(knowledge.device), y.to(knowledge.device)
             with torch.no_grad():
-                logits = online(x)
+                logits = online(xd).cpu()
             raw = batch_rewards(y, logits, recent)
             bandit.update(action, stats.score(raw, self.reward))
             recent = [*recent[-9:], y.mean(dim=0)]
             online.train()
-            loss = -(y * F.log_softmax(online(x), dim=1)).sum(dim=1).mean()
+            loss = -(yd * F.log_softmax(online(xd), dim=1)).sum(dim=1).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()

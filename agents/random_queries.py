@@ -20,7 +20,7 @@ from arena.attacker import ATTACKS
 from arena.knowledge import Knowledge
 from arena.oracle import Oracle
 from arena.seeds import torch_seed
-from arena.training import TrainRecipe, train_classifier
+from arena.training import TrainRecipe
 
 
 @ATTACKS.register("random_queries")
@@ -43,4 +43,4 @@ class RandomQueries(TransferSetAttack):
         substitute = knowledge.make_substitute(seed)
         recipe = TrainRecipe(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size)
         x = queries[: len(answers)]
-        return train_classifier(substitute, x, self.targets(answers), recipe, seed=seed)
+        return knowledge.fit(substitute, x, self.targets(answers), recipe, seed=seed)

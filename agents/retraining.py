@@ -41,7 +41,7 @@ from arena.attacker import ATTACKS, Attacker
 from arena.knowledge import Knowledge
 from arena.oracle import Oracle
 from arena.seeds import torch_seed
-from arena.training import TrainRecipe, train_classifier
+from arena.training import TrainRecipe, model_device
 from arena.validation import check_choice, check_integer, check_number
 
 STRATEGIES = ("uniform", "line_search")
@@ -113,7 +113,9 @@ class Retraining(Attacker):
                 batch = uniform_inputs(rng, size, oracle.input_spec, self.spread)
             else:
                 seen = torch.cat(queries)
-                current = self._fit(current, seen, torch.cat(answers), self.round_epochs, rng)
+                current = self._fit(
+                    knowledge, current, seen, torch.cat(answers), self.round_epochs, rng
+                )
                 fresh = uniform_inputs(rng, size, oracle.input_spec, self.spread)
                 batch = boundary_points(current, seen, fresh, self.search_steps, rng, self.path)
             answered = oracle.query_all(batch, self.query_batch, until_refused=True)
@@ -124,10 +126,11 @@ class Retraining(Attacker):
         x = torch.cat(queries) if queries else torch.empty(0, *oracle.input_spec.shape)
         y = torch.cat(answers) if answers else torch.empty(0, oracle.num_classes)
         final = knowledge.make_substitute(torch_seed(rng))
-        return self._fit(final, x, y, self.epochs, rng)
+        return self._fit(knowledge, final, x, y, self.epochs, rng)
 
     def _fit(
         self,
+        knowledge: Knowledge,
         model: nn.Module,
         x: torch.Tensor,
         y: torch.Tensor,
@@ -136,7 +139,7 @@ class Retraining(Attacker):
     ) -> nn.Module:
         """Train ``model`` on the answers so far (cross-entropy against the returned rows)."""
         recipe = TrainRecipe(epochs=epochs, lr=self.lr, batch_size=self.batch_size)
-        return train_classifier(model, x, y, recipe, seed=torch_seed(rng))
+        return knowledge.fit(model, x, y, recipe, seed=torch_seed(rng))
 
 
 def split_evenly(total: int, parts: int) -> list[int]:
@@ -198,5 +201,9 @@ def boundary_points(
 
 
 def _predict(model: nn.Module, x: torch.Tensor, batch: int = 1024) -> torch.Tensor:
-    outputs = [model(x[i : i + batch]).argmax(dim=1) for i in range(0, len(x), batch)]
+    """Top-1 labels of ``x`` computed on the model's device, returned on the CPU."""
+    device = model_device(model)
+    outputs = [
+        model(x[i : i + batch].to(device)).argmax(dim=1).cpu() for i in range(0, len(x), batch)
+    ]
     return torch.cat(outputs) if outputs else torch.empty(0, dtype=torch.long)

@@ -20,7 +20,7 @@ from arena.attacker import ATTACKS, MissingKnowledge
 from arena.knowledge import Knowledge
 from arena.oracle import Oracle
 from arena.seeds import torch_seed
-from arena.training import TrainRecipe, train_classifier
+from arena.training import TrainRecipe
 
 
 @ATTACKS.register("true_labels")
@@ -43,4 +43,4 @@ class TrueLabels(TransferSetAttack):
         substitute = knowledge.make_substitute(seed)
         recipe = TrainRecipe(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size)
         x, y = knowledge.pool[chosen], knowledge.pool_labels[chosen]
-        return train_classifier(substitute, x, y, recipe, seed=seed)
+        return knowledge.fit(substitute, x, y, recipe, seed=seed)

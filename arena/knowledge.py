@@ -8,11 +8,16 @@ import torch
 from torch import nn
 
 from arena.models import build_model
+from arena.training import LossFn, TrainRecipe, train_classifier
 
 
 @dataclass(frozen=True)
 class Knowledge:
-    """The attacker's side information: never the victim, its weights, its data or test labels."""
+    """The attacker's side information: never the victim, its weights, its data or test labels.
+
+    It also says where the thief computes (``device``, ``mixed_precision``): not knowledge in the
+    threat-model sense, but the one object every thief already receives, so the device reaches
+    every substitute through :meth:`make_substitute` and :meth:`fit`."""
 
     pool: torch.Tensor | None
     """unlabeled query pool ``[N, *input_shape]``; ``None`` for data-free attacks"""
@@ -22,7 +27,35 @@ class Knowledge:
     substitute_arch: str
     pool_labels: torch.Tensor | None = None
     """the pool's true labels: granted only to the ``upper_bound`` baseline, never to a thief"""
+    device: str = "cpu"
+    """where substitutes live and train (:func:`arena.devices.choose_device` picked it); the
+    pool, the queries and the oracle's answers stay on the CPU, the oracle's wire format"""
+    mixed_precision: bool = False
+    """substitute training under autocast (:func:`arena.training.train_classifier`)"""
 
     def make_substitute(self, seed: int) -> nn.Module:
-        """A fresh, untrained model of the granted substitute architecture, seeded."""
-        return build_model(self.substitute_arch, self.input_shape, self.num_classes, seed=seed)
+        """A fresh, untrained model of the granted substitute architecture, seeded, on the
+        thief's device (built on the CPU first, so its initial weights are the same anywhere)."""
+        model = build_model(self.substitute_arch, self.input_shape, self.num_classes, seed=seed)
+        return model.to(self.device)
+
+    def fit(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        targets: torch.Tensor,
+        recipe: TrainRecipe,
+        seed: int,
+        loss_fn: LossFn | None = None,
+    ) -> nn.Module:
+        """:func:`~arena.training.train_classifier` on the thief's device and precision."""
+        return train_classifier(
+            model,
+            x,
+            targets,
+            recipe,
+            seed=seed,
+            device=self.device,
+            loss_fn=loss_fn,
+            mixed_precision=self.mixed_precision,
+        )

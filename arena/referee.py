@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +43,19 @@ from arena.zoo import ZooProfile
 
 
 def referee_match(
-    spec: MatchSpec, service: ServiceAPI, data: MatchData, *, trusted: bool = True
+    spec: MatchSpec,
+    service: ServiceAPI,
+    data: MatchData,
+    *,
+    trusted: bool = True,
+    device: str = "cpu",
+    mixed_precision: bool = False,
 ) -> MatchResult:
-    """Open the attacker's accounts, let it steal, then score the substitute and the defense."""
+    """Open the attacker's accounts, let it steal, then score the substitute and the defense.
+
+    ``device`` (:func:`arena.devices.choose_device`) and ``mixed_precision`` reach the thief
+    through its :class:`~arena.knowledge.Knowledge`; the substitute is scored where it lives
+    (:func:`~arena.training.predict_probs` follows the model), the victim where it is served."""
     started = time.perf_counter()
     attacker = build_plugin(ATTACKS, spec.attack.name, spec.attack.params)
     chain = build_chain(spec.defenses)
@@ -54,6 +64,7 @@ def referee_match(
     benign = benign_traffic(spec, service, data) if chain.has_detector else None
     profile = service.zoo_profile()
     knowledge = _grant_knowledge(spec, data, attacker, profile)
+    knowledge = replace(knowledge, device=device, mixed_precision=mixed_precision)
     theft = _steal(spec, attacker, _thief_oracle(service, identities), knowledge)
     theft = _remove_watermark(spec, theft, knowledge, data)
     verdicts = verify_ownership(theft.substitute, spec, service, list(identities))

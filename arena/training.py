@@ -6,6 +6,7 @@ DataLoader's worker and collation overhead costs more than the model itself.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -13,6 +14,8 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from arena.devices import CPU, autocast_dtype
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``loss(logits, targets)`` for a mini-batch, a scalar to minimise"""
@@ -40,18 +43,28 @@ def train_classifier(
     targets: torch.Tensor,
     recipe: TrainRecipe,
     seed: int,
-    device: torch.device | str = "cpu",
+    device: torch.device | str | None = None,
     loss_fn: LossFn | None = None,
+    mixed_precision: bool = False,
 ) -> nn.Module:
     """Fit ``model`` on ``x``. ``targets`` are int labels ``[N]`` or probability rows ``[N, C]``.
 
     Soft targets use the cross-entropy against the given distribution, which is what a thief
     trained on returned probabilities minimises; one-hot rows reduce it to the usual loss.
     ``loss_fn`` replaces the cross-entropy (defenses that train models with other objectives).
+
+    ``device``: where to train (``None``: where the model already is, so a model built on the
+    process's device, :func:`arena.devices.choose_device`, trains there); ``x`` and ``targets``
+    may stay on the CPU, each mini-batch is moved. The shuffling generator is a CPU one on
+    every device, so the batches are the same ones everywhere. ``mixed_precision``: the forward
+    pass runs under autocast (:func:`arena.devices.autocast_dtype`; on CUDA with a gradient
+    scaler); the loss is taken in float32. Off, nothing changes.
     """
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
+    device = model_device(model) if device is None else torch.device(device)
     model.to(device).train()
+    scaler = torch.amp.GradScaler("cuda") if mixed_precision and device.type == "cuda" else None
     optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     n = int(x.shape[0])
     if n == 0:  # e.g. a thief whose budget was already spent: keep the initial weights
@@ -68,7 +81,10 @@ def train_classifier(
         for start in range(0, n, recipe.batch_size):
             idx = order[start : start + recipe.batch_size]
             xb, tb = x[idx].to(device), targets[idx].to(device)
-            logits = model(xb)
+            with _autocast(device, mixed_precision):
+                logits = model(xb)
+            if mixed_precision:
+                logits = logits.float()
             if loss_fn is not None:
                 loss = loss_fn(logits, tb)
             elif soft:
@@ -76,11 +92,30 @@ def train_classifier(
             else:
                 loss = F.cross_entropy(logits, tb)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            if scaler is None:
+                loss.backward()
+                optimizer.step()
+            else:  # float16 gradients underflow unless the loss is scaled up first
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
             schedule.step()
     model.eval()
     return model
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Where ``model``'s parameters live (the CPU for a model without any)."""
+    first = next(model.parameters(), None)
+    return CPU if first is None else first.device
+
+
+def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager[object]:
+    """Autocast to the device's reduced precision, or nothing at all when off (the full-precision
+    path then runs exactly the operations it always did)."""
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=autocast_dtype(device))
 
 
 @dataclass(frozen=True)
@@ -132,7 +167,7 @@ def train_until_fitted(
 def predict_probs(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
     """Softmax outputs for ``x`` on the model's device, returned on the CPU."""
     model.eval()
-    device = next(model.parameters()).device
+    device = model_device(model)
     outs = [
         torch.softmax(model(x[i : i + batch_size].to(device)), dim=1).cpu()
         for i in range(0, int(x.shape[0]), batch_size)

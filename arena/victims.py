@@ -77,9 +77,12 @@ def load_cached(spec: VictimSpec, data: DataSplits, cache_dir: Path) -> TrainedV
 
 
 def train_victim(
-    spec: VictimSpec, data: DataSplits, cache_dir: Path | None = None
+    spec: VictimSpec, data: DataSplits, cache_dir: Path | None = None, device: str = "cpu"
 ) -> TrainedVictim:
     """Train the victim from scratch; the same spec always gives the same weights on one setup.
+
+    ``device``: where a neural victim trains (:func:`arena.devices.choose_device`); it is built
+    on the CPU (the same initial weights anywhere) and returned there, ready to be cached.
 
     A ``decision_tree`` victim is fitted by scikit-learn instead (:func:`arena.trees.fit_tree`);
     a zoo loads or trains each member (cached as a victim of its own) and profiles them.
@@ -97,10 +100,10 @@ def train_victim(
     else:
         model = build_model(spec.arch, data.input_shape, data.num_classes, seed=spec.seed)
         recipe = TrainRecipe(epochs=spec.epochs, lr=spec.lr, batch_size=spec.batch_size)
-        train_classifier(model, x, y, recipe, seed=spec.seed)
+        train_classifier(model, x, y, recipe, seed=spec.seed, device=device)
     seconds = time.perf_counter() - start
     test_accuracy = accuracy(predict_probs(model, data.test.x), data.test.y)
-    return TrainedVictim(spec, model, test_accuracy, seconds, from_cache=False)
+    return TrainedVictim(spec, model.cpu(), test_accuracy, seconds, from_cache=False)
 
 
 def build_zoo(spec: VictimSpec, data: DataSplits, cache_dir: Path | None) -> TrainedVictim:

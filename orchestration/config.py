@@ -133,8 +133,17 @@ class RaySettings(_Strict):
     """CPUs (and torch threads) per match task"""
     cpus_per_victim: NonNegativeFloat = 0
     """CPUs reserved by each victim-service actor (0: it shares the match CPUs)"""
+    gpus_per_match: float = Field(default=0, ge=0, le=1)
+    """GPUs per match task, for its thief (substitute training and scoring); fractions let
+    several matches share a card (0.25: four per GPU). A match uses one device, so at most 1.
+    0: the thief runs on the CPU, exactly as without GPUs (docs/architecture.md, Devices)"""
     gpus_per_victim: NonNegativeFloat = 0
-    """GPUs per victim-service actor; the victim runs on CUDA when given one"""
+    """GPUs per victim-service actor and per victim-training task; the victim is served (and
+    trained) on CUDA when given one"""
+    mixed_precision: bool = False
+    """thieves train their substitutes under autocast (bfloat16 on the CPU, float16 with a
+    gradient scaler on CUDA). An execution setting like the device: not part of match keys, and
+    victims are always trained in full precision (their cache key does not record it)"""
     object_store_mb: PositiveInt | None = None
     """object store size for a local Ray (``None``: Ray's default)"""
     victim_max_restarts: NonNegativeInt = 3

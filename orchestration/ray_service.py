@@ -42,6 +42,7 @@ from arena.service_factory import served_models
 from arena.specs import PluginSpec, VictimSpec
 from arena.victims import build_victim_model
 from arena.zoo import ZooProfile
+from orchestration.resources import assigned_device
 
 _log = logging.getLogger(__name__)
 
@@ -71,8 +72,7 @@ class HostedVictimService(VictimService):
     ) -> None:
         ensure_plugins(plugins)
         torch.set_num_threads(max(1, threads))
-        gpus = ray.get_gpu_ids()
-        device = "cuda" if gpus and torch.cuda.is_available() else "cpu"
+        device = str(assigned_device())  # CUDA when the actor was given ray.gpus_per_victim
         trained = build_victim_model(
             victim, input_shape=input_spec.shape, num_classes=num_classes, state=state
         )

@@ -26,6 +26,7 @@ from ray.actor import ActorHandle
 
 from arena.data import DataSplits, load_dataset
 from arena.defenses.chain import build_chain
+from arena.devices import DeviceUnavailable
 from arena.home import ArenaHome
 from arena.match_data import MatchData
 from arena.oracle import InputSpec
@@ -44,6 +45,15 @@ from arena.victims import (
 from orchestration.config import RaySettings
 from orchestration.ray_leftovers import clean_dead_drivers, record_local_ray
 from orchestration.ray_service import RayServiceProxy, start_victim_service
+from orchestration.resources import (
+    assigned_device,
+    cluster_gpus,
+    defense_preparation_resources,
+    gpu_shortfall,
+    match_resources,
+    victim_service_resources,
+    victim_training_resources,
+)
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +86,10 @@ def _train_victim_task(
     cache_dir: Path,
     plugins: tuple[PluginSource, ...],
 ) -> TrainedVictim:
+    """Train one victim on the device its task was given (``ray.gpus_per_victim``)."""
     ensure_plugins(plugins)
     torch.set_num_threads(threads)
-    return train_victim(spec, data, cache_dir)
+    return train_victim(spec, data, cache_dir, device=str(assigned_device()))
 
 
 @ray.remote
@@ -104,12 +115,17 @@ def play_match_task(
     data: MatchData,
     threads: int,
     timeout_s: float = 300.0,
+    mixed_precision: bool = False,
     plugins: tuple[PluginSource, ...] = (),
 ) -> Outcome:
+    """Play one match; its thief computes on the device this task was given
+    (``ray.gpus_per_match``), the victim answers from its own actor."""
     torch.set_num_threads(threads)
     try:
         ensure_plugins(plugins)
-        return referee_match(spec, RayServiceProxy(service, timeout_s), data)
+        device = str(assigned_device())
+        proxy = RayServiceProxy(service, timeout_s)
+        return referee_match(spec, proxy, data, device=device, mixed_precision=mixed_precision)
     except Exception as exc:  # reported as a value: one failing match must not sink the rest
         detail = traceback.format_exc(limit=8)
         return MatchFailure(spec.key(), f"{type(exc).__name__}: {exc}\n{detail}")
@@ -214,6 +230,7 @@ class MatchRuntime:
         if not self._ray_ready:
             torch.set_num_threads(self.settings.cpus_per_match)
             self._started_ray = start_ray(self.settings, self.home, self.address)
+            self._check_gpus()
             self._ray_ready = True
         for name, split in self._data.items():
             if name not in self._data_refs:
@@ -227,7 +244,7 @@ class MatchRuntime:
             if cached is not None:
                 self.victims[spec.key()] = cached
             else:
-                task = _train_victim_task.options(num_cpus=threads)
+                task = _train_victim_task.options(**victim_training_resources(self.settings))
                 data = self._data_refs[spec.dataset]
                 training[spec.key()] = task.remote(
                     spec, data, threads, self.home.victims, self.plugins
@@ -239,6 +256,17 @@ class MatchRuntime:
         for key, victim in self.victims.items():
             if key not in self._weights:
                 self._weights[key] = ray.put(victim.model.state_dict())
+
+    def _check_gpus(self) -> None:
+        """GPUs the settings ask for must exist: on a Ray this runtime started (which never
+        gains nodes) tasks asking for missing GPUs would wait for ever, so that is an error; a
+        cluster it joined may still add GPU nodes, so there it is a warning."""
+        shortfall = gpu_shortfall(self.settings, cluster_gpus())
+        if shortfall is None:
+            return
+        if self._started_ray:
+            raise DeviceUnavailable(f"{shortfall}: no task asking for them could ever start")
+        log.warning("%s: tasks asking for GPUs wait until GPU nodes join", shortfall)
 
     def _prepare_defenses(self, specs: Sequence[MatchSpec]) -> None:
         """Training-time defense preparation in parallel Ray tasks, one per victim and set of
@@ -254,7 +282,7 @@ class MatchRuntime:
                 if key not in self._prepared:
                     first.setdefault(key, spec)
         threads = self.settings.cpus_per_match
-        task = _prepare_defenses_task.options(num_cpus=threads)
+        task = _prepare_defenses_task.options(**defense_preparation_resources(self.settings))
         refs = [
             task.remote(
                 spec,
@@ -284,8 +312,7 @@ class MatchRuntime:
                 self._weights[spec.victim.key()],
                 InputSpec(shape=data.input_shape),
                 data.num_classes,
-                num_cpus=self.settings.cpus_per_victim,
-                num_gpus=self.settings.gpus_per_victim,
+                **victim_service_resources(self.settings),
                 name=f"victim-{self.run_id[:8]}-{self._actors_started}",
                 data=self._data_refs[spec.victim.dataset] if prepares else None,
                 cache_dir=self.home.victims,
@@ -309,12 +336,13 @@ class MatchRuntime:
         """Play ``spec`` as a Ray task against its victim service (see :meth:`service`)."""
         self.ensure([spec])
         threads = self.settings.cpus_per_match
-        ref = play_match_task.options(num_cpus=threads).remote(
+        ref = play_match_task.options(**match_resources(self.settings)).remote(
             spec,
             self.service(spec, label),
             self._match_data[(spec.victim.dataset, spec.pool)],
             threads,
             self.settings.victim_timeout_s,
+            self.settings.mixed_precision,
             self.plugins,
         )
         self._running[ref] = (spec, label)
