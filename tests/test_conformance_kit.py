@@ -9,16 +9,19 @@ from typing import ClassVar
 
 import pytest
 
+import agents  # noqa: F401  (registers the built-in attacks)
 from arena.testing import (
     ArchitectureConformance,
     Conformance,
     ConformanceFailure,
     NotApplicable,
     check_architecture,
+    check_attack,
     check_dataset,
     check_defense,
     check_removal,
 )
+from arena.testing.attack_arena import digits_arena
 
 
 class Sample(Conformance):
@@ -107,3 +110,13 @@ def test_an_architecture_that_builds_nothing_fails_builds_and_skips_the_rest() -
     assert {outcome[p] for p in ("outputs_logits", "deterministic_init", "trainable")} == {"skip"}
     with pytest.raises(ConformanceFailure, match="builds: it refused every sample task"):
         check_architecture("decision_tree")
+
+
+def test_check_attack_builds_its_own_arena_and_zoo() -> None:
+    """Without an arena given, the kit trains the digits victim (and, for a zoo thief, a zoo
+    around it) in this process."""
+    check_attack("copycat", {"epochs": 5})
+    check_attack("zoo_naive", {"extraction_params": {"epochs": 5}})
+    zoo = digits_arena().zoo
+    assert zoo.member(2) is digits_arena().victim
+    assert zoo.profile().reference == 1
