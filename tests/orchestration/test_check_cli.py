@@ -120,6 +120,7 @@ def test_a_broken_plugin_fails_naming_the_property(tmp_path: Path) -> None:
     assert done.returncode == 1, done.stdout + done.stderr
     table = rows(done.stdout)
     assert table[("doubling_check_broken", "probability_rows")] == "FAIL"
+    assert table[("doubling_check_broken", "works_in_chain")] == "FAIL"
     assert table[("doubling_check_broken", "frozen_dataclass")] == "pass"
     assert table[("greedy_check_broken", "stays_within_budget")] == "FAIL"
     assert table[("greedy_check_broken", "rejects_bad_parameters")] == "pass"
