@@ -20,6 +20,9 @@ from arena.registry import OPTION, Registry
 from arena.seeds import torch_seed
 from arena.validation import check_bool, check_integer, check_number
 
+ANSWER_FORMS = ("soft", "top_k", "label_only")
+"""what a victim may answer: probabilities, the k largest of them, or a one-hot label"""
+
 
 class MissingKnowledge(ArenaError):
     """The threat model does not grant what this attack needs (e.g. a query pool)."""
@@ -46,6 +49,10 @@ class Attacker:
     upper_bound: ClassVar[bool] = False
     """True for a reference point that is not a real threat model (e.g. training on the pool's
     true labels): reported, but never counted as a defense's strongest adversary."""
+    answer_forms: ClassVar[tuple[str, ...]] = ANSWER_FORMS
+    """The answer forms the attack can learn from, of :data:`ANSWER_FORMS` (full probabilities,
+    the k largest, the label only); ``soft`` is never left out. ``arena check`` plays the attack
+    against each one declared and skips the others."""
 
     argmax_labels: bool = _option(False)
     """top-1 countermeasure: keep only the argmax of every answer (defeats perturbations that

@@ -1,6 +1,7 @@
 """The ``arena`` command line: ``arena tournament CONFIG``, ``arena tune CONFIG``,
-``arena frontier STUDY...``, ``arena list``, and the untrusted mode: ``arena serve CONFIG`` (a
-victim over HTTP) and ``arena attack --url`` (an attack on it from another process).
+``arena frontier STUDY...``, ``arena list``, ``arena check PLUGIN`` (the conformance kit on a
+plug-in), and the untrusted mode: ``arena serve CONFIG`` (a victim over HTTP) and
+``arena attack --url`` (an attack on it from another process).
 
 User mistakes (bad configs, unknown names, missing datasets) print one line each and exit
 non-zero without a traceback; ``--debug`` shows the traceback. A config file is read (within
@@ -730,6 +731,64 @@ def list_plugins() -> None:
             table.add_row(name, f"v{registry.version(name)}", description)
         console.print(table)
         console.print()
+
+
+@app.command()
+def check(
+    ref: Annotated[
+        str,
+        typer.Argument(metavar="MODULE_OR_FILE", help="a plug-in: a module name or a .py file"),
+    ],
+    home: HomeOption = Path(".arena"),
+    debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False,
+) -> None:
+    """Import a plug-in and run the conformance kit (arena.testing) on every defense, attack,
+    architecture, dataset, removal and suite it registers; exit 0 when every property holds, 1
+    when one fails, 2 when the plug-in does not import or registers nothing."""
+    from arena.errors import PluginImportError
+    from arena.home import ArenaHome
+    from orchestration.plugin_check import NothingRegistered, check_plugin
+
+    data_dir = ArenaHome.at(Path(os.path.abspath(home.expanduser()))).data_dir
+
+    def announce(kind: str, name: str) -> None:
+        console.print(f"checking {kind} {escape(name)} ...", highlight=False)
+
+    try:
+        report = check_plugin(ref, data_dir, announce)
+    except (PluginImportError, NothingRegistered) as exc:
+        if debug:
+            raise
+        raise _fail(escape(str(exc)), 2) from None
+    console.print(check_table(report.results, ref))
+    counts = {s: sum(r.status == s for r in report.results) for s in ("pass", "fail", "skip")}
+    console.print(
+        f"{len(report.results)} properties of {len(report.found)} plug-in(s): "
+        f"{counts['pass']} passed, {counts['fail']} failed, {counts['skip']} skipped",
+        highlight=False,
+    )
+    if report.failed:
+        raise typer.Exit(1)
+
+
+def check_table(results: list[Any], ref: str) -> Table:
+    """One row per property: the plug-in, the property, its outcome and why."""
+    styles = {"pass": "[green]pass[/]", "fail": "[bold red]FAIL[/]", "skip": "[yellow]skip[/]"}
+    table = Table(title=f"arena check {escape(ref)}", title_justify="left")
+    table.add_column("kind")
+    table.add_column("plug-in", style="bold cyan", no_wrap=True)
+    table.add_column("property", no_wrap=True)
+    table.add_column("result", no_wrap=True)
+    table.add_column("detail")
+    for result in results:
+        table.add_row(
+            result.kind,
+            escape(result.plugin),
+            result.name,
+            styles[result.status],
+            escape(result.detail),
+        )
+    return table
 
 
 def main() -> None:
