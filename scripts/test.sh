@@ -4,6 +4,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
+# The example plug-in package, installed the way a user installs theirs (its entry point is what
+# tests/orchestration/test_example_package.py plays a tournament through).
+example=examples/arena-example-plugins
+stamp=.venv/.arena-example-installed
+want=$(cat "$example/pyproject.toml" .venv/.arena-installed | sha256sum | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  echo "== installing the example plug-in package ($example)"
+  python -m pip install -q --no-deps -e "$example"
+  echo "$want" > "$stamp"
+fi
 echo "== ruff";        ruff check . && ruff format --check .
 echo "== mypy";        mypy
 echo "== layering";    lint-imports
