@@ -639,14 +639,14 @@ def _attack(
     from arena.errors import ArenaError, InvalidParameters
     from arena.http_oracle import EndpointError
     from arena.match_data import MatchData
-    from arena.models import ARCHITECTURES
+    from arena.models import resolve_architecture
     from arena.oracle import Oracle
     from arena.pools import POOL_NAMES
     from arena.registry import build_plugin, plugin_label
     from arena.training import accuracy, predict_probs
 
     attacker = build_plugin(ATTACKS, name, params)
-    ARCHITECTURES.get(substitute_arch)
+    resolve_architecture(substitute_arch)
     if pool not in POOL_NAMES:
         raise InvalidParameters(f"--pool must be one of {', '.join(POOL_NAMES)}, got {pool!r}")
     input_spec, output_spec = endpoint.public_spec()
