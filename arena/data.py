@@ -61,6 +61,9 @@ DatasetLoader = Callable[[Path], DataSplits]
 DATASETS: Registry[DatasetLoader] = Registry("dataset")
 NUM_CLASSES: dict[str, int] = {"fashion_mnist": 10, "digits": 10}
 """classes per registered dataset, known without loading it (configs are checked against it)"""
+INPUT_SHAPES: dict[str, tuple[int, ...]] = {"fashion_mnist": (1, 28, 28), "digits": (1, 8, 8)}
+"""image shape per registered dataset, known without loading it (a victim's checkpoint is
+checked against it with the config; a dataset missing here is checked once loaded)"""
 
 
 def default_data_dir() -> Path:
