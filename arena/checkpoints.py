@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import pickle
 import warnings
 import zipfile
 from pathlib import Path
@@ -50,8 +51,12 @@ REASON_LIMIT = 160
 
 
 def _reason(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return one_line(f"{type(exc).__name__}: {lines[0] if lines else ''}", REASON_LIMIT)
+    """An exception as one short line: its first line, or for TorchScript (whose first line
+    only says the interpreter failed) its last, the error itself."""
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()] or [""]
+    line = (lines[-1] if "TorchScript interpreter" in lines[0] else lines[0]).strip()
+    name = type(exc).__name__
+    return one_line(line if line.startswith(f"{name}:") else f"{name}: {line}", REASON_LIMIT)
 
 
 def _named(path: str) -> str:
@@ -182,6 +187,11 @@ def _state_dict(blob: bytes, path: str) -> dict[str, torch.Tensor]:
     """The tensors of a ``torch.save`` file: the dict itself or its ``"state_dict"`` entry."""
     try:
         loaded = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise InvalidParameters(
+            f"{_named(path)} holds pickled objects other than tensors (a whole model?), which "
+            "are never loaded; save model.state_dict(), torch.jit.save or torch.export.save"
+        ) from None
     except Exception as exc:
         raise InvalidParameters(
             f"{_named(path)} is not a state dict, TorchScript or torch.export archive "
