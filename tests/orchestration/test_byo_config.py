@@ -22,8 +22,9 @@ from arena.errors import InvalidParameters
 from arena.home import ArenaHome
 from arena.models import build_model
 from arena.oracle import InputSpec, Oracle
-from arena.specs import PluginSpec, VictimSpec
-from arena.training import predict_probs
+from arena.record import MatchResult
+from arena.specs import MatchSpec, PluginSpec, VictimSpec
+from arena.training import accuracy, predict_probs
 from arena.victims import load_or_train
 from orchestration.config import ConfigError, RaySettings, parse_config
 from orchestration.ray_service import RayServiceProxy, start_victim_service
@@ -187,3 +188,30 @@ def test_a_checkpoint_victim_is_served_by_a_ray_actor_from_its_state(
         assert torch.allclose(served, predict_probs(model, x), atol=1e-5)
     finally:
         ray.kill(handle)
+
+
+@pytest.mark.ray
+def test_a_match_on_ray_against_a_torchscript_victim(
+    ray_session: None, digits: DataSplits, tmp_path: Path
+) -> None:
+    """The runtime's whole path: checkpoint read by the driver, weights to the actor, a match."""
+    model = load_or_train(
+        VictimSpec(dataset="digits", arch="mlp", epochs=5), digits, tmp_path / "trained"
+    ).model.eval()
+    path = tmp_path / "victim.ts"
+    torch.jit.save(torch.jit.trace(model, digits.test.x[:4]), str(path))  # type: ignore[no-untyped-call]
+    victim = VictimSpec(dataset="digits", arch="mlp", checkpoint=str(path))
+    spec = MatchSpec(
+        victim=victim,
+        defenses=(PluginSpec(name="rounding"),),
+        attack=PluginSpec(name="knockoff", params={"epochs": 2}),
+        budget=100,
+    )
+    with MatchRuntime(RaySettings(), ArenaHome.at(tmp_path / "home"), "byo-ray") as runtime:
+        runtime.submit(spec)
+        path.unlink()  # from here on only the weights the driver holds serve the victim
+        finished = runtime.next_finished()
+    assert isinstance(finished.outcome, MatchResult), finished.outcome
+    expected = accuracy(predict_probs(model, digits.test.x), digits.test.y)
+    assert finished.outcome.victim_accuracy == pytest.approx(expected)
+    assert finished.outcome.victim_key == victim.key()
