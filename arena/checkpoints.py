@@ -77,8 +77,9 @@ def read_checkpoint(path: str, sha256: str | None = None) -> bytes:
         raise InvalidParameters(f"{_named(path)} cannot be read ({_reason(exc)})") from None
     if sha256 is not None and (now := hashlib.sha256(blob).hexdigest()) != sha256:
         raise InvalidParameters(
-            f"{_named(path)} changed since its victim spec was made (sha256 {now[:12]}…, not "
-            f"{sha256[:12]}…); validate the config again so the victim is keyed by its content"
+            f"{_named(path)} has sha256 {now[:12]}…, not the {sha256[:12]}… its victim is keyed "
+            "by (it changed since the spec was made, or checkpoint_sha256 pins another file); "
+            "read the config again so the victim is keyed by the file's content"
         )
     return blob
 

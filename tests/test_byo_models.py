@@ -302,7 +302,7 @@ def test_a_stale_checkpoint_spec_is_refused(
     torch.save({k: v * 2 for k, v in trained.state_dict().items()}, path)
     with pytest.raises(InvalidParameters) as info:
         load_or_train(spec, digits_data, tmp_path / "cache")
-    assert "changed since" in _one_line(info.value)
+    assert "changed since" in _one_line(info.value) and "victim.pt" in str(info.value)
 
 
 def test_victim_keys_without_checkpoints_are_unchanged() -> None:
@@ -402,6 +402,27 @@ def test_checkpoints_that_do_not_fit_are_one_line_naming_the_file(
             load_or_train(spec, digits_data, tmp_path / "cache")
         message = _one_line(info.value)
         assert expected in message and path.name in message, (name, message)
+
+
+def test_a_zoo_member_may_be_a_checkpoint(
+    trained: nn.Module, digits_data: DataSplits, tmp_path: Path
+) -> None:
+    path = tmp_path / "member.pt"
+    _save_torchscript(trained, path, digits_data.test.x[:4])
+    member = _checkpoint_spec(path)
+    zoo = VictimSpec(
+        dataset="digits",
+        arch="zoo",
+        reference=0,
+        members=(member, VictimSpec(dataset="digits", arch="softmax_regression", epochs=2)),
+    )
+    victim = load_or_train(zoo, digits_data, tmp_path / "cache")
+    expected = predict_probs(trained, digits_data.test.x)
+    assert victim.test_accuracy == pytest.approx(accuracy(expected, digits_data.test.y))
+    state = victim.model.state_dict()
+    path.unlink()
+    rebuilt = build_victim_model(zoo, digits_data.input_shape, digits_data.num_classes, state)
+    assert torch.allclose(predict_probs(rebuilt, digits_data.test.x), expected, atol=1e-6)
 
 
 # ---- whole matches -----------------------------------------------------------------------------
