@@ -90,7 +90,8 @@ INPUT_SHAPES: dict[str, tuple[int, int, int]] = {
     "cifar100": (3, 32, 32),
     "svhn": (3, 32, 32),
 }
-"""image shape per registered dataset, known without loading it (pool mappings are checked)"""
+"""image shape per registered dataset, known without loading it: pool mappings and a victim's
+checkpoint are checked against it with the config (a dataset missing here is checked once loaded)"""
 
 
 def default_data_dir() -> Path:

@@ -3,6 +3,11 @@
 Each factory takes the input shape ``(C, H, W)`` and the number of classes and returns a module
 producing logits. Models are small on purpose: on this CPU a LeNet-5 costs a tenth of a
 32/64-channel CNN per image.
+
+Wherever an architecture is named (a victim's ``arch``, ``substitute_arch``, a defense's
+surrogate) three forms are accepted, all through :func:`resolve_architecture`: a registered
+name (``lenet5``), ``torchvision/<name>`` and ``package.module:factory``
+(:mod:`arena.external_archs`).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import torch
 from torch import nn
 
 from arena.errors import InvalidParameters
+from arena.external_archs import TORCHVISION_PREFIX, imported_factory, torchvision_factory
 from arena.registry import Registry
 
 ArchFactory = Callable[[tuple[int, ...], int], nn.Module]
@@ -85,11 +91,22 @@ def zoo(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     )
 
 
+def resolve_architecture(arch: str) -> ArchFactory:
+    """The factory an architecture name stands for, in any of its three forms; a name that
+    stands for none is a typed error (unknown name, unknown torchvision model, a factory that
+    cannot be imported). The one check configs and builders share."""
+    if arch.startswith(TORCHVISION_PREFIX):
+        return torchvision_factory(arch.removeprefix(TORCHVISION_PREFIX))
+    if ":" in arch:
+        return imported_factory(arch)
+    return ARCHITECTURES.get(arch)
+
+
 def build_model(
     arch: str, input_shape: tuple[int, ...], num_classes: int, seed: int | None = None
 ) -> nn.Module:
-    """Build a registered architecture; with ``seed`` its initial weights are reproducible."""
-    factory = ARCHITECTURES.get(arch)
+    """Build an architecture (any form); with ``seed`` its initial weights are reproducible."""
+    factory = resolve_architecture(arch)
     if seed is None:
         return factory(input_shape, num_classes)
     with torch.random.fork_rng(devices=[]):

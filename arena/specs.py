@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
@@ -24,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from arena.errors import brief
 from arena.pool_source import pool_text
 
 PoolName = Literal["in_distribution", "out_of_distribution", "none"]
@@ -76,6 +78,12 @@ class VictimSpec(Spec):
     ``arch="decision_tree"`` is a scikit-learn decision tree (:mod:`arena.trees`): it needs
     ``max_depth`` and ignores ``epochs``, ``lr`` and ``batch_size`` (trees are not trained by
     gradient descent); ``train_size`` and ``seed`` apply as for the other architectures.
+
+    With ``checkpoint`` the victim is an already-trained model read from that file and never
+    trained (:mod:`arena.checkpoints`): ``epochs``, ``lr``, ``batch_size`` and ``train_size`` are
+    ignored. ``arch`` builds the model of a state-dict checkpoint; a TorchScript or torch.export
+    archive carries its own, and ``arch`` is then only the architecture the thieves' substitutes
+    (unless ``substitute_arch`` is set) and the defenses' own models are built from.
     """
 
     VERSION_FIELDS: ClassVar[tuple[str, ...]] = ("arch_version", "dataset_version")
@@ -92,6 +100,14 @@ class VictimSpec(Spec):
     train_size: PositiveInt | None = None
     """use only the first N images of the victim split (small test victims)"""
     seed: NonNegativeInt = 0
+    checkpoint: str | None = Field(default=None, min_length=1, exclude_if=lambda v: v is None)
+    """a trained model to serve (a path, relative to the working directory of the process
+    reading it: the driver). Left out of the canonical form while unset, like max_depth"""
+    checkpoint_sha256: str | None = Field(
+        default=None, pattern=r"^[0-9a-f]{64}$", exclude_if=lambda v: v is None
+    )
+    """the checkpoint's SHA-256, read from the file when the spec is made unless given: part of
+    the key, so a changed file is a new victim (and a stale spec is refused when loading)"""
     max_depth: int | None = Field(
         default=None, ge=1, le=MAX_TREE_DEPTH, exclude_if=lambda v: v is None
     )
@@ -110,6 +126,35 @@ class VictimSpec(Spec):
     """the registered architecture's version (:mod:`arena.versions`); a bump retrains"""
     dataset_version: PositiveInt = 1
     """the registered dataset's version (:mod:`arena.versions`); a bump retrains"""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _hash_checkpoint(cls, data: Any) -> Any:
+        """Key a checkpoint victim by its file's content (a spec read back from a record keeps
+        the hash it was made with, even where the file is not)."""
+        if isinstance(data, dict) and data.get("checkpoint") and not data.get("checkpoint_sha256"):
+            path = data["checkpoint"]
+            if isinstance(path, str) and Path(path).expanduser().is_file():
+                return {**data, "checkpoint_sha256": _file_sha256(Path(path).expanduser())}
+        return data
+
+    @model_validator(mode="after")
+    def _checkpoint_of_a_network(self) -> VictimSpec:
+        if self.checkpoint is None:
+            if self.checkpoint_sha256 is not None:
+                raise ValueError("checkpoint_sha256 applies to a victim with a checkpoint only")
+            return self
+        if self.checkpoint_sha256 is None:
+            raise ValueError(
+                f"checkpoint file {brief(self.checkpoint)} not found; give the path of a saved "
+                "model (relative paths are from the working directory)"
+            )
+        if self.arch in (self.TREE_ARCH, self.ZOO_ARCH):
+            raise ValueError(
+                f"a checkpoint is a neural network: arch {self.arch!r} cannot have one; name "
+                "the checkpoint's architecture (e.g. lenet5, torchvision/resnet18)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _max_depth_for_trees_only(self) -> VictimSpec:
@@ -149,6 +194,14 @@ class VictimSpec(Spec):
     @property
     def is_zoo(self) -> bool:
         return self.arch == self.ZOO_ARCH
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 class MatchSpec(Spec):

@@ -1,8 +1,13 @@
-"""Victims: trained deterministically from their spec and cached on disk by the spec's hash."""
+"""Victims: trained deterministically from their spec and cached on disk by the spec's hash.
+
+A victim with a ``checkpoint`` is read from its file instead (never trained) and cached the same
+way; its key holds the file's SHA-256, so a changed file is a new cache entry.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from arena.checkpoints import CHECK_BATCH, ArchiveModel, is_archive_state, load_checkpoint
 from arena.data import DataSplits
 from arena.defenses.chain import DefenseChain
 from arena.defenses.preparation import PrepareContext
@@ -38,13 +44,20 @@ def default_victim_cache() -> Path:
 
 
 def cache_path(spec: VictimSpec, cache_dir: Path) -> Path:
-    return cache_dir / f"{spec.dataset}-{spec.arch}-{spec.key()}.pt"
+    # torchvision/<name> and module:factory architectures hold characters a file name must not
+    # (registered names have none, so their entries keep their names)
+    arch = re.sub(r"[^A-Za-z0-9_.-]", "_", spec.arch)
+    return cache_dir / f"{spec.dataset}-{arch}-{spec.key()}.pt"
 
 
 def build_victim_model(
     spec: VictimSpec, input_shape: tuple[int, ...], num_classes: int, state: dict[str, torch.Tensor]
 ) -> nn.Module:
-    """Rebuild a victim's module from its weights (used wherever the victim is served)."""
+    """Rebuild a victim's module from its weights (used wherever the victim is served). A
+    checkpoint's archive travels in its state (:class:`arena.checkpoints.ArchiveModel`): the
+    file itself is not read here."""
+    if spec.checkpoint is not None and is_archive_state(state):
+        return ArchiveModel.from_state(state).eval()
     if spec.arch == VictimSpec.TREE_ARCH:
         return DecisionTreeModule.from_state(state)
     if spec.members is not None:
@@ -85,10 +98,13 @@ def train_victim(
     on the CPU (the same initial weights anywhere) and returned there, ready to be cached.
 
     A ``decision_tree`` victim is fitted by scikit-learn instead (:func:`arena.trees.fit_tree`);
-    a zoo loads or trains each member (cached as a victim of its own) and profiles them.
+    a zoo loads or trains each member (cached as a victim of its own) and profiles them; a
+    checkpoint victim is read from its file (:func:`load_checkpoint_victim`).
     """
     if spec.members is not None:
         return build_zoo(spec, data, cache_dir)
+    if spec.checkpoint is not None:
+        return load_checkpoint_victim(spec, data)
     x, y = data.victim_train.x, data.victim_train.y
     if spec.train_size is not None:
         x, y = x[: spec.train_size], y[: spec.train_size]
@@ -104,6 +120,24 @@ def train_victim(
     seconds = time.perf_counter() - start
     test_accuracy = accuracy(predict_probs(model, data.test.x), data.test.y)
     return TrainedVictim(spec, model.cpu(), test_accuracy, seconds, from_cache=False)
+
+
+def load_checkpoint_victim(spec: VictimSpec, data: DataSplits) -> TrainedVictim:
+    """The victim a checkpoint file holds, checked on the first test images and its accuracy
+    measured on the test split; its file must still have the content the spec is keyed by."""
+    assert spec.checkpoint is not None
+    start = time.perf_counter()
+    model = load_checkpoint(
+        spec.checkpoint,
+        spec.arch,
+        data.input_shape,
+        data.num_classes,
+        sha256=spec.checkpoint_sha256,
+        batch=data.test.x[:CHECK_BATCH],
+    )
+    seconds = time.perf_counter() - start
+    test_accuracy = accuracy(predict_probs(model, data.test.x), data.test.y)
+    return TrainedVictim(spec, model, test_accuracy, seconds, from_cache=False)
 
 
 def build_zoo(spec: VictimSpec, data: DataSplits, cache_dir: Path | None) -> TrainedVictim:

@@ -655,13 +655,13 @@ def _attack(
     from arena.errors import ArenaError
     from arena.http_oracle import EndpointError
     from arena.match_data import MatchData
-    from arena.models import ARCHITECTURES
+    from arena.models import resolve_architecture
     from arena.oracle import Oracle
     from arena.registry import build_plugin, plugin_label
     from arena.training import accuracy, predict_probs
 
     attacker = build_plugin(ATTACKS, name, params)
-    ARCHITECTURES.get(substitute_arch)
+    resolve_architecture(substitute_arch)
     input_spec, output_spec = endpoint.public_spec()
     if data.input_shape != input_spec.shape or data.num_classes != output_spec.num_classes:
         raise EndpointError(

@@ -30,11 +30,12 @@ from pydantic import (
 
 import agents  # noqa: F401  (registers the built-in attacks)
 from arena.attacker import ATTACKS
-from arena.data import DATASETS, NUM_CLASSES, is_dataset
+from arena.checkpoints import load_checkpoint
+from arena.data import DATASETS, INPUT_SHAPES, NUM_CLASSES, is_dataset
 from arena.defenses import DEFENSES, Defense
 from arena.errors import ArenaError, PluginImportError, brief, first_unprintable, one_line
 from arena.matchups import plays_pool, plays_victim
-from arena.models import ARCHITECTURES
+from arena.models import resolve_architecture
 from arena.plugins import import_plugin, load_installed_plugins, resolved_ref
 from arena.pools import pool_problem
 from arena.registry import Registry, build_plugin, canonical_params
@@ -324,14 +325,8 @@ def lineup_problems(lineup: Lineup) -> list[tuple[str, str]]:
     for path, victim in lineup.victims:
         problems += victim_problems(victim, path)
     victims = [victim for _, victim in lineup.victims]
-    if lineup.substitute_arch is not None and lineup.substitute_arch not in ARCHITECTURES:
-        known = ", ".join(ARCHITECTURES.names())
-        problems.append(
-            (
-                "substitute_arch",
-                f"unknown architecture {brief(lineup.substitute_arch)}; known: {known}",
-            )
-        )
+    if lineup.substitute_arch is not None:
+        problems += arch_problems(lineup.substitute_arch, "substitute_arch")
     for path, chain in lineup.chains:
         if not chain:
             problems.append((path, "a defense chain needs at least one defense (use `none`)"))
@@ -352,20 +347,49 @@ def lineup_problems(lineup: Lineup) -> list[tuple[str, str]]:
 
 
 def victim_problems(victim: VictimSpec, path: str) -> list[tuple[str, str]]:
-    """Unknown dataset or architecture names and a non-finite learning rate."""
+    """Unknown dataset or architecture names, a checkpoint that does not fit, and a non-finite
+    learning rate."""
     problems = []
-    for field, registry in (("dataset", DATASETS), ("arch", ARCHITECTURES)):
-        name = getattr(victim, field)
-        if name not in registry and not (field == "dataset" and is_dataset(name)):
-            known = ", ".join(registry.names())
-            problems.append(
-                (f"{path}.{field}", f"unknown {registry.kind} {brief(name)}; known: {known}")
-            )
+    if victim.dataset not in DATASETS and not is_dataset(victim.dataset):
+        known = ", ".join(DATASETS.names())
+        problems.append(
+            (f"{path}.dataset", f"unknown {DATASETS.kind} {brief(victim.dataset)}; known: {known}")
+        )
+    problems += arch_problems(victim.arch, f"{path}.arch")
+    if not problems:
+        problems += checkpoint_problems(victim, f"{path}.checkpoint")
     if not math.isfinite(victim.lr):
         problems.append((f"{path}.lr", f"must be finite, got {victim.lr}"))
     for i, member in enumerate(victim.members or ()):
         problems += victim_problems(member, f"{path}.members.{i}")
     return problems
+
+
+def arch_problems(arch: str, path: str) -> list[tuple[str, str]]:
+    """An architecture that names nothing buildable, in any of its forms (a registered name,
+    torchvision/<name>, package.module:factory; :func:`arena.models.resolve_architecture`)."""
+    try:
+        resolve_architecture(arch)
+    except ArenaError as exc:
+        return [(path, str(exc))]
+    return []
+
+
+def checkpoint_problems(victim: VictimSpec, path: str) -> list[tuple[str, str]]:
+    """A victim's checkpoint that cannot be served: read, loaded into its architecture and run
+    on a batch of the dataset's image shape now, before Ray or any training starts (a dataset
+    whose shape is not known without loading it is checked when loaded, still before Ray)."""
+    shape = INPUT_SHAPES.get(victim.dataset)
+    classes = NUM_CLASSES.get(victim.dataset)
+    if victim.checkpoint is None or shape is None or classes is None:
+        return []
+    try:
+        load_checkpoint(
+            victim.checkpoint, victim.arch, shape, classes, sha256=victim.checkpoint_sha256
+        )
+    except ArenaError as exc:
+        return [(path, str(exc))]
+    return []
 
 
 def zoo_problems(

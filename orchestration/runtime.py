@@ -40,6 +40,7 @@ from arena.victims import (
     build_victim_model,
     defended_model,
     load_cached,
+    load_or_train,
     save_victim,
     train_victim,
 )
@@ -252,6 +253,12 @@ class MatchRuntime:
         the driver, the others trained in parallel Ray tasks."""
         for name in {v.dataset for v in victims}:
             self._dataset(name)
+        for spec in {v.key(): v for v in victims if v.checkpoint is not None}.values():
+            # read here, before Ray: a checkpoint that does not fit is one clear error, and its
+            # file need only exist on the driver (actors rebuild it from its state)
+            if spec.key() not in self.victims:
+                splits = self._data[spec.dataset]
+                self.victims[spec.key()] = load_or_train(spec, splits, self.home.victims)
         if not self._ray_ready:
             torch.set_num_threads(self.settings.cpus_per_match)
             self._started_ray = start_ray(self.settings, self.home, self.address)

@@ -17,7 +17,8 @@ from torch import nn
 from arena.defenses.base import Defense
 from arena.defenses.jacobians import per_sample_gram
 from arena.defenses.preparation import PrepareContext
-from arena.models import ARCHITECTURES
+from arena.errors import ArenaError
+from arena.models import resolve_architecture
 from arena.validation import check_choice, check_integer, check_number
 
 SURROGATES = ("random", "victim")
@@ -40,7 +41,10 @@ class SurrogateGradientDefense(Defense):
         check_number("epsilon", self.epsilon, low=0, low_open=True)
         check_choice("surrogate", self.surrogate, SURROGATES)
         if self.surrogate_arch is not None:
-            check_choice("surrogate_arch", self.surrogate_arch, ARCHITECTURES.names())
+            try:
+                resolve_architecture(self.surrogate_arch)
+            except ArenaError as exc:
+                raise ValueError(f"surrogate_arch: {exc}") from None
         check_integer("seed", self.seed, low=0)
 
     def prepare(self, model: nn.Module, context: PrepareContext) -> nn.Module:
