@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from arena.models import build_model
+from arena.normalization import Normalization, normalized
 from arena.training import LossFn, TrainRecipe, train_classifier
 
 
@@ -32,12 +33,15 @@ class Knowledge:
     pool, the queries and the oracle's answers stay on the CPU, the oracle's wire format"""
     mixed_precision: bool = False
     """substitute training under autocast (:func:`arena.training.train_classifier`)"""
+    normalization: Normalization | None = None
+    """the victim dataset's declared normalisation (public, like the input shape): substitutes
+    put it in front of their network, as the victim does, so both take ``[0, 1]`` images"""
 
     def make_substitute(self, seed: int) -> nn.Module:
         """A fresh, untrained model of the granted substitute architecture, seeded, on the
         thief's device (built on the CPU first, so its initial weights are the same anywhere)."""
-        model = build_model(self.substitute_arch, self.input_shape, self.num_classes, seed=seed)
-        return model.to(self.device)
+        network = build_model(self.substitute_arch, self.input_shape, self.num_classes, seed=seed)
+        return normalized(network, self.normalization).to(self.device)
 
     def fit(
         self,

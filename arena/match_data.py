@@ -8,6 +8,7 @@ import torch
 
 from arena.data import DataSplits
 from arena.knowledge import Knowledge
+from arena.normalization import Normalization
 from arena.pools import attacker_pool
 
 
@@ -23,6 +24,8 @@ class MatchData:
     pool_labels: torch.Tensor | None = None
     """the pool's true labels, for the upper-bound baseline only"""
     pool_name: str = "in_distribution"
+    normalization: Normalization | None = None
+    """the victim dataset's declared normalisation, public like the input shape"""
 
     @classmethod
     def from_splits(
@@ -38,6 +41,7 @@ class MatchData:
             data.num_classes,
             granted.labels,
             pool,
+            data.normalization,
         )
 
     def knowledge(self, substitute_arch: str, upper_bound: bool) -> Knowledge:
@@ -50,4 +54,5 @@ class MatchData:
             num_classes=self.num_classes,
             substitute_arch=substitute_arch,
             pool_labels=self.pool_labels if upper_bound else None,
+            normalization=self.normalization,
         )

@@ -33,10 +33,34 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
+class NormalizedModel(nn.Module):
+    """A network behind its dataset's :class:`Normalize`. Its weights name both parts
+    (``normalize.mean``, ``network.…``), so a model rebuilt from them knows it is one
+    (:func:`rebuilt_normalized`)."""
+
+    def __init__(self, normalize: Normalize, network: nn.Module) -> None:
+        super().__init__()
+        self.normalize = normalize
+        self.network = network
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.network(self.normalize(x))
+        return out
+
+
 def normalized(model: nn.Module, normalization: Normalization | None) -> nn.Module:
     """``model`` behind a first :class:`Normalize` layer; ``model`` itself (the same object, so
     its state-dict keys and outputs stay bit-identical) when the dataset declares none."""
     if normalization is None:
         return model
     mean, std = normalization
-    return nn.Sequential(Normalize(mean, std), model)
+    return NormalizedModel(Normalize(mean, std), model)
+
+
+def saved_normalization(state: dict[str, torch.Tensor]) -> Normalization | None:
+    """The normalisation a saved model's weights carry (see :class:`NormalizedModel`), if any."""
+    if "normalize.mean" not in state:
+        return None
+    mean = tuple(float(v) for v in state["normalize.mean"].flatten())
+    std = tuple(float(v) for v in state["normalize.std"].flatten())
+    return mean, std

@@ -21,6 +21,7 @@ from arena.defenses.chain import DefenseChain
 from arena.defenses.preparation import PrepareContext
 from arena.home import ArenaHome
 from arena.models import build_model
+from arena.normalization import normalized, saved_normalization
 from arena.specs import VictimSpec
 from arena.training import TrainRecipe, accuracy, predict_probs, train_classifier
 from arena.trees import DecisionTreeModule, fit_tree
@@ -71,7 +72,7 @@ def build_victim_model(
             int(state["reference_index"]),
         )
         return ZooModule(members, profile).eval()
-    model = build_model(spec.arch, input_shape, num_classes)
+    model = normalized(build_model(spec.arch, input_shape, num_classes), saved_normalization(state))
     model.load_state_dict(state)
     return model.eval()
 
@@ -114,7 +115,8 @@ def train_victim(
         assert spec.max_depth is not None  # VictimSpec requires it for trees
         model = fit_tree(x, y, data.num_classes, spec.max_depth, spec.seed)
     else:
-        model = build_model(spec.arch, data.input_shape, data.num_classes, seed=spec.seed)
+        network = build_model(spec.arch, data.input_shape, data.num_classes, seed=spec.seed)
+        model = normalized(network, data.normalization)
         recipe = TrainRecipe(epochs=spec.epochs, lr=spec.lr, batch_size=spec.batch_size)
         train_classifier(model, x, y, recipe, seed=spec.seed, device=device)
     seconds = time.perf_counter() - start
