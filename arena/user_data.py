@@ -38,6 +38,23 @@ def form_path(name: str) -> Path:
     return Path(name.partition(":")[2]).expanduser()
 
 
+def user_splits(name: str, splits: dict[str, Split], class_names: tuple[str, ...]) -> DataSplits:
+    """A user's dataset from its ``train``, ``test`` and optional ``pool`` parts; without a pool
+    of its own, every fifth training image is the pool (:func:`every_fifth`)."""
+    if "pool" in splits:
+        victim_train, pool = splits["train"], splits["pool"]
+    else:
+        victim_train, pool = every_fifth(splits["train"].x, splits["train"].y, name)
+    return DataSplits(
+        name=name,
+        victim_train=victim_train,
+        attacker_pool=pool,
+        test=splits["test"],
+        num_classes=len(class_names),
+        class_names=class_names,
+    )
+
+
 def every_fifth(x: torch.Tensor, y: torch.Tensor, name: str) -> tuple[Split, Split]:
     """The victim's training images and the pool, split as :data:`POOL_EVERY` says."""
     if len(y) < POOL_EVERY:
@@ -128,18 +145,7 @@ def imagefolder(name: str) -> DataSplits:
             )
         x = _stack(images, paths, "L" if grey else "RGB", first)
         splits[part] = Split(x, torch.tensor([index[c] for c in classes], dtype=torch.int64))
-    if "pool" in splits:
-        victim_train, pool = splits["train"], splits["pool"]
-    else:
-        victim_train, pool = every_fifth(splits["train"].x, splits["train"].y, name)
-    return DataSplits(
-        name=name,
-        victim_train=victim_train,
-        attacker_pool=pool,
-        test=splits["test"],
-        num_classes=len(class_names),
-        class_names=class_names,
-    )
+    return user_splits(name, splits, class_names)
 
 
 # ---- npz:PATH ---------------------------------------------------------------------------------
@@ -240,15 +246,4 @@ def npz(name: str) -> DataSplits:
                 f"{name}: y_{part} has the label {int(split.y.max())} but y_train only "
                 f"0..{num_classes - 1}; every class needs training images"
             )
-    if "pool" in splits:
-        victim_train, pool = splits["train"], splits["pool"]
-    else:
-        victim_train, pool = every_fifth(splits["train"].x, splits["train"].y, name)
-    return DataSplits(
-        name=name,
-        victim_train=victim_train,
-        attacker_pool=pool,
-        test=splits["test"],
-        num_classes=num_classes,
-        class_names=tuple(str(i) for i in range(num_classes)),
-    )
+    return user_splits(name, splits, tuple(str(i) for i in range(num_classes)))

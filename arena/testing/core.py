@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, TypeVar
 
-from arena.errors import one_line
+from arena.errors import InvalidParameters, one_line
 
 T = TypeVar("T")
 Status = Literal["pass", "fail", "skip"]
@@ -118,3 +118,20 @@ def expect(condition: bool, message: str) -> None:
     """``assert`` that survives ``python -O`` and says what was expected."""
     if not condition:
         raise AssertionError(message)
+
+
+def expect_rejected(
+    build: Callable[[dict[str, Any]], object], cases: Sequence[dict[str, Any]]
+) -> None:
+    """Each of ``cases`` makes ``build`` raise InvalidParameters (a config error), nothing else."""
+    for params in cases:
+        try:
+            build(params)
+        except InvalidParameters:
+            continue
+        except Exception as exc:
+            raise AssertionError(
+                f"{params} raised {type(exc).__name__}, not InvalidParameters: validate "
+                "fields in __post_init__ (arena.validation) and raise ValueError"
+            ) from None
+        raise AssertionError(f"{params} was accepted; it must raise InvalidParameters")
