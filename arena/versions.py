@@ -10,7 +10,7 @@ version 1: their code is the user's, versioned by the user's own files.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
 from arena.attacker import ATTACKS
@@ -75,3 +75,22 @@ def versioned_match(spec: MatchSpec) -> MatchSpec:
             "substitute_arch_version": substitute_version(spec.substitute_arch),
         }
     )
+
+
+def plugin_versions(specs: Iterable[MatchSpec]) -> dict[str, int]:
+    """Every plug-in the matches use, as ``kind:name`` -> version (a study keeps it, so a bump
+    is noticed on resume, :func:`orchestration.study.open_study`)."""
+    versions: dict[str, int] = {}
+    for spec in specs:
+        victims = [spec.victim, *(spec.victim.members or ())]
+        for victim in victims:
+            versions[f"architecture:{victim.arch}"] = victim.arch_version
+            versions[f"dataset:{victim.dataset}"] = victim.dataset_version
+        for defense in spec.defenses:
+            versions[f"defense:{defense.name}"] = defense.version
+        versions[f"attack:{spec.attack.name}"] = spec.attack.version
+        if spec.removal is not None:
+            versions[f"removal:{spec.removal.name}"] = spec.removal.version
+        if spec.substitute_arch is not None:
+            versions[f"architecture:{spec.substitute_arch}"] = spec.substitute_arch_version
+    return dict(sorted(versions.items()))

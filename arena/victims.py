@@ -45,10 +45,16 @@ def default_victim_cache() -> Path:
 
 
 def cache_path(spec: VictimSpec, cache_dir: Path) -> Path:
-    # torchvision/<name> and module:factory architectures hold characters a file name must not
-    # (registered names have none, so their entries keep their names)
-    arch = re.sub(r"[^A-Za-z0-9_.-]", "_", spec.arch)
-    return cache_dir / f"{spec.dataset}-{arch}-{spec.key()}.pt"
+    """``<dataset>-<arch>-<key>.pt``: the key names the entry, the rest is for people. Dataset
+    forms (``npz:/data/x.npz``) and architecture forms (``torchvision/resnet18``) hold characters
+    a file name must not, and may be long: they are replaced and cut (registered names have none,
+    so their entries keep their names)."""
+    dataset, arch = (_file_safe(part) for part in (spec.dataset, spec.arch))
+    return cache_dir / f"{dataset}-{arch}-{spec.key()}.pt"
+
+
+def _file_safe(text: str, limit: int = 60) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", text)[-limit:]
 
 
 def build_victim_model(

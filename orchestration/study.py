@@ -26,6 +26,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from arena.defenses import Choice, FloatRange, IntRange, ParamSpace
+from arena.versions import plugin_versions
 from orchestration.frontier import (
     DEFAULTS_ATTR,
     SCORES_ATTR,
@@ -68,6 +69,10 @@ def open_storage(config: TuneConfig, home: Path) -> BaseStorage:
         raise StudyError(f"cannot open Optuna storage {config.storage!r}: {first}") from None
 
 
+VERSIONS_ATTR = "plugin_versions"
+"""the study attribute holding the versions of the plug-ins its trials were scored with"""
+
+
 def open_study(config: TuneConfig, storage: BaseStorage) -> optuna.Study:
     directions: list[StudyDirection] = [StudyDirection.MAXIMIZE, StudyDirection.MAXIMIZE]
     if config.cost:
@@ -96,7 +101,29 @@ def open_study(config: TuneConfig, storage: BaseStorage) -> optuna.Study:
             f"study {config.name!r} in this storage has {len(study.directions)} objectives, the "
             f"config asks for {len(directions)}: use another study name or storage"
         )
+    check_versions(study, config.name, plugin_versions(config.specs_for({})))
     return study
+
+
+def check_versions(study: optuna.Study, name: str, versions: dict[str, int]) -> None:
+    """A study's trials were scored by the plug-in versions it was created with (kept in the
+    study); resuming it after a bump would mix scores of old and new code on one frontier, so
+    that is refused, naming what changed. A study from before versions existed adopts them."""
+    stored = study.user_attrs.get(VERSIONS_ATTR)
+    if stored is None:
+        study.set_user_attr(VERSIONS_ATTR, versions)
+        return
+    changed = sorted(
+        f"{plugin} v{stored.get(plugin, 1)} -> v{version}"
+        for plugin, version in versions.items()
+        if stored.get(plugin, 1) != version
+    )
+    if changed:
+        raise StudyError(
+            f"study {name!r} was scored with other plug-in versions ({'; '.join(changed)}): its "
+            "trials are of the older code; give the study a new name, or delete it from the "
+            "storage"
+        )
 
 
 def reap_interrupted(study: optuna.Study, names: Sequence[str]) -> int:

@@ -194,3 +194,28 @@ def test_forms_and_plain_names() -> None:
         load_dataset("zip:/x")
     with pytest.raises(UnknownPlugin):
         load_dataset("npz:  ")
+
+
+def test_a_victim_of_a_user_dataset_is_trained_cached_and_reloaded(tmp_path: Path) -> None:
+    """The dataset form holds a path: the cache entry's file name must still be one file."""
+    from arena.specs import VictimSpec
+    from arena.victims import cache_path, load_cached, load_or_train
+
+    rng = np.random.default_rng(0)
+    archive = tmp_path / "deep" / "folder" / "mine.npz"
+    archive.parent.mkdir(parents=True)
+    np.savez(
+        archive,
+        x_train=rng.integers(0, 256, (50, 8, 8), dtype=np.uint8),
+        y_train=np.arange(50) % 3,
+        x_test=rng.integers(0, 256, (12, 8, 8), dtype=np.uint8),
+        y_test=np.arange(12) % 3,
+    )
+    spec = VictimSpec(dataset=f"npz:{archive}", arch="mlp", epochs=1)
+    data = load_dataset(spec.dataset)
+    cache = tmp_path / "victims"
+    trained = load_or_train(spec, data, cache)
+    entry = cache_path(spec, cache)
+    assert entry.parent == cache and entry.is_file()
+    cached = load_cached(spec, data, cache)
+    assert cached is not None and cached.test_accuracy == trained.test_accuracy
