@@ -71,6 +71,19 @@ def softmax_regression(input_shape: tuple[int, ...], num_classes: int) -> nn.Mod
     return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), num_classes))
 
 
+@ARCHITECTURES.register("resnet18_cifar")
+def resnet18_cifar(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """ResNet-18 with the CIFAR stem (3x3 stride-1 first conv, no max-pool): the 32x32 victim."""
+    from torchvision.models import resnet18
+
+    # torchvision's ImageNet stem (7x7 stride 2, then a max-pool) shrinks a 32x32 image to 8x8
+    # before the first block; the usual CIFAR ResNet keeps it at 32x32 (about 15x the compute)
+    model: nn.Module = resnet18(weights=None, num_classes=num_classes)
+    model.conv1 = nn.Conv2d(input_shape[0], 64, kernel_size=3, stride=1, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+    return model
+
+
 @ARCHITECTURES.register("decision_tree")
 def decision_tree(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """A depth-limited scikit-learn decision tree (victims only: fitted, never built untrained)."""
