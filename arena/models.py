@@ -76,6 +76,11 @@ def resnet18_cifar(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """ResNet-18 with the CIFAR stem (3x3 stride-1 first conv, no max-pool): the 32x32 victim."""
     from torchvision.models import resnet18
 
+    if min(input_shape[1:]) < 16:
+        raise InvalidParameters(
+            f"resnet18_cifar needs images of at least 16x16 pixels (its last block halves them "
+            f"three times), not {input_shape[1]}x{input_shape[2]}; use lenet5 or mlp"
+        )
     # torchvision's ImageNet stem (7x7 stride 2, then a max-pool) shrinks a 32x32 image to 8x8
     # before the first block; the usual CIFAR ResNet keeps it at 32x32 (about 15x the compute)
     model: nn.Module = resnet18(weights=None, num_classes=num_classes)

@@ -76,10 +76,17 @@ def train_classifier(
 
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, rate)
     soft = targets.dim() == 2
+    # batch norm cannot train on one image whose features are 1x1 (a ResNet on small inputs):
+    # such models skip a last batch of one; models without batch norm train on every batch
+    skip_singletons = n > 1 and any(
+        isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()
+    )
     for _ in range(recipe.epochs):
         order = torch.randperm(n, generator=generator)
         for start in range(0, n, recipe.batch_size):
             idx = order[start : start + recipe.batch_size]
+            if skip_singletons and len(idx) == 1:
+                continue
             xb, tb = x[idx].to(device), targets[idx].to(device)
             with _autocast(device, mixed_precision):
                 logits = model(xb)

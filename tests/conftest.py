@@ -18,11 +18,17 @@ import agents  # noqa: F401  (registers the built-in attacks)
 from arena.data import DataSplits, load_dataset
 from arena.defenses.chain import build_chain
 from arena.oracle import InputSpec
+from arena.plugins import load_installed_plugins
 from arena.service import VictimService
 from arena.service_factory import build_service
 from arena.specs import VictimSpec
 from arena.victims import TrainedVictim, build_zoo, load_or_train, save_victim
 from arena.zoo import ZooModule, ZooProfile
+
+# installed plug-ins (the example package scripts/test.sh installs) are registered before any
+# test module reads the registries, so the conformance tests parametrised over every registered
+# name always include them, whichever test happens to load them first
+load_installed_plugins()
 
 torch.set_num_threads(1)
 

@@ -216,6 +216,6 @@ def test_unknown_defense_lists_known_names() -> None:
     assert "revers_sigmoid" in message
     for name in NAMES:
         assert name in message
-    assert sorted(info.value.known) == NAMES
+    assert sorted(info.value.known) == DEFENSES.names()
     with pytest.raises(UnknownPlugin):
         build_chain([PluginSpec(name="revers_sigmoid")])

@@ -188,3 +188,22 @@ def test_the_mixed_precision_switch_reaches_the_thief(
     assert all(same)
     differs = [torch.equal(a, b) for a, b in zip(stolen["default"], stolen["mixed"], strict=True)]
     assert not all(differs)
+
+
+def test_batch_norm_models_skip_a_last_batch_of_one_image() -> None:
+    """A ResNet on 32x32 images has 1x1 features at its last block: batch norm cannot train on
+    one such image, so a transfer set of ``batch_size * k + 1`` images must not crash it; models
+    without batch norm still train on that last image (their training is unchanged)."""
+    from arena.models import build_model
+    from arena.training import TrainRecipe, train_classifier
+
+    x = torch.rand(33, 3, 32, 32)
+    y = torch.arange(33) % 10
+    recipe = TrainRecipe(epochs=1, lr=1e-3, batch_size=32)
+    resnet = build_model("torchvision/resnet18", (3, 32, 32), 10, seed=0)
+    train_classifier(resnet, x, y, recipe, seed=0)  # raised ValueError before
+
+    plain = build_model("mlp", (3, 32, 32), 10, seed=0)
+    before = [p.detach().clone() for p in plain.parameters()]
+    train_classifier(plain, x[:1], y[:1], TrainRecipe(epochs=1, lr=1e-3, batch_size=32), seed=0)
+    assert any(not torch.equal(a, b) for a, b in zip(before, plain.parameters(), strict=True))

@@ -13,7 +13,7 @@ from arena.attacker import ATTACKS, Attacker
 from arena.knowledge import Knowledge
 from arena.oracle import Oracle
 from arena.seeds import torch_seed
-from arena.training import TrainRecipe, predict_probs, train_classifier
+from arena.training import TrainRecipe, predict_probs
 from arena.validation import check_integer, check_number
 
 
@@ -24,12 +24,15 @@ class MarginThief(Attacker):
 
     epochs: int = 10
     """substitute training epochs (each phase)"""
-    lr: float = 1e-3
+    lr: float = 3e-3
     """Adam learning rate"""
+    batch_size: int = 32
+    """substitute training mini-batch"""
 
     def __post_init__(self) -> None:
         super().__post_init__()  # validates the options every attack shares
         check_integer("epochs", self.epochs, low=1)
+        check_integer("batch_size", self.batch_size, low=1)
         check_number("lr", self.lr, low=0, high=1, low_open=True)
 
     def _steal(self, oracle: Oracle, knowledge: Knowledge, rng: np.random.Generator) -> nn.Module:
@@ -55,5 +58,6 @@ class MarginThief(Attacker):
     ) -> nn.Module:
         """A fresh substitute trained on the answers so far (the answers as soft targets)."""
         seed = torch_seed(rng)
-        recipe = TrainRecipe(epochs=self.epochs, lr=self.lr, batch_size=64)
-        return train_classifier(knowledge.make_substitute(seed), x, y, recipe, seed=seed)
+        recipe = TrainRecipe(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size)
+        # knowledge.fit trains where the match computes (a GPU when given one)
+        return knowledge.fit(knowledge.make_substitute(seed), x, y, recipe, seed=seed)
