@@ -41,7 +41,7 @@ from arena.pools import pool_problem
 from arena.registry import Registry, build_plugin, canonical_params
 from arena.removal import REMOVALS
 from arena.specs import MatchSpec, PluginSpec, PoolChoice, VictimSpec
-from arena.versions import versioned_match
+from arena.versions import canonical_plugin, versioned_match
 from orchestration.suites import expand_suites
 from orchestration.yaml_input import PATH_LIMIT, UnreadableYaml, read_yaml_file
 
@@ -212,21 +212,13 @@ class TournamentConfig(_Strict):
     def matches(self) -> list[MatchSpec]:
         """Every match of the tournament, plug-in parameters canonicalised, duplicates dropped."""
         chains = [
-            tuple(
-                PluginSpec(name=p.name, params=canonical_params(DEFENSES, p.name, p.params))
-                for p in chain
-            )
+            tuple(canonical_plugin(DEFENSES, p.name, p.params) for p in chain)
             for chain in self.defenses
         ]
-        attacks = [
-            PluginSpec(name=a.name, params=canonical_params(ATTACKS, a.name, a.params))
-            for a in self.attacks
-        ]
+        attacks = [canonical_plugin(ATTACKS, a.name, a.params) for a in self.attacks]
         pools = [*self.pools, "none"]
         removals = [
-            None
-            if r.name == "none"
-            else PluginSpec(name=r.name, params=canonical_params(REMOVALS, r.name, r.params))
+            None if r.name == "none" else canonical_plugin(REMOVALS, r.name, r.params)
             for r in self.removals
         ]
         specs = {

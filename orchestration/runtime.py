@@ -186,8 +186,9 @@ class MatchRuntime:
         self._started_ray = False
         self._ray_ready = False
         self._data: dict[str, DataSplits] = {}
-        self._pool_sources: dict[str, DataSplits] = {}
-        """datasets only ``dataset:`` pools draw from (not put in the object store whole)"""
+        """victims' datasets, put in the object store whole"""
+        self._loaded: dict[str, DataSplits] = {}
+        """every dataset loaded, pool sources included (loaded once)"""
         self._data_refs: dict[str, ObjectRef[Any]] = {}
         self._match_data: dict[tuple[str, str], ObjectRef[Any]] = {}
         self.victims: dict[str, TrainedVictim] = {}
@@ -227,20 +228,20 @@ class MatchRuntime:
         self._prepare_defenses(specs)
 
     def _dataset(self, name: str) -> DataSplits:
-        """A victim's dataset, loaded once (downloaded only if the config says ``download``)."""
-        if name not in self._data:
-            self._data[name] = load_dataset(name, self.home.data_dir, self.download)
+        """A victim's dataset (whole in the object store once Ray runs)."""
+        self._data[name] = self._load(name)
         return self._data[name]
 
     def _pool_source(self, pool: str) -> DataSplits | None:
-        """The dataset a ``dataset:NAME`` pool draws from, loaded once; None for other pools."""
-        if (name := pool_dataset(pool)) is None:
-            return None
-        if name in self._data:
-            return self._data[name]
-        if name not in self._pool_sources:
-            self._pool_sources[name] = load_dataset(name, self.home.data_dir, self.download)
-        return self._pool_sources[name]
+        """The dataset a ``dataset:NAME`` pool draws from; None for other pools."""
+        name = pool_dataset(pool)
+        return None if name is None else self._load(name)
+
+    def _load(self, name: str) -> DataSplits:
+        """A dataset, loaded once (downloaded only if the config says ``download``)."""
+        if name not in self._loaded:
+            self._loaded[name] = load_dataset(name, self.home.data_dir, self.download)
+        return self._loaded[name]
 
     def ensure_victim(self, victim: VictimSpec) -> TrainedVictim:
         """Data, Ray and the trained victim, before any defense is chosen (a tuning study)."""
