@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -10,6 +10,29 @@ from torch import nn
 from arena.models import build_model
 from arena.normalization import Normalization, normalized
 from arena.training import LossFn, TrainRecipe, train_classifier
+
+
+@dataclass(frozen=True)
+class FitRecord:
+    """One substitute fit a thief asked for through :meth:`Knowledge.fit`: what it trained on
+    and how. The last one is the thief's final substitute: the referee records its recipe and
+    retrains its transfer set with the fixed reference recipe (the second track)."""
+
+    x: torch.Tensor
+    targets: torch.Tensor
+    recipe: TrainRecipe
+    arch: str
+    """the substitute architecture the model was built as (``Knowledge.substitute_arch``)"""
+    targets_form: str
+    """what the targets are: ``soft`` (probability rows) or ``hard`` (labels) unless the thief
+    names its own (e.g. ``soft T=2``)"""
+    own_loss: bool = False
+    """trained with the thief's own loss rather than the cross-entropy (e.g. DFME's L1 on
+    logits): the reference recipe cannot retrain it"""
+
+    def describe(self) -> dict[str, object]:
+        """The recipe as the match record keeps it (JSON-ready)."""
+        return {"arch": self.arch, "targets": self.targets_form, **self.recipe.describe()}
 
 
 @dataclass(frozen=True)
@@ -36,6 +59,8 @@ class Knowledge:
     normalization: Normalization | None = None
     """the victim dataset's declared normalisation (public, like the input shape): substitutes
     put it in front of their network, as the victim does, so both take ``[0, 1]`` images"""
+    fits: list[FitRecord] = field(default_factory=list, compare=False, repr=False)
+    """every :meth:`fit` so far, in order (the referee reads the last one)"""
 
     def make_substitute(self, seed: int) -> nn.Module:
         """A fresh, untrained model of the granted substitute architecture, seeded, on the
@@ -51,8 +76,14 @@ class Knowledge:
         recipe: TrainRecipe,
         seed: int,
         loss_fn: LossFn | None = None,
+        targets_form: str | None = None,
     ) -> nn.Module:
-        """:func:`~arena.training.train_classifier` on the thief's device and precision."""
+        """:func:`~arena.training.train_classifier` on the thief's device and precision, noted
+        in :attr:`fits` (``targets_form``: how the record names the targets; by default
+        ``soft`` for probability rows, ``hard`` for labels)."""
+        form = targets_form or ("soft" if targets.dim() == 2 else "hard")
+        record = FitRecord(x, targets, recipe, self.substitute_arch, form, loss_fn is not None)
+        self.fits.append(record)
         return train_classifier(
             model,
             x,

@@ -45,6 +45,14 @@ class MatchResult(BaseModel):
     utility: float
     """test accuracy of the defended answers' argmax"""
     stolen_accuracy: float
+    reference_stolen_accuracy: float | None = None
+    """the second track: the thief's final transfer set and targets retrained with one fixed
+    recipe (constant-rate Adam, :data:`arena.training.REFERENCE_RECIPE`) on the granted
+    substitute architecture; tells query selection from training quality. ``None``: the thief
+    trains no substitute on its answers (e.g. equation solving)"""
+    thief_recipe: str = ""
+    """how the thief trained its final substitute: architecture, targets, epochs, learning rate,
+    batch, schedule, augmentation (JSON; empty when it fit none)"""
     fidelity: float
     """agreement of the substitute with the undefended victim on the test set"""
     queries_used: int

@@ -35,11 +35,11 @@ from arena.pool_source import pool_dataset
 from arena.record import MatchResult
 from arena.registry import build_plugin, plugin_label
 from arena.removal import REMOVALS
-from arena.seeds import attacker_rng, match_rng
+from arena.seeds import attacker_rng, match_rng, torch_seed
 from arena.service import AccountStats, ServiceAPI
 from arena.service_factory import build_service
 from arena.specs import MatchSpec
-from arena.training import accuracy, predict_probs
+from arena.training import REFERENCE_RECIPE, accuracy, predict_probs
 from arena.zoo import ZooProfile
 
 
@@ -67,6 +67,7 @@ def referee_match(
     knowledge = _grant_knowledge(spec, data, attacker, profile)
     knowledge = replace(knowledge, device=device, mixed_precision=mixed_precision)
     theft = _steal(spec, attacker, _thief_oracle(service, identities), knowledge)
+    reference_accuracy = _reference_track(spec, knowledge, data)
     theft = _remove_watermark(spec, theft, knowledge, data)
     verdicts = verify_ownership(theft.substitute, spec, service, list(identities))
     test = _score_on_test_set(theft.substitute, service, data)
@@ -79,6 +80,7 @@ def referee_match(
         defense=chain.label,
         substitute_arch=knowledge.substitute_arch,
         theft=theft,
+        reference_accuracy=reference_accuracy,
         verdicts=verdicts,
         test=test,
         accounts=accounts,
@@ -95,6 +97,8 @@ class _Theft:
 
     substitute: nn.Module
     attack_seconds: float
+    recipe: str = ""
+    """how the thief trained its final substitute (JSON of its last fit; empty: it never fit)"""
     removal: str = "none"
     """label of the watermark-removal attack applied to the stolen model"""
     stolen_accuracy_before_removal: float | None = None
@@ -155,7 +159,24 @@ def _steal(spec: MatchSpec, attacker: Attacker, oracle: Oracle, knowledge: Knowl
     """Let the attacker steal with its own randomness, timed."""
     attack_start = time.perf_counter()
     substitute = attacker.steal(oracle, knowledge, attacker_rng(spec))
-    return _Theft(substitute, time.perf_counter() - attack_start)
+    seconds = time.perf_counter() - attack_start
+    recipe = json.dumps(knowledge.fits[-1].describe()) if knowledge.fits else ""
+    return _Theft(substitute, seconds, recipe)
+
+
+def _reference_track(spec: MatchSpec, knowledge: Knowledge, data: MatchData) -> float | None:
+    """The second track: the thief's final transfer set and targets, retrained from scratch on
+    the granted substitute architecture with the fixed :data:`REFERENCE_RECIPE`, scored on the
+    test set. ``None`` when the thief never fit a substitute with the cross-entropy."""
+    if not knowledge.fits or knowledge.fits[-1].own_loss:
+        return None
+    last = knowledge.fits[-1]
+    seed = torch_seed(match_rng(spec, "reference"))
+    model = knowledge.make_substitute(seed)
+    model = knowledge.fit(
+        model, last.x, last.targets, REFERENCE_RECIPE, seed=seed, targets_form=last.targets_form
+    )
+    return accuracy(predict_probs(model, data.test_x), data.test_y)
 
 
 def _remove_watermark(
@@ -171,6 +192,7 @@ def _remove_watermark(
     return _Theft(
         substitute=remover.apply(theft.substitute, knowledge, removal_rng),
         attack_seconds=theft.attack_seconds,
+        recipe=theft.recipe,
         removal=plugin_label(spec.removal.name, remover),
         stolen_accuracy_before_removal=before_removal,
     )
@@ -221,6 +243,7 @@ def _record(
     defense: str,
     substitute_arch: str,
     theft: _Theft,
+    reference_accuracy: float | None,
     verdicts: list[dict[str, Any]],
     test: _TestSet,
     accounts: _ThiefAccounts,
@@ -252,6 +275,8 @@ def _record(
         victim_accuracy=test.victim_accuracy,
         utility=test.utility,
         stolen_accuracy=test.stolen_accuracy,
+        reference_stolen_accuracy=reference_accuracy,
+        thief_recipe=theft.recipe,
         fidelity=test.fidelity,
         queries_used=stats.used,
         perturbation_l1=stats.l1_sum / used,

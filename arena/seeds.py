@@ -14,14 +14,16 @@ import numpy as np
 
 from arena.specs import MatchSpec
 
-MatchStream = Literal["removal", "goodput", "benign"]
+MatchStream = Literal["removal", "goodput", "benign", "reference"]
 """the referee's own streams besides the attacker's: the watermark-removal attack, the model
-zoo's benign goodput caller, the benign caller beside a detector"""
+zoo's benign goodput caller, the benign caller beside a detector, the reference-recipe retrain
+of the thief's transfer set"""
 
 STREAM_SALTS: Final[dict[MatchStream, int]] = {
     "removal": 0x5E11,
     "goodput": 0x600D,
     "benign": 0xBE9167,
+    "reference": 0x2EF,
 }
 """XORed into the match key, so each stream is apart from the others and from the attacker's"""
 

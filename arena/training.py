@@ -35,6 +35,26 @@ class TrainRecipe:
     """Adam weight decay"""
     cosine: bool = True
     """anneal the learning rate to zero over the run (steadier final accuracy than a constant)"""
+    shift_pixels: int = 0
+    """augmentation: translate each training image by a random whole number of pixels, up to
+    this many in each direction (zero fill); 0 = off. Images only (``[N, C, H, W]``)."""
+
+    def describe(self) -> dict[str, object]:
+        """The recipe in a match record: optimiser settings, schedule and augmentation."""
+        return {
+            "epochs": self.epochs,
+            "lr": self.lr,
+            "batch_size": self.batch_size,
+            "schedule": "cosine" if self.cosine else "constant",
+            "shift_pixels": self.shift_pixels,
+            "weight_decay": self.weight_decay,
+        }
+
+
+REFERENCE_RECIPE = TrainRecipe(epochs=20, lr=1e-3, batch_size=64, cosine=False)
+"""The fixed second-track recipe: plain constant-rate Adam as reference implementations of
+Knockoff Nets and Copycat CNN train. Every match also retrains the thief's final transfer set
+with it, so query selection and training quality can be told apart."""
 
 
 def train_classifier(
@@ -87,7 +107,10 @@ def train_classifier(
             idx = order[start : start + recipe.batch_size]
             if skip_singletons and len(idx) == 1:
                 continue
-            xb, tb = x[idx].to(device), targets[idx].to(device)
+            xb, tb = x[idx], targets[idx].to(device)
+            if recipe.shift_pixels:
+                xb = random_shift(xb, recipe.shift_pixels, generator)
+            xb = xb.to(device)
             with _autocast(device, mixed_precision):
                 logits = model(xb)
             if mixed_precision:
@@ -109,6 +132,20 @@ def train_classifier(
             schedule.step()
     model.eval()
     return model
+
+
+def random_shift(x: torch.Tensor, pixels: int, generator: torch.Generator) -> torch.Tensor:
+    """Each image of ``[N, C, H, W]`` moved by its own random offset of at most ``pixels`` in
+    each direction, the uncovered border zero: the classic translation augmentation, drawn
+    from ``generator`` so a seeded run replays."""
+    n, _, height, width = x.shape
+    offsets = torch.randint(-pixels, pixels + 1, (2, n), generator=generator)
+    padded = F.pad(x, (pixels, pixels, pixels, pixels))
+    rows = torch.arange(height).unsqueeze(0) + pixels - offsets[0].unsqueeze(1)
+    cols = torch.arange(width).unsqueeze(0) + pixels - offsets[1].unsqueeze(1)
+    batch = torch.arange(n)[:, None, None]
+    moved = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]
+    return moved.permute(0, 3, 1, 2).contiguous()
 
 
 def model_device(model: nn.Module) -> torch.device:

@@ -1,16 +1,14 @@
 """The victim service hosted in a Ray actor: same answers and errors as in process, exact ledgers
 under concurrent attackers (B1, B3), typed errors returned through Ray (Q1: 10,000 malformed
-queries, nothing charged, no restart, no slowdown)."""
+queries, nothing charged, no restart)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import statistics
 import time
 import tracemalloc
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,7 @@ from arena.match_data import MatchData
 from arena.oracle import InputSpec, Oracle, Rejection
 from arena.referee import play_match, referee_match
 from arena.specs import MatchSpec, PluginSpec, VictimSpec
+from arena.testing.malformed import malformed_queries, valid_batch
 from arena.victims import load_or_train
 from orchestration.ray_service import RayServiceProxy, start_victim_service
 
@@ -78,46 +77,11 @@ def test_Q1_ray_oracle_rejects_malformed_queries_and_charges_nothing(service: An
 MAX_BATCH = 64  # the module's victim service
 
 
-def _digits(batch: int, value: float | None = None) -> np.ndarray:
-    x = np.random.default_rng(batch).random((batch, 1, 8, 8), dtype=np.float32)
-    if value is not None:
-        x[-1, 0, 3, 4] = value
-    return x
+def _digits(batch: int) -> np.ndarray:
+    return valid_batch(batch, (1, 8, 8))
 
 
-# (id, payload factory, code): every kind of malformed query of RELIABILITY Q1
-Q1_KINDS: list[tuple[str, Callable[[], Any], QueryErrorCode]] = [
-    ("none", lambda: None, QueryErrorCode.NOT_ARRAY),
-    ("str", lambda: "0.5", QueryErrorCode.NOT_ARRAY),
-    ("int", lambda: 7, QueryErrorCode.NOT_ARRAY),
-    ("bytes", lambda: _digits(2).tobytes(), QueryErrorCode.NOT_ARRAY),
-    ("dict", lambda: {"x": _digits(2)}, QueryErrorCode.NOT_ARRAY),
-    ("nested_list", lambda: _digits(2).tolist(), QueryErrorCode.NOT_ARRAY),
-    ("ragged_list", lambda: [[0.1], [0.2, 0.3]], QueryErrorCode.NOT_ARRAY),
-    ("masked_array", lambda: np.ma.masked_invalid(_digits(2, np.nan)), QueryErrorCode.NOT_ARRAY),
-    ("float64", lambda: _digits(2).astype(np.float64), QueryErrorCode.DTYPE),
-    ("int64", lambda: np.zeros((2, 1, 8, 8), np.int64), QueryErrorCode.DTYPE),
-    ("uint8", lambda: np.zeros((2, 1, 8, 8), np.uint8), QueryErrorCode.DTYPE),
-    ("bool", lambda: np.zeros((2, 1, 8, 8), bool), QueryErrorCode.DTYPE),
-    ("complex64", lambda: np.zeros((2, 1, 8, 8), np.complex64), QueryErrorCode.DTYPE),
-    ("object", lambda: _digits(2).astype(object), QueryErrorCode.DTYPE),
-    ("torch_float16", lambda: torch.zeros(2, 1, 8, 8, dtype=torch.float16), QueryErrorCode.DTYPE),
-    ("scalar_array", lambda: np.array(0.5, np.float32), QueryErrorCode.SHAPE),
-    ("no_batch_dim", lambda: np.zeros((1, 8, 8), np.float32), QueryErrorCode.SHAPE),
-    ("channels_last", lambda: np.zeros((2, 8, 8, 1), np.float32), QueryErrorCode.SHAPE),
-    ("wrong_size", lambda: np.zeros((2, 1, 28, 28), np.float32), QueryErrorCode.SHAPE),
-    ("five_dims", lambda: np.zeros((2, 1, 1, 8, 8), np.float32), QueryErrorCode.SHAPE),
-    ("empty", lambda: np.zeros((0, 1, 8, 8), np.float32), QueryErrorCode.EMPTY),
-    ("torch_empty", lambda: torch.zeros(0, 1, 8, 8), QueryErrorCode.EMPTY),
-    ("over_max_batch", lambda: _digits(MAX_BATCH + 1), QueryErrorCode.BATCH_TOO_LARGE),
-    ("nan", lambda: _digits(3, np.nan), QueryErrorCode.NON_FINITE),
-    ("pos_inf", lambda: _digits(3, np.inf), QueryErrorCode.NON_FINITE),
-    ("neg_inf", lambda: _digits(3, -np.inf), QueryErrorCode.NON_FINITE),
-    ("torch_nan", lambda: torch.full((2, 1, 8, 8), float("nan")), QueryErrorCode.NON_FINITE),
-    ("negative", lambda: _digits(3, -0.5), QueryErrorCode.OUT_OF_RANGE),
-    ("above_one", lambda: _digits(3, 2.0), QueryErrorCode.OUT_OF_RANGE),
-]  # fmt: skip
-
+Q1_KINDS = malformed_queries((1, 8, 8), MAX_BATCH)
 Q1_QUERIES = 10_000
 IN_FLIGHT = 16
 """malformed queries pipelined at once (the actor still serves them one at a time)"""
@@ -139,25 +103,19 @@ def _actor_process(handle: Any) -> tuple[int, str, int]:
     return pid, actor_id, int(record["NumRestarts"])
 
 
-def _valid_latencies(oracle: Oracle) -> list[float]:
-    """Seconds per valid query through the oracle (one Ray round trip each)."""
-    times = []
+def _send_valid(oracle: Oracle) -> None:
+    """LATENCY_CALLS valid queries through the oracle (one Ray round trip each), all answered."""
     for i in range(LATENCY_CALLS):
         x = torch.from_numpy(_digits(LATENCY_BATCH)) * (i % 7 + 1) / 8  # distinct, in range
-        start = time.perf_counter()
-        out = oracle.query(x)
-        times.append(time.perf_counter() - start)
-        assert out.shape == (LATENCY_BATCH, 10)
-    return times
+        assert oracle.query(x).shape == (LATENCY_BATCH, 10)
 
 
 @pytest.mark.timeout(120)
-def test_Q1_10000_malformed_queries_rejected_typed_uncharged_no_restart_no_slowdown(
-    service: Any,
-) -> None:
+def test_Q1_10000_malformed_queries_rejected_typed_uncharged_no_restart(service: Any) -> None:
     """Q1: 10,000 malformed queries of 29 kinds sent to the Ray-hosted victim: every one comes
     back as the typed error of its kind, nothing is charged, the actor is the same process
-    afterwards, and a valid query is no slower (median of 100 before and 100 after)."""
+    afterwards and still answers. (That valid queries are no slower afterwards is a speed
+    target: ``benchmarks/malformed_flood.py`` measures it.)"""
     proxy = RayServiceProxy(service)
     budget = 2 * (LATENCY_CALLS + 10) * LATENCY_BATCH
     proxy.open_account("q1", budget)
@@ -165,18 +123,18 @@ def test_Q1_10000_malformed_queries_rejected_typed_uncharged_no_restart_no_slowd
     pid_before, actor_id, restarts_before = _actor_process(service)
     for _ in range(10):  # warm-up, not measured
         oracle.query(torch.from_numpy(_digits(LATENCY_BATCH)) / 2)
-    before = _valid_latencies(oracle)
+    _send_valid(oracle)
     used_before = proxy.account_stats("q1").used
     assert used_before == (LATENCY_CALLS + 10) * LATENCY_BATCH
 
     # every kind once through the attacker's oracle: raised as the typed error with its code
-    for kind, make, code in Q1_KINDS:
+    for case in Q1_KINDS:
         with pytest.raises(InvalidQuery) as info:
-            oracle.query(make())
-        assert info.value.code is code, kind
+            oracle.query(case.make())
+        assert info.value.code is case.code, case.kind
 
     # then 10,000 straight at the actor, IN_FLIGHT at a time: a rejection value each
-    payloads = [(kind, make(), code) for kind, make, code in Q1_KINDS]
+    payloads = [(case.kind, case.make(), case.code) for case in Q1_KINDS]
     seen: Counter[str] = Counter()
     pending: dict[Any, tuple[str, QueryErrorCode]] = {}
     start = time.perf_counter()
@@ -197,7 +155,7 @@ def test_Q1_10000_malformed_queries_rejected_typed_uncharged_no_restart_no_slowd
             collect(ready)
     collect(list(pending))
     flood = time.perf_counter() - start
-    assert sum(seen.values()) == Q1_QUERIES and set(seen) == {k for k, _, _ in Q1_KINDS}
+    assert sum(seen.values()) == Q1_QUERIES and set(seen) == {case.kind for case in Q1_KINDS}
 
     stats = proxy.account_stats("q1")
     assert stats.used == used_before, "a malformed query was charged"
@@ -205,14 +163,11 @@ def test_Q1_10000_malformed_queries_rejected_typed_uncharged_no_restart_no_slowd
     assert _actor_process(service) == (pid_before, actor_id, restarts_before)
     assert restarts_before == 0
 
-    after = _valid_latencies(oracle)
-    before_ms, after_ms = statistics.median(before) * 1e3, statistics.median(after) * 1e3
+    _send_valid(oracle)
     print(
         f"Q1: {Q1_QUERIES} malformed queries of {len(Q1_KINDS)} kinds rejected in {flood:.1f} s "
-        f"({flood / Q1_QUERIES * 1e3:.2f} ms each, {IN_FLIGHT} in flight); valid-query median "
-        f"{before_ms:.2f} ms before, {after_ms:.2f} ms after ({after_ms / before_ms:.2f}x)"
+        f"({flood / Q1_QUERIES * 1e3:.2f} ms each, {IN_FLIGHT} in flight)"
     )
-    assert after_ms <= 1.25 * before_ms
     assert proxy.account_stats("q1").used == used_before + LATENCY_CALLS * LATENCY_BATCH
 
 
