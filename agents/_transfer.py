@@ -9,32 +9,25 @@ import numpy as np
 import torch
 from torch import nn
 
+from agents._thief_recipe import ThiefTraining
 from arena.attacker import Attacker
 from arena.knowledge import Knowledge
 from arena.oracle import Oracle
 from arena.seeds import torch_seed
-from arena.training import TrainRecipe
-from arena.validation import check_integer, check_number
+from arena.validation import check_integer
 
 
 @dataclass(frozen=True)
-class TransferSetAttack(Attacker):
+class TransferSetAttack(Attacker, ThiefTraining):
     """Random pool sampling plus substitute training; ``targets`` picks soft or hard labels."""
 
-    epochs: int = 20
-    """substitute training epochs over the transfer set"""
-    lr: float = 1e-3
-    """Adam learning rate"""
-    batch_size: int = 64
-    """substitute training mini-batch"""
     query_batch: int = 256
     """images per oracle call"""
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("epochs", "batch_size", "query_batch"):
-            check_integer(name, getattr(self, name), low=1)
-        check_number("lr", self.lr, low=0, high=10, low_open=True, high_open=True)
+        self.check_training()
+        check_integer("query_batch", self.query_batch, low=1)
 
     def targets(self, answers: torch.Tensor) -> torch.Tensor:
         """What the substitute is trained on: the answers themselves or labels derived from them."""
@@ -43,10 +36,7 @@ class TransferSetAttack(Attacker):
     def _steal(self, oracle: Oracle, knowledge: Knowledge, rng: np.random.Generator) -> nn.Module:
         assert knowledge.pool is not None
         queries, answers = query_random_subset(oracle, knowledge.pool, rng, self.query_batch)
-        seed = torch_seed(rng)
-        substitute = knowledge.make_substitute(seed)
-        recipe = TrainRecipe(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size)
-        return knowledge.fit(substitute, queries, self.targets(answers), recipe, seed=seed)
+        return self.fit_substitute(knowledge, queries, self.targets(answers), torch_seed(rng))
 
 
 def query_random_subset(

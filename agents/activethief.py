@@ -30,13 +30,14 @@ substitute is trained on what was answered.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
 from agents._rounds import ask, training_targets
+from agents._thief_recipe import ThiefTraining
 from arena.attacker import ATTACKS, Attacker
 from arena.knowledge import Knowledge
 from arena.oracle import Oracle
@@ -49,9 +50,9 @@ DISTANCE_CHUNK = 2048
 """candidate rows per ``torch.cdist`` call when computing distances to the queried set"""
 
 
-@ATTACKS.register("activethief")
+@ATTACKS.register("activethief", version=2)
 @dataclass(frozen=True)
-class ActiveThief(Attacker):
+class ActiveThief(Attacker, ThiefTraining):
     """ActiveThief (Pal et al. 2020): rounds of pool selection by entropy or k-center greedy."""
 
     strategy: str = "entropy"
@@ -60,14 +61,9 @@ class ActiveThief(Attacker):
     """share of the budget spent on the initial uniform sample, in (0, 1]"""
     rounds: int = 5
     """selection rounds after the initial sample; the rest of the budget is split evenly"""
-    epochs: int = 20
-    """training epochs of the final substitute over all answers"""
     round_epochs: int = 20
-    """training epochs of each round's substitute, which serves to pick the next batch"""
-    lr: float = 1e-3
-    """Adam learning rate"""
-    batch_size: int = 64
-    """substitute training mini-batch"""
+    """training epochs of each round's substitute, which serves to pick the next batch (the
+    final substitute trains on the shared thief recipe, ``epochs``/``min_steps``)"""
     query_batch: int = 256
     """images per oracle call"""
     soft_labels: bool = False
@@ -80,9 +76,9 @@ class ActiveThief(Attacker):
         super().__post_init__()  # the base class checks the options every attack shares
         check_choice("strategy", self.strategy, STRATEGIES)
         check_number("initial_fraction", self.initial_fraction, low=0, high=1, low_open=True)
-        for name in ("rounds", "epochs", "round_epochs", "batch_size", "query_batch"):
+        self.check_training()
+        for name in ("rounds", "round_epochs", "query_batch"):
             check_integer(name, getattr(self, name), low=1)
-        check_number("lr", self.lr, low=0, high=10, low_open=True, high_open=True)
         check_bool("soft_labels", self.soft_labels)
         check_bool("warm_start", self.warm_start)
 
@@ -91,8 +87,6 @@ class ActiveThief(Attacker):
         pool = knowledge.pool
         budget = min(oracle.remaining, len(pool))
         sizes = round_sizes(budget, self.initial_fraction, self.rounds)
-        round_recipe = TrainRecipe(epochs=self.round_epochs, lr=self.lr, batch_size=self.batch_size)
-        final_recipe = replace(round_recipe, epochs=self.epochs)
         queried = np.zeros(len(pool), dtype=bool)
         order = torch.from_numpy(np.sort(rng.choice(len(pool), sizes[0], replace=False)))
         answers, stop = ask(oracle, pool[order], self.query_batch)
@@ -106,6 +100,7 @@ class ActiveThief(Attacker):
             k = min(size, oracle.remaining, len(candidates))
             if k == 0:
                 continue
+            round_recipe = self.training_recipe(len(asked), epochs=self.round_epochs)
             substitute = self._fit(knowledge, substitute, pool[asked], answers, round_recipe, rng)
             probs = predict_probs(substitute, pool)
             picks = self.select(probs[candidates], probs[asked], k, rng)
@@ -115,6 +110,7 @@ class ActiveThief(Attacker):
             queried[batch.numpy()] = True
             asked = torch.cat([asked, batch])
             answers = torch.cat([answers, new_answers])
+        final_recipe = self.training_recipe(len(asked))
         return self._fit(knowledge, substitute, pool[asked], answers, final_recipe, rng)
 
     def _fit(

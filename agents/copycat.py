@@ -15,7 +15,7 @@ from agents._transfer import TransferSetAttack
 from arena.attacker import ATTACKS
 
 
-@ATTACKS.register("copycat")
+@ATTACKS.register("copycat", version=2)
 @dataclass(frozen=True)
 class Copycat(TransferSetAttack):
     """Copycat CNN: queries random pool images, trains on the returned top-1 labels only."""

@@ -90,7 +90,9 @@ class JacobianAugmentation(Attacker):
         answers, stop = ask(oracle, x, self.query_batch)
         x = x[: len(answers)]
         substitute = knowledge.make_substitute(torch_seed(rng))
-        recipe = TrainRecipe(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size)
+        recipe = TrainRecipe(
+            epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, cosine=False
+        )
         for round_index in itertools.count():
             targets = training_targets(answers, self.soft_labels)
             substitute = knowledge.fit(substitute, x, targets, recipe, seed=torch_seed(rng))
@@ -123,7 +125,7 @@ class JacobianAugmentation(Attacker):
         raise NotImplementedError
 
 
-@ATTACKS.register("jbda")
+@ATTACKS.register("jbda", version=2)
 @dataclass(frozen=True)
 class Jbda(JacobianAugmentation):
     """JBDA (Papernot et al. 2017): grows a seed set by Jacobian sign steps, periodic step size."""
@@ -152,7 +154,7 @@ class Jbda(JacobianAugmentation):
         return x + self.signed_step(round_index) * gradients.sign()
 
 
-@ATTACKS.register("jbda_tr")
+@ATTACKS.register("jbda_tr", version=2)
 @dataclass(frozen=True)
 class JbdaTR(JacobianAugmentation):
     """JBDA-TR (Juuti et al. 2019): Jacobian augmentation by targeted steps to random classes."""

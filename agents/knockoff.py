@@ -37,14 +37,13 @@ from arena.errors import QueryRefused
 from arena.knowledge import Knowledge
 from arena.oracle import Oracle
 from arena.seeds import torch_seed
-from arena.training import TrainRecipe
 from arena.validation import check_choice, check_integer, check_number
 
 REWARDS = ("certainty", "diversity", "loss", "all")
 _FLOOR = 1e-12
 
 
-@ATTACKS.register("knockoff")
+@ATTACKS.register("knockoff", version=2)
 @dataclass(frozen=True)
 class Knockoff(TransferSetAttack):
     """Knockoff Nets: pool images (random or bandit-chosen), trained on returned probabilities."""
@@ -77,10 +76,7 @@ class Knockoff(TransferSetAttack):
             queries, answers = query_random_subset(oracle, knowledge.pool, rng, self.query_batch)
         else:
             queries, answers = self._adaptive_transfer_set(oracle, knowledge, rng)
-        seed = torch_seed(rng)
-        substitute = knowledge.make_substitute(seed)
-        recipe = TrainRecipe(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size)
-        return knowledge.fit(substitute, queries, self.targets(answers), recipe, seed=seed)
+        return self.fit_substitute(knowledge, queries, self.targets(answers), torch_seed(rng))
 
     def _adaptive_transfer_set(
         self, oracle: Oracle, knowledge: Knowledge, rng: np.random.Generator

@@ -20,10 +20,9 @@ from arena.attacker import ATTACKS
 from arena.knowledge import Knowledge
 from arena.oracle import Oracle
 from arena.seeds import torch_seed
-from arena.training import TrainRecipe
 
 
-@ATTACKS.register("random_queries")
+@ATTACKS.register("random_queries", version=2)
 @dataclass(frozen=True)
 class RandomQueries(TransferSetAttack):
     """Baseline: uniform-noise images as queries, substitute trained on the returned answers."""
@@ -39,8 +38,5 @@ class RandomQueries(TransferSetAttack):
         noise = rng.uniform(spec.low, spec.high, size=shape).astype(np.float32)
         queries = torch.from_numpy(noise)
         answers = oracle.query_all(queries, batch_size=self.query_batch, until_refused=True)
-        seed = torch_seed(rng)
-        substitute = knowledge.make_substitute(seed)
-        recipe = TrainRecipe(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size)
         x = queries[: len(answers)]
-        return knowledge.fit(substitute, x, self.targets(answers), recipe, seed=seed)
+        return self.fit_substitute(knowledge, x, self.targets(answers), torch_seed(rng))

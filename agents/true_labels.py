@@ -20,10 +20,9 @@ from arena.attacker import ATTACKS, MissingKnowledge
 from arena.knowledge import Knowledge
 from arena.oracle import Oracle
 from arena.seeds import torch_seed
-from arena.training import TrainRecipe
 
 
-@ATTACKS.register("true_labels")
+@ATTACKS.register("true_labels", version=2)
 @dataclass(frozen=True)
 class TrueLabels(TransferSetAttack):
     """Upper bound (not a real threat model): the budget's worth of pool images, true labels."""
@@ -39,8 +38,5 @@ class TrueLabels(TransferSetAttack):
             raise MissingKnowledge("true_labels needs the pool's labels (in-distribution pool)")
         n = min(oracle.budget, len(knowledge.pool))
         chosen = torch.from_numpy(rng.permutation(len(knowledge.pool))[:n])
-        seed = torch_seed(rng)
-        substitute = knowledge.make_substitute(seed)
-        recipe = TrainRecipe(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size)
         x, y = knowledge.pool[chosen], knowledge.pool_labels[chosen]
-        return knowledge.fit(substitute, x, y, recipe, seed=seed)
+        return self.fit_substitute(knowledge, x, y, torch_seed(rng))
