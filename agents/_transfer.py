@@ -18,7 +18,7 @@ from arena.validation import check_integer
 
 
 @dataclass(frozen=True)
-class TransferSetAttack(Attacker, ThiefTraining):
+class TransferSetAttack(ThiefTraining, Attacker):
     """Random pool sampling plus substitute training; ``targets`` picks soft or hard labels."""
 
     query_batch: int = 256

@@ -52,7 +52,7 @@ DISTANCE_CHUNK = 2048
 
 @ATTACKS.register("activethief", version=2)
 @dataclass(frozen=True)
-class ActiveThief(Attacker, ThiefTraining):
+class ActiveThief(ThiefTraining, Attacker):
     """ActiveThief (Pal et al. 2020): rounds of pool selection by entropy or k-center greedy."""
 
     strategy: str = "entropy"
