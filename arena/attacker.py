@@ -15,7 +15,7 @@ from torch import nn
 from arena.errors import ArenaError
 from arena.knowledge import Knowledge
 from arena.oracle import Oracle
-from arena.oracle_adapters import ArgmaxOracle, SmoothingOracle
+from arena.oracle_adapters import ArgmaxOracle, ReverseSigmoidInversionOracle, SmoothingOracle
 from arena.registry import OPTION, Registry
 from arena.seeds import torch_seed
 from arena.validation import check_bool, check_integer, check_number
@@ -62,6 +62,9 @@ class Attacker:
     average the answers; 1 = off"""
     smoothing_noise: float = _option(0.05)
     """Gaussian pixel noise (std, in input units) of the extra smoothing copies"""
+    invert_reverse_sigmoid: bool = _option(False)
+    """undo a reverse-sigmoid perturbation (Lee et al. 2019) with ``beta, gamma`` fitted from
+    the answers, and learn from the recovered clean rows (no extra queries)"""
     identities: int = _option(1)
     """identities (accounts) the thief spreads its budget over, each with its own ledger and
     detector state; the match budget is split evenly between them"""
@@ -71,6 +74,7 @@ class Attacker:
         check_integer("identities", self.identities, low=1, high=64)
         check_number("smoothing_noise", self.smoothing_noise, low=0, high=1)
         check_bool("argmax_labels", self.argmax_labels)
+        check_bool("invert_reverse_sigmoid", self.invert_reverse_sigmoid)
 
     def steal(self, oracle: Oracle, knowledge: Knowledge, rng: np.random.Generator) -> nn.Module:
         """Spend (some of) the oracle's budget and return a substitute model in eval mode."""
@@ -85,6 +89,8 @@ class Attacker:
         if self.smoothing_copies > 1:
             seed = torch_seed(rng)
             oracle = SmoothingOracle(oracle, self.smoothing_copies, self.smoothing_noise, seed)
+        if self.invert_reverse_sigmoid:
+            oracle = ReverseSigmoidInversionOracle(oracle)
         if self.argmax_labels:
             oracle = ArgmaxOracle(oracle)
         return oracle

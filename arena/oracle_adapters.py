@@ -8,6 +8,8 @@ reach past the server's ledger: every query they send is charged there as usual.
   defeats perturbations that keep the label, e.g. reverse sigmoid or MAD-argmax).
 - :class:`SmoothingOracle` — multi-query smoothing: each logical query is sent as ``copies``
   noisy copies, each charged, and their answers are averaged (what averages out random noise).
+- :class:`ReverseSigmoidInversionOracle` — undoes a reverse-sigmoid perturbation whose
+  ``beta, gamma`` it estimates from the answers (:mod:`arena.reverse_sigmoid_inversion`).
 - :class:`TargetedOracle` — fixed model-zoo targets on every batch (:mod:`arena.zoo`).
 - :class:`MultiAccountOracle` — one thief behind several identities, each with its own ledger
   and detector state: a batch is spread round-robin over the identities, an identity a detector
@@ -24,6 +26,7 @@ import torch
 
 from arena.errors import BudgetExhausted, QueryRefused
 from arena.oracle import Oracle
+from arena.reverse_sigmoid_inversion import Estimate, estimate
 from arena.targets import Targets
 
 
@@ -102,6 +105,36 @@ class SmoothingOracle(OracleView):
         if int(answers.shape[0]) != int(flat.shape[0]):  # cannot happen: query_all raises
             raise QueryRefused("a smoothing group was only partly answered")
         return answers.reshape(int(x.shape[0]), self.copies, -1).mean(dim=1)
+
+
+class ReverseSigmoidInversionOracle(OracleView):
+    """Answers with the reverse-sigmoid perturbation undone: approximately the clean rows.
+
+    Each query goes to the inner oracle unchanged (charged as usual, nothing extra). ``beta``
+    and ``gamma`` are estimated from the first ``sample`` answer rows (re-estimated while that
+    sample fills, then fixed), so answers a reverse sigmoid cannot explain come back unchanged.
+    """
+
+    def __init__(self, inner: Oracle, sample: int = 32) -> None:
+        super().__init__(inner)
+        self.sample = sample
+        self._seen: list[np.ndarray] = []
+        self.estimate: Estimate | None = None
+
+    def query(self, x: torch.Tensor, targets: Targets | None = None) -> torch.Tensor:
+        answers = self._inner.query(x, targets)
+        rows = answers.detach().cpu().double().numpy()
+        self._learn(rows)
+        assert self.estimate is not None
+        return torch.from_numpy(self.estimate.invert(rows)).to(answers.dtype)
+
+    def _learn(self, rows: np.ndarray) -> None:
+        """Add rows to the estimation sample until it is full; re-estimate when it grew."""
+        have = sum(len(r) for r in self._seen)
+        if have >= self.sample and self.estimate is not None:
+            return
+        self._seen.append(rows[: self.sample - have])
+        self.estimate = estimate(np.concatenate(self._seen))
 
 
 class TargetedOracle(OracleView):
