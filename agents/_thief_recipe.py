@@ -2,9 +2,10 @@
 
 Chosen by measurement (``benchmarks/thief_strength.py``, docs/benchmarks.md): constant-rate Adam
 (1e-3, batch 64) trained for at least ``min_steps`` optimiser steps. Annealing the rate to zero
-cost 1.5-3 points of stolen accuracy at 1k and 5k queries, and a small transfer set trained for
-a fixed 20 epochs is far from converged (1k queries are 16 steps an epoch): on the default
-victim 100+ epochs at 1k queries steal 6-7 points more than 20.
+cost 1.5-3 points of stolen accuracy at 1k and 5k queries, and a transfer set trained for a fixed
+20 epochs is far from converged (1k queries are 16 steps an epoch). On the default victim, soft
+labels, seed 0: 1k queries steal 0.772 after 20 epochs, 0.839 after 100; 5k queries 0.854 after
+20, 0.873 after 40, 0.879 after 60 and 0.878 after 80, so 4000 steps is where it levels off.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from arena.validation import check_choice, check_integer, check_number
 
 MIN_EPOCHS = 20
 """the automatic epoch count never goes below this (large transfer sets)"""
-MIN_STEPS = 2000
+MIN_STEPS = 4000
 """the automatic epoch count trains at least this many optimiser steps (small transfer sets)"""
 SCHEDULES = ("constant", "cosine")
 

@@ -1,0 +1,136 @@
+"""How strong are the thieves? Each transfer-set attack's own recipe against constant-rate Adam.
+
+Runs ``configs/thief_strength.yaml`` through the same code as ``arena tournament`` (Ray, MLflow
+under ``ARENA_HOME``; a rerun plays only missing matches): every transfer-set attack, undefended,
+on the default victim, at each budget and seed. Every match records two stolen accuracies on one
+transfer set: the attack's own (its recipe, :mod:`agents._thief_recipe`) and the second track's
+(the same queries and targets retrained with plain constant-rate Adam, 1e-3, batch 64, 20
+epochs: :data:`arena.training.REFERENCE_RECIPE`). The table gives both, averaged over seeds,
+their difference, and the worst seed's difference; an attack is at least as strong as the
+reference when the mean difference is ``>= 0``.
+
+Usage (from the repository root)::
+
+    python benchmarks/thief_strength.py [--budgets 1000 5000] [--seeds 0 1 2]
+                                        [--config configs/thief_strength.yaml] [--out FILE]
+    python benchmarks/thief_strength.py --render benchmarks/results/thief_strength.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from config_runs import run_config
+from machine import write_record
+from rich.console import Console
+
+from arena.record import MatchResult
+from orchestration.config import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def strength_rows(results: list[MatchResult]) -> list[dict[str, Any]]:
+    """Per (attack, budget): mean own and reference stolen accuracy over seeds, and the gap."""
+    cells: dict[tuple[str, int], list[MatchResult]] = defaultdict(list)
+    for result in results:
+        cells[(result.attack, result.budget)].append(result)
+    rows = []
+    for (attack, budget), group in sorted(cells.items()):
+        paired = [r for r in group if r.reference_stolen_accuracy is not None]
+        gaps = [r.stolen_accuracy - r.reference_stolen_accuracy for r in paired]  # type: ignore[operator]
+        rows.append(
+            {
+                "attack": attack,
+                "budget": budget,
+                "seeds": sorted(r.seed for r in group),
+                "own": statistics.fmean(r.stolen_accuracy for r in group),
+                "reference": statistics.fmean(r.reference_stolen_accuracy for r in paired)  # type: ignore[misc]
+                if paired
+                else None,
+                "gap": statistics.fmean(gaps) if gaps else None,
+                "worst_gap": min(gaps) if gaps else None,
+                "recipe": json.loads(group[0].thief_recipe) if group[0].thief_recipe else None,
+                "attack_seconds": statistics.fmean(r.attack_seconds for r in group),
+            }
+        )
+    return rows
+
+
+def markdown(rows: list[dict[str, Any]], stamp: str) -> str:
+    """The docs table (rendered from the JSON, never retyped)."""
+
+    def number(value: float | None, signed: bool = False) -> str:
+        return "—" if value is None else (f"{value:+.3f}" if signed else f"{value:.3f}")
+
+    lines = [
+        "| attack | budget | seeds | own recipe | constant Adam, 20 ep | gap (mean) "
+        "| gap (worst seed) | own epochs |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        epochs = row["recipe"]["epochs"] if row["recipe"] else "—"
+        lines.append(
+            f"| {row['attack']} | {row['budget']:,} | {len(row['seeds'])} | {number(row['own'])} "
+            f"| {number(row['reference'])} | {number(row['gap'], True)} "
+            f"| {number(row['worst_gap'], True)} | {epochs} |"
+        )
+    return "\n".join([*lines, "", stamp])
+
+
+def render(path: Path) -> str:
+    record = json.loads(path.read_text())
+    when, commit = record["finished"][:10], record["commit"]
+    stamp = f"_Measured {when} at commit {commit} (`{record['command_short']}`)._"
+    return markdown(record["rows"], stamp)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=REPO / "configs" / "thief_strength.yaml")
+    parser.add_argument("--budgets", type=int, nargs="*")
+    parser.add_argument("--seeds", type=int, nargs="*")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results/thief_strength.json")
+    parser.add_argument("--render", type=Path, help="print the docs table of a written JSON")
+    args = parser.parse_args()
+    if args.render:
+        print(render(args.render))
+        return 0
+    loadavg = os.getloadavg()
+    console = Console(width=200)
+    config = load_config(args.config)
+    update = {k: v for k, v in (("budgets", args.budgets), ("seeds", args.seeds)) if v}
+    config = config.model_copy(update=update)
+    outcome, wall = run_config(config, console)
+    rows = strength_rows(outcome.results)
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
+    console.print(markdown(rows, f"commit {commit}, wall {wall:.0f} s"))
+    fields = {
+        "commit": commit,
+        "command_short": "python benchmarks/thief_strength.py",
+        "config": str(args.config.relative_to(REPO))
+        if args.config.is_relative_to(REPO)
+        else str(args.config),
+        "budgets": config.budgets,
+        "seeds": config.seeds,
+        "wall_seconds_this_run": wall,
+        "played": outcome.played,
+        "failures": [f.match_key for f in outcome.failures],
+        "rows": rows,
+        "matches": [r.model_dump() for r in outcome.results],
+    }
+    write_record(args.out, "thief_strength", loadavg, fields)
+    return 1 if outcome.failures else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
