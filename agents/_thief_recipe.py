@@ -11,13 +11,15 @@ labels, seed 0: 1k queries steal 0.772 after 20 epochs, 0.839 after 100; 5k quer
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 from torch import nn
 
+from agents._best_response import TargetFn, best_response
 from arena.knowledge import Knowledge
+from arena.registry import OPTION
 from arena.training import TrainRecipe
 from arena.validation import check_choice, check_integer, check_number
 
@@ -26,6 +28,8 @@ MIN_EPOCHS = 20
 MIN_STEPS = 4000
 """the automatic epoch count trains at least this many optimiser steps (small transfer sets)"""
 SCHEDULES = ("constant", "cosine")
+MAX_TRIALS = 64
+"""most candidates an inner best response may score (each is one substitute fit)"""
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,11 @@ class ThiefTraining:
     """learning rate over the run: ``constant`` or ``cosine`` (annealed to zero)"""
     shift_pixels: int = 0
     """augmentation: random translations of up to this many pixels (0 = off)"""
+    best_response_trials: int = field(default=0, metadata={OPTION: True})
+    """inner best response (:mod:`agents._best_response`): candidate recipes and target forms
+    scored on a held-out fifth of the thief's own answers, its own recipe first, before the
+    final fit on all of them (0 or 1 = off: the attack's own recipe, as without the field; left
+    out of match keys while off, so the keys of matches played before it stay the same)"""
 
     def check_training(self) -> None:
         """Typed errors for bad training fields (called from the attack's ``__post_init__``)."""
@@ -55,6 +64,7 @@ class ThiefTraining:
         check_integer("shift_pixels", self.shift_pixels, low=0, high=16)
         check_number("lr", self.lr, low=0, high=10, low_open=True, high_open=True)
         check_choice("schedule", self.schedule, SCHEDULES)
+        check_integer("best_response_trials", self.best_response_trials, low=0, high=MAX_TRIALS)
 
     def training_recipe(self, examples: int, epochs: int | None = None) -> TrainRecipe:
         """The recipe for a transfer set of ``examples`` rows (``epochs`` overrides the field,
@@ -72,9 +82,23 @@ class ThiefTraining:
         )
 
     def fit_substitute(
-        self, knowledge: Knowledge, x: torch.Tensor, targets: torch.Tensor, seed: int
+        self,
+        knowledge: Knowledge,
+        x: torch.Tensor,
+        answers: torch.Tensor,
+        seed: int,
+        targets: TargetFn,
     ) -> nn.Module:
-        """A fresh substitute trained on the transfer set with this recipe: every transfer-set
-        attack's final fit."""
+        """A fresh substitute trained on the transfer set ``x``: every transfer-set attack's
+        final fit. ``answers`` are the oracle's raw rows (or labels) and ``targets`` the attack's
+        own transform of them; with ``best_response_trials`` the recipe and target form are
+        searched first (:func:`agents._best_response.best_response`)."""
+        if self.best_response_trials > 1:
+            trials = self.best_response_trials
+            model, _ = best_response(
+                knowledge, x, answers, seed, trials, targets, self.training_recipe
+            )
+            return model
         substitute = knowledge.make_substitute(seed)
-        return knowledge.fit(substitute, x, targets, self.training_recipe(len(x)), seed=seed)
+        recipe = self.training_recipe(len(x))
+        return knowledge.fit(substitute, x, targets(answers), recipe, seed=seed)

@@ -36,7 +36,7 @@ class TransferSetAttack(ThiefTraining, Attacker):
     def _steal(self, oracle: Oracle, knowledge: Knowledge, rng: np.random.Generator) -> nn.Module:
         assert knowledge.pool is not None
         queries, answers = query_random_subset(oracle, knowledge.pool, rng, self.query_batch)
-        return self.fit_substitute(knowledge, queries, self.targets(answers), torch_seed(rng))
+        return self.fit_substitute(knowledge, queries, answers, torch_seed(rng), self.targets)
 
 
 def query_random_subset(

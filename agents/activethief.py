@@ -5,7 +5,8 @@ images an active-learning strategy finds most informative, not on a uniform samp
 The thief queries a random share of its budget (``initial_fraction``) from the pool, then for
 ``rounds`` rounds: train the substitute on every answer so far, run it over the pool images not
 yet queried, pick the next batch with the ``strategy``, and query it. The final substitute is
-trained on all answers. Strategies:
+trained on all answers (with ``best_response_trials``, a fresh one whose recipe and targets the
+inner best response picked, :mod:`agents._best_response`). Strategies:
 
 - ``"entropy"`` (uncertainty sampling): the images whose substitute prediction has the highest
   entropy ``−Σ p log p``;
@@ -110,8 +111,16 @@ class ActiveThief(ThiefTraining, Attacker):
             queried[batch.numpy()] = True
             asked = torch.cat([asked, batch])
             answers = torch.cat([answers, new_answers])
+        if self.best_response_trials > 1:  # searched recipes train fresh, never warm-started
+            return self.fit_substitute(
+                knowledge, pool[asked], answers, torch_seed(rng), self.targets
+            )
         final_recipe = self.training_recipe(len(asked))
         return self._fit(knowledge, substitute, pool[asked], answers, final_recipe, rng)
+
+    def targets(self, answers: torch.Tensor) -> torch.Tensor:
+        """The oracle's top-1 labels, or its renormalised rows with ``soft_labels``."""
+        return training_targets(answers, self.soft_labels)
 
     def _fit(
         self,
@@ -128,8 +137,7 @@ class ActiveThief(ThiefTraining, Attacker):
         substitute = previous
         if substitute is None or not self.warm_start:
             substitute = knowledge.make_substitute(seed)
-        targets = training_targets(answers, self.soft_labels)
-        return knowledge.fit(substitute, x, targets, recipe, seed=seed)
+        return knowledge.fit(substitute, x, self.targets(answers), recipe, seed=seed)
 
     def select(
         self,

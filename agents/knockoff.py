@@ -76,7 +76,7 @@ class Knockoff(TransferSetAttack):
             queries, answers = query_random_subset(oracle, knowledge.pool, rng, self.query_batch)
         else:
             queries, answers = self._adaptive_transfer_set(oracle, knowledge, rng)
-        return self.fit_substitute(knowledge, queries, self.targets(answers), torch_seed(rng))
+        return self.fit_substitute(knowledge, queries, answers, torch_seed(rng), self.targets)
 
     def _adaptive_transfer_set(
         self, oracle: Oracle, knowledge: Knowledge, rng: np.random.Generator

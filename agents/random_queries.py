@@ -39,4 +39,4 @@ class RandomQueries(TransferSetAttack):
         queries = torch.from_numpy(noise)
         answers = oracle.query_all(queries, batch_size=self.query_batch, until_refused=True)
         x = queries[: len(answers)]
-        return self.fit_substitute(knowledge, x, self.targets(answers), torch_seed(rng))
+        return self.fit_substitute(knowledge, x, answers, torch_seed(rng), self.targets)

@@ -39,4 +39,4 @@ class TrueLabels(TransferSetAttack):
         n = min(oracle.budget, len(knowledge.pool))
         chosen = torch.from_numpy(rng.permutation(len(knowledge.pool))[:n])
         x, y = knowledge.pool[chosen], knowledge.pool_labels[chosen]
-        return self.fit_substitute(knowledge, x, y, torch_seed(rng))
+        return self.fit_substitute(knowledge, x, y, torch_seed(rng), self.targets)

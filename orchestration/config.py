@@ -8,6 +8,7 @@ every problem :class:`ConfigError` lists is one short line.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from pydantic import (
 )
 
 import agents  # noqa: F401  (registers the built-in attacks)
+from agents._thief_recipe import MAX_TRIALS
 from arena.attacker import ATTACKS
 from arena.checkpoints import load_checkpoint
 from arena.data import DATASETS, INPUT_SHAPES, NUM_CLASSES, is_dataset
@@ -126,6 +128,33 @@ Attacks = Annotated[list[PluginSpec], Field(min_length=1), BeforeValidator(attac
 problem at ``attacks`` reported with the config's other schema problems"""
 
 
+BEST_RESPONSE_FIELD = "best_response_trials"
+"""the attack field a config's ``best_response`` sets (``agents._thief_recipe.ThiefTraining``)"""
+
+
+class BestResponse(_Strict):
+    """The thieves' inner best response (:mod:`agents._best_response`): each transfer-set
+    attack searches its training recipe and target form on a held-out part of its own answers.
+    Applied to every attack whose class has the ``best_response_trials`` field (the others
+    play unchanged); an attack that sets the field itself keeps its own value."""
+
+    trials: Annotated[int, Field(strict=True, ge=0, le=MAX_TRIALS)] = 0
+    """candidates scored per match, the attack's own recipe among them (0: off)"""
+
+    def apply(self, attacks: Sequence[PluginSpec]) -> list[PluginSpec]:
+        """``attacks`` as played: the trial count added to those that take it."""
+        return [self._applied(attack) for attack in attacks]
+
+    def _applied(self, attack: PluginSpec) -> PluginSpec:
+        if not self.trials or BEST_RESPONSE_FIELD in attack.params or attack.name not in ATTACKS:
+            return attack
+        fields = {f.name for f in dataclasses.fields(ATTACKS.get(attack.name)) if f.init}
+        if BEST_RESPONSE_FIELD not in fields:
+            return attack
+        params = {**attack.params, BEST_RESPONSE_FIELD: self.trials}
+        return attack.model_copy(update={"params": params})
+
+
 class RaySettings(_Strict):
     """Where matches run."""
 
@@ -191,6 +220,8 @@ class TournamentConfig(_Strict):
     removals: list[PluginSpec] = Field(default=[PluginSpec(name="none")], min_length=1)
     """watermark-removal attacks (:mod:`arena.removal`) each thief's model is put through before
     it is scored, one match per entry; ``none`` keeps the model as stolen"""
+    best_response: BestResponse = BestResponse()
+    """the thieves' inner best response; off unless ``trials`` is set"""
     ray: RaySettings = RaySettings()
     tracking: TrackingSettings = TrackingSettings()
 
@@ -215,7 +246,8 @@ class TournamentConfig(_Strict):
             tuple(canonical_plugin(DEFENSES, p.name, p.params) for p in chain)
             for chain in self.defenses
         ]
-        attacks = [canonical_plugin(ATTACKS, a.name, a.params) for a in self.attacks]
+        played = self.best_response.apply(self.attacks)
+        attacks = [canonical_plugin(ATTACKS, a.name, a.params) for a in played]
         pools = [*self.pools, "none"]
         removals = [
             None if r.name == "none" else canonical_plugin(REMOVALS, r.name, r.params)
@@ -440,7 +472,10 @@ def _lineup(config: TournamentConfig) -> Lineup:
             )
             for i, chain in enumerate(config.defenses)
         ],
-        attacks=[PluginAt.entry(spec, f"attacks.{i}") for i, spec in enumerate(config.attacks)],
+        attacks=[
+            PluginAt.entry(spec, f"attacks.{i}")
+            for i, spec in enumerate(config.best_response.apply(config.attacks))
+        ],
         substitute_arch=config.substitute_arch,
         removals=[PluginAt.entry(spec, f"removals.{i}") for i, spec in enumerate(config.removals)],
     )

@@ -8,8 +8,9 @@ beside it, never counted as it.
 
 from __future__ import annotations
 
+import json
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,9 @@ class LeaderboardRow:
     """model zoos: mean share of benign requests served within their targets"""
     ownership_verified: int | None = None
     """matches whose stolen model a verifier of the chain claimed (``None``: no verifier)"""
+    strongest_recipe: str = ""
+    """how the strongest attack trained its final substitute, briefly (its seeds' most common
+    ``thief_recipe``; an inner best response's choice); empty when it fit none"""
 
 
 def _mean(values: list[float]) -> float:
@@ -63,6 +67,39 @@ POOL_TAGS = {"in_distribution": "", "out_of_distribution": " [ood pool]", "none"
 def attack_label(result: MatchResult) -> str:
     """The attack as ranked: its label, tagged with the pool unless it is in distribution."""
     return result.attack + POOL_TAGS.get(result.pool, f" [{result.pool}]")
+
+
+def recipe_brief(thief_recipe: str) -> str:
+    """A match's ``thief_recipe`` JSON in a few words: targets, epochs, rate, augmentation,
+    architecture (``soft, 125 ep, lr 1e-3, lenet5``); empty for none or an unreadable one."""
+    try:
+        recipe = json.loads(thief_recipe) if thief_recipe else {}
+    except json.JSONDecodeError:
+        return ""
+    if not isinstance(recipe, dict) or not recipe:
+        return ""
+    parts = [
+        str(recipe.get("targets", "?")),
+        f"{recipe.get('epochs', '?')} ep",
+        f"lr {_short_rate(recipe.get('lr'))}",
+        *([f"shift {shift}"] if (shift := recipe.get("shift_pixels")) else []),
+        str(recipe.get("arch", "?")),
+    ]
+    return ", ".join(parts)
+
+
+def _short_rate(lr: object) -> str:
+    """``0.001`` as ``1e-3``, ``0.0015`` as ``1.5e-3``."""
+    if not isinstance(lr, int | float):
+        return "?"
+    mantissa, exponent = f"{lr:.1e}".split("e")
+    return f"{mantissa.removesuffix('.0')}e{int(exponent)}"
+
+
+def _common_recipe(results: tuple[MatchResult, ...]) -> str:
+    """The recipe most of an attack's seeds trained with, briefly (the first seen on a tie)."""
+    counts = Counter(recipe_brief(r.thief_recipe) for r in results)
+    return counts.most_common(1)[0][0] if counts else ""
 
 
 def build_leaderboard(results: list[MatchResult]) -> list[LeaderboardRow]:
@@ -89,6 +126,7 @@ def build_leaderboard(results: list[MatchResult]) -> list[LeaderboardRow]:
                 utility=_mean([r.utility for r in group]),
                 strongest_attack=top.attack,
                 strongest_budget=top.budget,
+                strongest_recipe=_common_recipe(top.results),
                 stolen_accuracy=top.stolen_accuracy,
                 stolen_std=statistics.pstdev([r.stolen_accuracy for r in top.results]),
                 fidelity=_mean([r.fidelity for r in top.results]),
@@ -134,6 +172,11 @@ def _verified_cell(row: LeaderboardRow) -> str:
     return "—" if row.ownership_verified is None else f"{row.ownership_verified}/{row.matches}"
 
 
+def _attack_cell(row: LeaderboardRow) -> str:
+    recipe = f" ({row.strongest_recipe})" if row.strongest_recipe else ""
+    return f"{row.strongest_attack}{recipe} @{row.strongest_budget}"
+
+
 def _optional(value: float | None) -> str:
     return "—" if value is None else f"{value:.4f}"
 
@@ -173,7 +216,7 @@ def _grid(rows: list[LeaderboardRow], with_victim: bool) -> tuple[list[str], lis
             f"{row.utility:.4f}",
             *([_optional(row.goodput)] if zoos else []),
             f"{row.victim_accuracy:.4f}",
-            f"{row.strongest_attack} @{row.strongest_budget}",
+            _attack_cell(row),
             f"{row.stolen_accuracy:.4f} ± {row.stolen_std:.4f}",
             f"{row.fidelity:.4f}",
             f"{row.protection:.4f}",

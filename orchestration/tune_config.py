@@ -16,6 +16,7 @@ from arena.specs import MatchSpec, PluginSpec, VictimSpec
 from arena.versions import versioned_match
 from orchestration.config import (
     Attacks,
+    BestResponse,
     Lineup,
     Name,
     PluginAt,
@@ -30,6 +31,8 @@ from orchestration.config import (
 )
 from orchestration.study_storage import named_storage
 
+TUNING_BEST_RESPONSE_TRIALS = 4
+"""candidates each thief of a tuning trial scores by default (its own recipe and three more)"""
 STORAGE_SCHEMES = ("sqlite", "postgresql", "mysql")
 """RDB URLs Optuna accepts; anything else must be a journal file path"""
 
@@ -82,6 +85,9 @@ class TuneConfig(_Strict):
     substitute_arch: str | None = None
     download: bool = False
     """fetch a missing torchvision dataset (on a machine with network); else it must be on disk"""
+    best_response: BestResponse = BestResponse(trials=TUNING_BEST_RESPONSE_TRIALS)
+    """the thieves' inner best response, on by default in studies (``trials: 0`` turns it off):
+    protection is then measured against attackers that fit their recipe to the defense"""
     ray: RaySettings = RaySettings()
     tracking: TrackingSettings = TrackingSettings(experiment="arena-tuning")
 
@@ -99,7 +105,7 @@ class TuneConfig(_Strict):
                     substitute_arch=self.substitute_arch,
                 )
             )
-            for attack in self.attacks
+            for attack in self.best_response.apply(self.attacks)
         ]
 
     def space(self) -> dict[str, ParamSpace]:
@@ -213,7 +219,10 @@ def _lineup(config: TuneConfig) -> Lineup:
     return Lineup(
         victims=[("victim", config.victim)],
         chains=[("defense", [_defense(config)])],
-        attacks=[PluginAt.entry(spec, f"attacks.{i}") for i, spec in enumerate(config.attacks)],
+        attacks=[
+            PluginAt.entry(spec, f"attacks.{i}")
+            for i, spec in enumerate(config.best_response.apply(config.attacks))
+        ],
         substitute_arch=config.substitute_arch,
         defenses_path="defense",
     )

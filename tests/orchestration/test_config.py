@@ -69,6 +69,12 @@ def _problems(raw: Any) -> dict[str, str]:
         (lambda c: c["defenses"][1].update(params={"betta": 1.0}), "defenses.1.0.params"),
         (lambda c: c["attacks"][0].update(params={"lr": math.nan}), "attacks.0.params"),
         (lambda c: c["tracking"].update(experimnt="x"), "tracking.experimnt"),
+        (lambda c: c.update(best_response={"trials": -1}), "best_response.trials"),
+        (lambda c: c.update(best_response={"trials": 2.5}), "best_response.trials"),
+        (lambda c: c.update(best_response={"trials": "4"}), "best_response.trials"),
+        (lambda c: c.update(best_response={"trials": True}), "best_response.trials"),
+        (lambda c: c.update(best_response={"trials": 65}), "best_response.trials"),
+        (lambda c: c.update(best_response={"trails": 4}), "best_response.trails"),
     ],
 )
 def test_C1_bad_config_names_the_dotted_path(
@@ -112,7 +118,9 @@ def test_yaml_syntax_error_and_missing_file(tmp_path: Path) -> None:
 
 def test_equal_plugins_get_equal_match_keys(smoke_config_dict: dict[str, Any]) -> None:
     explicit = copy.deepcopy(smoke_config_dict)
-    explicit["attacks"] = [{"name": "knockoff", "params": {"epochs": 20, "lr": 0.001}}]
+    explicit["attacks"] = [
+        {"name": "knockoff", "params": {"epochs": None, "lr": 0.001, "min_steps": 2000}}
+    ]
     implicit = copy.deepcopy(smoke_config_dict)
     implicit["attacks"] = ["knockoff"]
     keys = {m.key() for m in parse_config(explicit).matches()}
@@ -147,6 +155,7 @@ json_values = st.recursive(
             "ray",
             "tracking",
             "substitute_arch",
+            "best_response",
             "extra",
         ]
     ),
@@ -256,6 +265,7 @@ TUNE_SMOKE = REPO / "configs" / "tuning" / "digits_smoke.yaml"
             "cost",
             "defaults",
             "storage",
+            "best_response",
             "extra",
         ]
     ),
