@@ -13,6 +13,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from agents._thief_recipe import MIN_STEPS
 from orchestration.config import ConfigError, load_config, parse_config
 from orchestration.tune_config import parse_tune_config
 
@@ -119,7 +120,7 @@ def test_yaml_syntax_error_and_missing_file(tmp_path: Path) -> None:
 def test_equal_plugins_get_equal_match_keys(smoke_config_dict: dict[str, Any]) -> None:
     explicit = copy.deepcopy(smoke_config_dict)
     explicit["attacks"] = [
-        {"name": "knockoff", "params": {"epochs": None, "lr": 0.001, "min_steps": 2000}}
+        {"name": "knockoff", "params": {"epochs": None, "lr": 0.001, "min_steps": MIN_STEPS}}
     ]
     implicit = copy.deepcopy(smoke_config_dict)
     implicit["attacks"] = ["knockoff"]
