@@ -21,9 +21,12 @@ Attacks", EuroS&P 2019). The same loop, but each synthetic point takes a targete
 random class ``t ≠ y``: ``x' = clip(x − λ · sign(∇_x CE(F(x), t)), low, high)``, which spreads the
 new points over more decision boundaries than JBDA's untargeted step.
 
-The substitute keeps its weights from round to round (each round is ``epochs`` more passes over the
-grown set) and learns from the oracle's top-1 labels, or from its returned rows with
-``soft_labels``. Input gradients are computed in chunks with one backward pass per chunk.
+The round substitute, which only steers the augmentation, keeps its weights from round to round
+(each round is ``round_epochs`` more passes over the grown set); once the budget is spent, the
+final substitute is trained from scratch on every answered point with the thieves' shared recipe
+(:mod:`agents._thief_recipe`: ``epochs``, ``min_steps``, ...). It learns from the oracle's top-1
+labels, or from its returned rows with ``soft_labels``. Input gradients are computed in chunks
+with one backward pass per chunk.
 Against a detector that refuses (PRADA was built to catch exactly these attacks) the loop stops
 and the substitute is trained on what was answered.
 """
@@ -40,11 +43,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from agents._rounds import ask, training_targets
+from agents._thief_recipe import ThiefTraining
 from arena.attacker import ATTACKS, Attacker
 from arena.knowledge import Knowledge
 from arena.oracle import Oracle
 from arena.seeds import torch_seed
-from arena.training import TrainRecipe, model_device
+from arena.training import model_device
 from arena.validation import check_bool, check_integer, check_number
 
 GRADIENT_CHUNK = 1024
@@ -55,19 +59,16 @@ Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
-class JacobianAugmentation(Attacker):
+class JacobianAugmentation(ThiefTraining, Attacker):
     """Shared loop of JBDA and JBDA-TR: seed, train, augment by input-gradient steps, repeat."""
 
     seed_size: int = 100
     """pool images in the initial set (capped by the budget); each round then doubles the set"""
     step_size: float = 0.1
     """λ: the L∞ length of each augmentation step, in input units (the paper uses 0.1 on [0, 1])"""
-    epochs: int = 10
-    """substitute training epochs per round over the set labelled so far"""
-    lr: float = 1e-3
-    """Adam learning rate"""
-    batch_size: int = 64
-    """substitute training mini-batch"""
+    round_epochs: int = 10
+    """round-substitute training epochs per round over the set labelled so far (the final
+    substitute trains on the shared thief recipe)"""
     query_batch: int = 256
     """points per oracle call"""
     soft_labels: bool = False
@@ -75,10 +76,10 @@ class JacobianAugmentation(Attacker):
 
     def __post_init__(self) -> None:
         super().__post_init__()  # the base class checks the options every attack shares
-        for name in ("seed_size", "epochs", "batch_size", "query_batch"):
+        self.check_training()
+        for name in ("seed_size", "round_epochs", "query_batch"):
             check_integer(name, getattr(self, name), low=1)
         check_number("step_size", self.step_size, low=0, low_open=True)
-        check_number("lr", self.lr, low=0, high=10, low_open=True, high_open=True)
         check_bool("soft_labels", self.soft_labels)
 
     def _steal(self, oracle: Oracle, knowledge: Knowledge, rng: np.random.Generator) -> nn.Module:
@@ -90,14 +91,13 @@ class JacobianAugmentation(Attacker):
         answers, stop = ask(oracle, x, self.query_batch)
         x = x[: len(answers)]
         substitute = knowledge.make_substitute(torch_seed(rng))
-        recipe = TrainRecipe(
-            epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, cosine=False
-        )
         for round_index in itertools.count():
-            targets = training_targets(answers, self.soft_labels)
-            substitute = knowledge.fit(substitute, x, targets, recipe, seed=torch_seed(rng))
             if stop or len(x) == 0:
                 break
+            recipe = self.training_recipe(len(x), epochs=self.round_epochs)
+            substitute = knowledge.fit(
+                substitute, x, self.targets(answers), recipe, torch_seed(rng)
+            )
             parents = torch.arange(len(x))
             if len(x) > oracle.remaining:  # the last augmentation: as many parents as queries left
                 chosen = rng.choice(len(x), oracle.remaining, replace=False)
@@ -110,7 +110,11 @@ class JacobianAugmentation(Attacker):
             new_answers, stop = ask(oracle, children, self.query_batch)
             x = torch.cat([x, children[: len(new_answers)]])
             answers = torch.cat([answers, new_answers])
-        return substitute
+        return self.fit_substitute(knowledge, x, answers, torch_seed(rng), self.targets)
+
+    def targets(self, answers: torch.Tensor) -> torch.Tensor:
+        """The oracle's top-1 labels, or its renormalised rows with ``soft_labels``."""
+        return training_targets(answers, self.soft_labels)
 
     def augment(
         self,

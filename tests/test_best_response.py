@@ -229,12 +229,14 @@ def test_tournament_config_applies_best_response_to_attacks_that_take_it() -> No
         "knockoff",
         {"name": "copycat", "params": {"best_response_trials": 2}},
         "jbda",
+        "dfme",
     ]
     off = _trials_of(parse_config(raw).matches())  # off by default: only the explicit one
-    assert off == {"knockoff": None, "copycat": 2, "jbda": None}
+    assert off == {"knockoff": None, "copycat": 2, "jbda": None, "dfme": None}
     raw["best_response"] = {"trials": 6}
     played = _trials_of(parse_config(raw).matches())
-    assert played == {"knockoff": 6, "copycat": 2, "jbda": None}  # jbda has no such field
+    # dfme trains a generator and a student, not on a transfer set: it has no such field
+    assert played == {"knockoff": 6, "copycat": 2, "jbda": 6, "dfme": None}
     raw["best_response"] = {"trials": -1}
     with pytest.raises(ConfigError) as info:
         parse_config(raw)

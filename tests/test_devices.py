@@ -167,7 +167,7 @@ def test_the_mixed_precision_switch_reaches_the_thief(
     """Through Knowledge the flag changes the thief's substitute (proof it is used); off, an
     explicit ``device="cpu"`` knowledge steals exactly what the default one steals."""
     service = make_service()
-    params = {"knockoff": {"epochs": 2}, "jbda": {"epochs": 2, "seed_size": 40}}
+    params = {"knockoff": {"epochs": 2}, "jbda": {"epochs": 2, "round_epochs": 2, "seed_size": 40}}
     params["dfme"] = {"replay_steps": 20}
     pool = "none" if attack == "dfme" else "in_distribution"
     base = MatchData.from_splits(digits_data, pool).knowledge("mlp", upper_bound=False)

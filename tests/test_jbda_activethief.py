@@ -38,7 +38,7 @@ FAST = {"epochs": 2}
 
 
 def fast(name: str, params: dict[str, Any]) -> dict[str, Any]:
-    extra = {"round_epochs": 2} if name == "activethief" else {}
+    extra = {"round_epochs": 2} if name in ("activethief", "jbda", "jbda_tr") else {}
     return {**FAST, **extra, **params}
 
 
@@ -370,7 +370,7 @@ def test_same_rng_gives_identical_substitute(
         ("jbda", {"step_size": 0.0}),
         ("jbda", {"step_size": float("nan")}),
         ("jbda", {"tau": 0}),
-        ("jbda", {"epochs": 2.5}),
+        ("jbda", {"round_epochs": 2.5}),
         ("jbda", {"soft_labels": "yes"}),
         ("jbda_tr", {"tau": 3}),  # the targeted variant has no periodic step
         ("jbda_tr", {"lr": 0}),

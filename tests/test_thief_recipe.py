@@ -19,7 +19,15 @@ from arena.registry import build_plugin
 from arena.specs import VictimSpec
 from arena.training import REFERENCE_RECIPE, random_shift
 
-TRANSFER_SET_ATTACKS = ("knockoff", "copycat", "activethief", "random_queries", "true_labels")
+TRANSFER_SET_ATTACKS = (
+    "knockoff",
+    "copycat",
+    "activethief",
+    "jbda",
+    "jbda_tr",
+    "random_queries",
+    "true_labels",
+)
 
 
 @pytest.mark.parametrize("name", TRANSFER_SET_ATTACKS)
