@@ -66,6 +66,11 @@ class JacobianAugmentation(ThiefTraining, Attacker):
     """pool images in the initial set (capped by the budget); each round then doubles the set"""
     step_size: float = 0.1
     """λ: the L∞ length of each augmentation step, in input units (the paper uses 0.1 on [0, 1])"""
+    shift_pixels: int = 1
+    """augmentation of every fit (rounds and final): random translations of up to this many
+    pixels. On by default for JBDA alone: its transfer set is a hundred pool images and their
+    Jacobian children, which long training overfits; at 1k queries on the default victim one
+    pixel of shift took the final substitute from 0.664 to 0.704 (3 seeds)"""
     round_epochs: int = 10
     """round-substitute training epochs per round over the set labelled so far (the final
     substitute trains on the shared thief recipe)"""

@@ -37,7 +37,8 @@ class TrainRecipe:
     """anneal the learning rate to zero over the run (steadier final accuracy than a constant)"""
     shift_pixels: int = 0
     """augmentation: translate each training image by a random whole number of pixels, up to
-    this many in each direction (zero fill); 0 = off. Images only (``[N, C, H, W]``)."""
+    this many in each direction (zero fill); 0 = off. Images only (``[N, C, H, W]``): other
+    inputs train unshifted."""
 
     def describe(self) -> dict[str, object]:
         """The recipe in a match record: optimiser settings, schedule and augmentation."""
@@ -108,7 +109,7 @@ def train_classifier(
             if skip_singletons and len(idx) == 1:
                 continue
             xb, tb = x[idx], targets[idx].to(device)
-            if recipe.shift_pixels:
+            if recipe.shift_pixels and xb.dim() == 4:
                 xb = random_shift(xb, recipe.shift_pixels, generator)
             xb = xb.to(device)
             with _autocast(device, mixed_precision):

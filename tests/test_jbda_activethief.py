@@ -392,7 +392,9 @@ def test_prada_refusal_ends_jbda_without_crashing(
     make_service: ServiceFactory, digits_data: DataSplits
 ) -> None:
     service = make_service([PluginSpec(name="prada", params={"response": "refuse"})])
-    model, recorder = steal(service, digits_data, "jbda", {"seed_size": 20, **FAST}, 1000)
+    # the final substitute trains from scratch on the few dozen answers: 50 epochs, not FAST's 2
+    params = {"seed_size": 20, "round_epochs": 2, "epochs": 50}
+    model, recorder = steal(service, digits_data, "jbda", params, 1000)
     stats = service.account_stats(recorder.identity)
     assert stats.detected_after is not None
     assert recorder.answered == stats.used < 1000

@@ -38,7 +38,8 @@ def test_auto_epochs_train_at_least_min_steps_and_20_epochs(name: str) -> None:
     assert small.epochs * 16 >= MIN_STEPS and not small.cosine
     assert attack.training_recipe(10_000).epochs == 26  # 157 steps an epoch
     assert attack.training_recipe(50_000).epochs == MIN_EPOCHS  # 782 steps x 20 > MIN_STEPS
-    assert (small.lr, small.batch_size, small.shift_pixels) == (1e-3, 64, 0)
+    shift = 1 if name.startswith("jbda") else 0  # JBDA alone augments by default
+    assert (small.lr, small.batch_size, small.shift_pixels) == (1e-3, 64, shift)
 
 
 def test_explicit_training_fields_are_kept_exactly() -> None:
