@@ -18,6 +18,7 @@ import os
 import platform
 import shlex
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -31,6 +32,7 @@ from rich.console import Console
 from rich.table import Table
 
 from arena.home import ArenaHome
+from arena.record import comparable
 from orchestration.config import load_config
 from orchestration.leaderboard import markdown_table
 from orchestration.tournament import TournamentOutcome, run_tournament
@@ -54,13 +56,47 @@ def play(config_path: Path, home: Path, store: str) -> tuple[TournamentOutcome, 
     return outcome, time.perf_counter() - start
 
 
+def render(path: Path) -> str:
+    """The docs tables of a written JSON: wall times, every match, the leaderboard."""
+    report = json.loads(path.read_text())
+    wall, played = report["wall_seconds"], report["played"]
+    lines = [
+        "| run | matches played | wall s |",
+        "|---|---:|---:|",
+        f"| cold (victim trained) | {played['cold']} | {wall['cold']:.0f} |",
+        f"| warm (victim cached) | {played['warm']} | {wall['warm']:.0f} |",
+        f"| rerun (all finished) | {played['rerun']} | {wall['rerun']:.1f} |",
+        "",
+        "| defense | attack | budget | stolen | second track | fidelity | utility | thief epochs |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for m in report["matches"]:
+        reference = m.get("reference_stolen_accuracy")
+        recipe = json.loads(m["thief_recipe"]) if m.get("thief_recipe") else {}
+        lines.append(
+            f"| {m['defense']} | {m['attack']} | {m['budget']:,} | {m['stolen_accuracy']:.4f} "
+            f"| {'—' if reference is None else f'{reference:.4f}'} | {m['fidelity']:.4f} "
+            f"| {m['utility']:.4f} | {recipe.get('epochs', '—')} |"
+        )
+    victims = ", ".join(f"{v:.4f}" for v in report["victim_test_accuracy"].values())
+    stamp = (
+        f"_Victim test accuracy {victims}. Measured {report['date'][:16].replace('T', ' ')} UTC"
+        f" at commit {report.get('commit', '?')} (`python benchmarks/default_tournament.py`)._"
+    )
+    return "\n".join([*lines, "", report["leaderboard_markdown"].strip(), "", stamp])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "fashion_mnist.yaml")
     parser.add_argument(
         "--out", type=Path, default=REPO / "benchmarks" / "results" / "default_tournament.json"
     )
+    parser.add_argument("--render", type=Path, help="print the docs tables of a written JSON")
     args = parser.parse_args()
+    if args.render:
+        print(render(args.render))
+        return 0
     console = Console(width=160)
     home = Path(tempfile.mkdtemp(prefix="arena-bench-"))
     data_dir = os.environ.get("ARENA_DATA_DIR")
@@ -83,21 +119,14 @@ def main() -> int:
     console.print(table)
     console.print(f"victim test accuracy: {victims}; training seconds: {train_s}")
     console.print(markdown_table(cold.leaderboard))
-    identical = [
-        r.model_dump(
-            exclude={"attack_seconds", "match_seconds", "defense_us_per_query", "latency_ratio"}
-        )
-        for r in cold.results
-    ] == [
-        r.model_dump(
-            exclude={"attack_seconds", "match_seconds", "defense_us_per_query", "latency_ratio"}
-        )
-        for r in warm.results
-    ]
+    identical = [comparable(r) for r in cold.results] == [comparable(r) for r in warm.results]
     console.print(f"cold and warm records identical apart from timings: {identical}")
 
     report: dict[str, Any] = {
         "command": shlex.join([sys.executable, *sys.argv]),
+        "commit": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip(),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {
             "cpus": os.cpu_count(),
