@@ -219,7 +219,8 @@ def test_plugin_plays_on_ray_workers(
     runs = client.search_runs([tracker.experiment_id])
     matches = [r for r in runs if r.data.tags.get("arena.kind") == "match"]
     assert len(matches) == 4 and all(r.info.status == "FINISHED" for r in matches)
-    assert {r.data.params["attack.version"] for r in matches} == {"1"}
+    versions = {(r.data.tags["arena.attack"], r.data.params["attack.version"]) for r in matches}
+    assert versions == {(f"{prefix}_thief", "1"), ("knockoff", "2")}
     assert ray.is_initialized()
 
 
