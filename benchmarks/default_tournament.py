@@ -18,7 +18,6 @@ import os
 import platform
 import shlex
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +27,7 @@ from typing import Any
 
 import ray
 import torch
+from machine import git_commit
 from rich.console import Console
 from rich.table import Table
 
@@ -124,9 +124,7 @@ def main() -> int:
 
     report: dict[str, Any] = {
         "command": shlex.join([sys.executable, *sys.argv]),
-        "commit": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
-        ).stdout.strip(),
+        "commit": git_commit(),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {
             "cpus": os.cpu_count(),

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from machine import write_record
+from machine import git_commit, write_record
 from rich.console import Console
 from rich.table import Table
 
@@ -130,9 +130,7 @@ def main() -> None:
     service = build_service(spec.victim, spec.defenses, data, cache)
     service.open_account("b", 10**12)
     pool = data.test.x[:256].numpy()
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
-    ).stdout.strip()
+    commit = git_commit()
     with tempfile.TemporaryDirectory() as scratch:
         baseline = export_revision(args.baseline_rev, Path(scratch))
         children = {}

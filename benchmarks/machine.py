@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import shlex
+import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,6 +33,14 @@ def machine_info(loadavg_start: tuple[float, float, float]) -> dict[str, Any]:
         "loadavg_start": list(loadavg_start),
         "loadavg_end": list(os.getloadavg()),
     }
+
+
+def git_commit() -> str:
+    """The short commit of the checkout the benchmark runs from (stamped on its tables)."""
+    repo = Path(__file__).resolve().parents[1]
+    return subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True
+    ).stdout.strip()
 
 
 def write_record(

@@ -22,13 +22,12 @@ import json
 import logging
 import os
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
 import ray
 import torch
-from machine import write_record
+from machine import git_commit, write_record
 from rich.console import Console
 from rich.table import Table
 
@@ -152,9 +151,7 @@ def main() -> None:
     console.print(table)
     median_ratio = statistics.median(ratios)
     console.print(f"median ratio {median_ratio:.2f}x (target <= {TARGET}x)")
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
-    ).stdout.strip()
+    commit = git_commit()
     summary = {
         "commit": commit,
         "median_ratio": median_ratio,

@@ -22,13 +22,12 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from config_runs import run_config
-from machine import write_record
+from machine import git_commit, write_record
 from rich.console import Console
 
 from arena.record import MatchResult
@@ -110,9 +109,7 @@ def main() -> int:
     config = config.model_copy(update=update)
     outcome, wall = run_config(config, console)
     rows = strength_rows(outcome.results)
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
-    ).stdout.strip()
+    commit = git_commit()
     console.print(markdown(rows, f"commit {commit}, wall {wall:.0f} s"))
     fields = {
         "commit": commit,
