@@ -8,6 +8,7 @@ for detectors the queries to detection per attack and whether the benign caller 
 Usage (from the repository root)::
 
     python benchmarks/defense_suite.py [--config configs/defense_suite.yaml] [--out FILE]
+    python benchmarks/defense_suite.py --render FILE [--before OLD_FILE]   # the docs tables
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 import ray
 import torch
 from config_runs import run_config
+from machine import git_commit
 from rich.console import Console
 
 from arena.record import MatchResult
@@ -54,6 +56,9 @@ def defense_rows(results: list[MatchResult]) -> list[dict[str, Any]]:
             attacks[name] = {
                 "stolen_accuracy": _mean([r.stolen_accuracy for r in matches]),
                 "fidelity": _mean([r.fidelity for r in matches]),
+                "reference_stolen_accuracy": _mean(
+                    [r.reference_stolen_accuracy for r in matches if r.reference_stolen_accuracy]
+                ),
                 "queries_used": _mean([float(r.queries_used) for r in matches]),
                 "detected": sum(r.detected for r in matches),
                 "queries_to_detection": detections,
@@ -125,13 +130,70 @@ def markdown(rows: list[dict[str, Any]], budgets: list[int]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def strongest(row: dict[str, Any]) -> tuple[str, float]:
+    """The row's strongest attack and its stolen accuracy (protection is 1 minus that)."""
+    name = max(row["attacks"], key=lambda a: row["attacks"][a]["stolen_accuracy"])
+    return name, row["attacks"][name]["stolen_accuracy"]
+
+
+def protection_change(before: dict[str, Any], after: dict[str, Any]) -> str:
+    """Per defense, the strongest attack and protection of two records side by side."""
+    old = {row["defense"]: row for row in before["rows"]}
+    lines = [
+        "| defense | utility | strongest before | protection before "
+        "| strongest after | protection after | change |",
+        "|---|---:|---|---:|---|---:|---:|",
+    ]
+    for row in after["rows"]:
+        name, stolen = strongest(row)
+        if row["defense"] not in old:
+            lines.append(
+                f"| {row['defense']} | {row['utility']:.4f} | — | — | {name} "
+                f"{stolen:.4f} | {1 - stolen:.4f} | — |"
+            )
+            continue
+        old_name, old_stolen = strongest(old[row["defense"]])
+        lines.append(
+            f"| {row['defense']} | {row['utility']:.4f} | {old_name} {old_stolen:.4f} "
+            f"| {1 - old_stolen:.4f} | {name} {stolen:.4f} | {1 - stolen:.4f} "
+            f"| {old_stolen - stolen:+.4f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def render(path: Path, before: Path | None) -> str:
+    """The docs tables of a written JSON (and, given an older one, the change in protection)."""
+    report = json.loads(path.read_text())
+    parts = [report["table_markdown"], report["leaderboard_markdown"]]
+    if before is not None:
+        old = json.loads(before.read_text())
+        parts.append(protection_change(old, report))
+        parts.append(f"_Before: measured {_when(old)} ({before.name})._\n")
+    parts.append(
+        f"_Measured {_when(report)} (`python benchmarks/defense_suite.py`, "
+        f"{report['played']} matches in {report['wall_seconds_this_run']:.0f} s)._"
+    )
+    return "\n".join(parts)
+
+
+def _when(report: dict[str, Any]) -> str:
+    commit = report.get("commit")
+    at = report["date"][:16].replace("T", " ") + " UTC"
+    return f"{at} at commit {commit}" if commit else at
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "defense_suite.yaml")
     parser.add_argument(
         "--out", type=Path, default=REPO / "benchmarks" / "results" / "defense_suite.json"
     )
+    parser.add_argument("--render", type=Path, help="print the docs tables of a written JSON")
+    parser.add_argument("--before", type=Path, help="with --render: an older JSON to compare")
     args = parser.parse_args()
+    if args.render:
+        print(render(args.render, args.before))
+        return 0
     console = Console(width=200)
     config = load_config(args.config)
     outcome, wall = run_config(config, console)
@@ -145,6 +207,7 @@ def main() -> int:
             console.print(f"[red]failed {failure.match_key}: {failure.reason.splitlines()[0]}")
     report = {
         "command": shlex.join([sys.executable, *sys.argv]),
+        "commit": git_commit(),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {
             "cpus": os.cpu_count(),

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -57,6 +58,7 @@ def strength_rows(results: list[MatchResult]) -> list[dict[str, Any]]:
                 "gap": statistics.fmean(gaps) if gaps else None,
                 "worst_gap": min(gaps) if gaps else None,
                 "recipe": json.loads(group[0].thief_recipe) if group[0].thief_recipe else None,
+                "recipes": [json.loads(r.thief_recipe) if r.thief_recipe else None for r in group],
                 "attack_seconds": statistics.fmean(r.attack_seconds for r in group),
             }
         )
@@ -81,7 +83,42 @@ def markdown(rows: list[dict[str, Any]], stamp: str) -> str:
             f"| {number(row['reference'])} | {number(row['gap'], True)} "
             f"| {number(row['worst_gap'], True)} | {epochs} |"
         )
-    return "\n".join([*lines, "", stamp])
+    return "\n".join([*lines, "", *best_response_lines(rows), stamp])
+
+
+def fixed_self(attack: str) -> str:
+    """The label of the same attack without its best-response option."""
+    label = re.sub(r"best_response_trials=\d+,?", "", attack).replace(",)", ")")
+    return label.removesuffix("()")
+
+
+def best_response_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Each best-response row against its fixed-recipe self (same budget, same seeds)."""
+    own = {(row["attack"], row["budget"]): row for row in rows}
+    lines = []
+    for row in rows:
+        base = own.get((fixed_self(row["attack"]), row["budget"]))
+        if "best_response_trials" not in row["attack"] or base is None:
+            continue
+        chosen = "; ".join(_brief(r) for r in row.get("recipes", []) if r)
+        lines.append(
+            f"| {row['attack']} | {row['budget']:,} | {row['own']:.3f} | {base['own']:.3f} "
+            f"| {row['own'] - base['own']:+.3f} | {chosen} |"
+        )
+    if not lines:
+        return []
+    header = [
+        "| best response | budget | stolen | fixed self | difference | chosen per seed |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    return [*header, *lines, ""]
+
+
+def _brief(recipe: dict[str, Any]) -> str:
+    return (
+        f"{recipe.get('targets')}, {recipe.get('epochs')} ep, lr {recipe.get('lr'):g}, "
+        f"shift {recipe.get('shift_pixels', 0)}, {recipe.get('arch')}"
+    )
 
 
 def render(path: Path) -> str:
