@@ -706,7 +706,21 @@ def _pool_option(pool: str) -> str:
 
 
 @app.command("list")
-def list_plugins() -> None:
+def list_plugins(
+    markdown: Annotated[
+        bool,
+        typer.Option(
+            "--markdown",
+            help="markdown tables with parameters, defaults and search spaces (as in docs/)",
+        ),
+    ] = False,
+    builtin_only: Annotated[
+        bool,
+        typer.Option(
+            "--builtin-only", help="only the plug-ins that ship with the arena, none installed"
+        ),
+    ] = False,
+) -> None:
     """List the registered defenses, attacks, architectures, datasets and removals (with the
     installed plug-ins), each with its version."""
     import agents  # noqa: F401  (registers the attacks)
@@ -717,18 +731,24 @@ def list_plugins() -> None:
     from arena.models import ARCHITECTURES
     from arena.plugins import load_installed_plugins
     from arena.removal import REMOVALS
+    from orchestration.docs_reference import is_builtin, plugin_tables
 
-    try:
-        load_installed_plugins()
-    except ArenaError as exc:
-        raise _fail(escape(str(exc)), 2) from None
+    if not builtin_only:
+        try:
+            load_installed_plugins()
+        except ArenaError as exc:
+            raise _fail(escape(str(exc)), 2) from None
+    if markdown:  # plain text: rich would wrap the rows and read the brackets as markup
+        sys.stdout.write(plugin_tables(builtin_only))
+        return
     for registry in (DEFENSES, ATTACKS, ARCHITECTURES, DATASETS, DATASET_FORMS, REMOVALS):
         table = Table(title=f"{registry.kind}s", title_justify="left", show_header=False, box=None)
         table.add_column("name", style="bold cyan")
         table.add_column("version", style="dim")
         table.add_column("description")
         for name, description in registry.describe().items():
-            table.add_row(name, f"v{registry.version(name)}", description)
+            if not builtin_only or is_builtin(registry.get(name)):
+                table.add_row(name, f"v{registry.version(name)}", description)
         console.print(table)
         console.print()
 
