@@ -67,7 +67,9 @@ class PluginSpec(Spec):
     VERSION_FIELDS: ClassVar[tuple[str, ...]] = ("version",)
 
     name: str = Field(min_length=1)
+    """the registered name (``arena list``)"""
     params: dict[str, Any] = Field(default_factory=dict)
+    """hyperparameters; those left out take the plug-in's defaults"""
     version: PositiveInt = 1
     """the registered plug-in's version when the spec was made (:mod:`arena.versions`)"""
 
@@ -93,13 +95,19 @@ class VictimSpec(Spec):
     """deepest servable tree: the serving layout holds ``2**max_depth`` leaves"""
 
     dataset: str = "fashion_mnist"
+    """a registered dataset, ``imagefolder:PATH`` or ``npz:PATH``"""
     arch: str = "lenet5"
+    """a registered architecture, ``torchvision/<name>`` or ``package.module:factory``"""
     epochs: PositiveInt = 15
+    """training epochs of the victim"""
     lr: PositiveFloat = 3e-3
+    """the victim's training learning rate"""
     batch_size: PositiveInt = 128
+    """the victim's training batch size"""
     train_size: PositiveInt | None = None
     """use only the first N images of the victim split (small test victims)"""
     seed: NonNegativeInt = 0
+    """the victim's training seed"""
     checkpoint: str | None = Field(default=None, min_length=1, exclude_if=lambda v: v is None)
     """a trained model to serve (a path, relative to the working directory of the process
     reading it: the driver). Left out of the canonical form while unset, like max_depth"""

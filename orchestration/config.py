@@ -189,6 +189,7 @@ class TrackingSettings(_Strict):
     """Where results go."""
 
     experiment: Label = "model-stealing-arena"
+    """the MLflow experiment the runs are logged under"""
 
 
 Plugins = list[Annotated[str, Field(min_length=1, max_length=PATH_LIMIT)]]
@@ -199,14 +200,20 @@ class TournamentConfig(_Strict):
     """Victims × defense chains × attacks × budgets × seeds, all played as matches."""
 
     name: Name
+    """the tournament (one MLflow parent run per name); reruns of a name play only what is
+    missing"""
     plugins: Plugins = []
     """plug-in modules or ``.py`` files to import first (:mod:`arena.plugins`)"""
     victims: list[VictimSpec] = Field(min_length=1)
+    """each victim: dataset, architecture, training recipe, seed (or a checkpoint)"""
     defenses: list[list[PluginSpec]] = Field(min_length=1)
     """each entry is one defense chain; a single defense may be written without the list"""
     attacks: Attacks
+    """attacks by name (``- copycat``), with ``params``, or ``{suite: NAME}`` for a named suite"""
     budgets: list[PositiveInt] = Field(min_length=1)
+    """queries per attacker, enforced by the victim service"""
     seeds: list[NonNegativeInt] = Field(default=[0], min_length=1)
+    """attacker seeds: every match is played once per seed"""
     pools: list[PoolChoice] = Field(default=["in_distribution"], min_length=1)
     """query pools the thieves are granted (:mod:`arena.pools`); data-free attacks play once;
     ``dataset:NAME`` or ``{dataset: NAME, resize: MODE, channels: MAP}`` for another dataset's
@@ -217,13 +224,16 @@ class TournamentConfig(_Strict):
     """budget curves: queries-to-X is the smallest budget whose stolen accuracy reaches X times
     the victim's accuracy"""
     substitute_arch: str | None = None
+    """the thieves' architecture; ``None``: the victim's"""
     removals: list[PluginSpec] = Field(default=[PluginSpec(name="none")], min_length=1)
     """watermark-removal attacks (:mod:`arena.removal`) each thief's model is put through before
     it is scored, one match per entry; ``none`` keeps the model as stolen"""
     best_response: BestResponse = BestResponse()
     """the thieves' inner best response; off unless ``trials`` is set"""
     ray: RaySettings = RaySettings()
+    """where matches run"""
     tracking: TrackingSettings = TrackingSettings()
+    """where results go"""
 
     @field_validator("removals", mode="before")
     @classmethod

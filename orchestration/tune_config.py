@@ -45,9 +45,13 @@ class RangeOverride(_Strict):
     """Narrow (or widen) one declared hyperparameter: numeric bounds, or categorical options."""
 
     low: float | None = None
+    """new lower bound (numeric ranges); ``None`` keeps the declared one"""
     high: float | None = None
+    """new upper bound (numeric ranges); ``None`` keeps the declared one"""
     log: bool | None = None
+    """sample on a log scale (float ranges); ``None`` keeps the declared scale"""
     options: list[Any] | None = None
+    """new options (categorical hyperparameters); ``None`` keeps the declared ones"""
 
 
 class TuneConfig(_Strict):
@@ -58,7 +62,9 @@ class TuneConfig(_Strict):
     plugins: Plugins = []
     """plug-in modules or ``.py`` files to import first (:mod:`arena.plugins`)"""
     victim: VictimSpec
+    """the victim the defense protects"""
     defense: str = Field(min_length=1)
+    """the registered defense whose hyperparameters are searched"""
     fixed: dict[str, Any] = {}
     """hyperparameters held fixed (not searched)"""
     search_space: dict[str, RangeOverride] = {}
@@ -66,8 +72,11 @@ class TuneConfig(_Strict):
     attacks: Attacks
     """the suite: protection is the worst case over these"""
     budget: PositiveInt
+    """queries per attacker in every trial"""
     seed: NonNegativeInt = 0
+    """the attackers' seed in every trial"""
     trials: PositiveInt = 12
+    """trials to complete (a rerun resumes until this many are COMPLETE)"""
     concurrency: PositiveInt = 2
     """trials in flight at once (each plays every attack in parallel)"""
     utility_floor: float = Field(default=0.01, ge=0, le=1)
@@ -82,14 +91,18 @@ class TuneConfig(_Strict):
     storage: str | None = None
     """Optuna storage: a journal file path or an RDB URL; ``None``: a journal under ARENA_HOME"""
     sampler_seed: NonNegativeInt = 0
+    """seed of Optuna's multi-objective TPE sampler"""
     substitute_arch: str | None = None
+    """the thieves' architecture; ``None``: the victim's"""
     download: bool = False
     """fetch a missing torchvision dataset (on a machine with network); else it must be on disk"""
     best_response: BestResponse = BestResponse(trials=TUNING_BEST_RESPONSE_TRIALS)
     """the thieves' inner best response, on by default in studies (``trials: 0`` turns it off):
     protection is then measured against attackers that fit their recipe to the defense"""
     ray: RaySettings = RaySettings()
+    """where trials run"""
     tracking: TrackingSettings = TrackingSettings(experiment="arena-tuning")
+    """where results go"""
 
     def specs_for(self, params: dict[str, Any]) -> list[MatchSpec]:
         """The suite's matches against this defense with ``params`` (plus the fixed ones)."""
