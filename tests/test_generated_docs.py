@@ -97,3 +97,10 @@ def test_readme_keeps_the_two_commands_short() -> None:
         ROOT / "scripts" / "test.sh"
     ).is_file()
     assert len(readme.splitlines()) <= 150, "README.md is the front page: move detail to docs/"
+
+
+def test_the_docs_index_links_every_page() -> None:
+    index = (ROOT / "docs" / "index.md").read_text(encoding="utf-8")
+    linked = {target.partition("#")[0] for target in LINK.findall(index)}
+    pages = {p.name for p in (ROOT / "docs").glob("*.md")} - {"index.md"}
+    assert not pages - linked, f"docs/index.md does not link {sorted(pages - linked)}"
