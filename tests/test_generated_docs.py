@@ -29,8 +29,6 @@ LINK = re.compile(r"\]\(([^)\s]+)\)")
 FENCE = re.compile(r"^```.*?^```", re.S | re.M)
 OUTSIDE = ("../shared", "DESIGN.md", "RELIABILITY.md", "DESIGN §", "RELIABILITY §")
 """references to documents that are not in the repository"""
-EDITED_ELSEWHERE = {"results.md", "benchmarks.md"}
-"""pages another change is rewriting; their "DESIGN §8" / "RELIABILITY §7" mentions go with it"""
 
 
 def test_generated_blocks_match_the_code() -> None:
@@ -85,8 +83,7 @@ def test_relative_links_reach_the_repository(page: Path) -> None:
 @pytest.mark.parametrize("page", DOCS, ids=lambda p: p.name)
 def test_no_reference_outside_the_repository(page: Path) -> None:
     text = page.read_text(encoding="utf-8")
-    patterns = [p for p in OUTSIDE if "§" not in p or page.name not in EDITED_ELSEWHERE]
-    found = [p for p in patterns if p in text]
+    found = [p for p in OUTSIDE if p in text]
     assert not found, f"{page.relative_to(ROOT)} refers outside the repository: {found}"
 
 
