@@ -28,7 +28,6 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.cluster import KMeans
 from torch import nn
 
 from agents._transfer import TransferSetAttack, query_random_subset
@@ -129,6 +128,10 @@ class Knockoff(TransferSetAttack):
 
 def cluster_pool(pool: torch.Tensor, count: int, seed: int) -> list[np.ndarray]:
     """Pool indices split into ``count`` non-empty k-means clusters of 8×8-pooled images."""
+    # imported here: scikit-learn costs every process that imports the attacks (the CLI, each
+    # Ray worker) about half a second of CPU, and only the adaptive sampler clusters
+    from sklearn.cluster import KMeans
+
     small = F.adaptive_avg_pool2d(pool, (8, 8)) if pool.dim() == 4 else pool
     features = small.reshape(len(pool), -1).numpy()
     count = min(count, len(pool))

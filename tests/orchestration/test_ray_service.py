@@ -209,33 +209,50 @@ def test_Q2_oversized_numpy_view_refused_through_ray_without_a_copy(service: Any
 
 
 @ray.remote(num_cpus=0)
-def _hammer(handle: Any, attacker: str, batch: int, rounds: int) -> int:
-    """Send `rounds` batches; return how many queries were answered."""
-    oracle = Oracle(RayServiceProxy(handle), attacker)
-    answered = 0
-    for _ in range(rounds):
-        with contextlib.suppress(BudgetExhausted):
-            answered += int(oracle.query(torch.rand(batch, 1, 8, 8)).shape[0])
-    return answered
+class _Hammer:
+    """One concurrent caller in its own process. An actor, not a task: the 21 rounds below reuse
+    the same 8 processes (Ray stops idle task workers beyond ``num_cpus`` after a second, so 8
+    tasks a round started fresh workers, each importing torch and this module, every round)."""
+
+    def hammer(self, handle: Any, attacker: str, batch: int, rounds: int) -> int:
+        """Send `rounds` batches; return how many queries were answered."""
+        oracle = Oracle(RayServiceProxy(handle), attacker)
+        answered = 0
+        for _ in range(rounds):
+            with contextlib.suppress(BudgetExhausted):
+                answered += int(oracle.query(torch.rand(batch, 1, 8, 8)).shape[0])
+        return answered
 
 
 def test_B1_concurrent_callers_are_charged_exactly(service: Any) -> None:
     proxy = RayServiceProxy(service)
-    for i in range(8):
-        proxy.open_account(f"parallel-{i}", 100)
-    # 8 attackers at once, each asking for 6 x 30 = 180 against a budget of 100
-    answered = ray.get([_hammer.remote(service, f"parallel-{i}", 30, 6) for i in range(8)])
-    assert answered == [90] * 8  # the 4th batch of 30 crosses 100 and is refused whole (B3)
-    assert all(proxy.account_stats(f"parallel-{i}").used == 90 for i in range(8))
-    # the row itself: one attacker with a budget of 1,000, 8 callers at once sending 1,500
-    # queries (4 send 8 batches of 25, 4 send 7), 20 times
-    for repeat in range(20):
-        attacker = f"shared-{repeat}"
-        proxy.open_account(attacker, 1000)
-        rounds = [8, 8, 8, 8, 7, 7, 7, 7]
-        answered = ray.get([_hammer.remote(service, attacker, 25, r) for r in rounds])
-        assert sum(answered) == 1000, (repeat, answered)
-        assert proxy.account_stats(attacker).used == 1000
+    callers = [_Hammer.remote() for _ in range(8)]
+    try:
+        for i in range(8):
+            proxy.open_account(f"parallel-{i}", 100)
+        # 8 attackers at once, each asking for 6 x 30 = 180 against a budget of 100
+        answered = ray.get(
+            [c.hammer.remote(service, f"parallel-{i}", 30, 6) for i, c in enumerate(callers)]
+        )
+        assert answered == [90] * 8  # the 4th batch of 30 crosses 100 and is refused whole (B3)
+        assert all(proxy.account_stats(f"parallel-{i}").used == 90 for i in range(8))
+        # the row itself: one attacker with a budget of 1,000, 8 callers at once sending 1,500
+        # queries (4 send 8 batches of 25, 4 send 7), 20 times
+        for repeat in range(20):
+            attacker = f"shared-{repeat}"
+            proxy.open_account(attacker, 1000)
+            rounds = [8, 8, 8, 8, 7, 7, 7, 7]
+            answered = ray.get(
+                [
+                    c.hammer.remote(service, attacker, 25, r)
+                    for c, r in zip(callers, rounds, strict=True)
+                ]
+            )
+            assert sum(answered) == 1000, (repeat, answered)
+            assert proxy.account_stats(attacker).used == 1000
+    finally:
+        for caller in callers:
+            ray.kill(caller)
 
 
 def test_ray_and_in_process_matches_are_identical(
