@@ -2,7 +2,8 @@
 model zoo, services.
 
 Everything runs in this process on the CPU with one torch thread (the machine has two cores and
-the suite must stay well under a minute).
+the whole suite must stay well under 20 minutes: tests that play matches pin small ``epochs``,
+since the thieves' default recipe trains at least 4000 steps).
 """
 
 from __future__ import annotations
