@@ -9,6 +9,7 @@ and the study ends with the configured number of COMPLETE trials.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -102,7 +103,16 @@ def open_study(config: TuneConfig, storage: BaseStorage) -> optuna.Study:
             f"config asks for {len(directions)}: use another study name or storage"
         )
     check_versions(study, config.name, plugin_versions(config.specs_for({})))
+    with warnings.catch_warnings():  # experimental since Optuna 3.2, opted into knowingly
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(metric_names(config))
     return study
+
+
+def metric_names(config: TuneConfig) -> list[str]:
+    """The objectives' names, in order, so optuna-dashboard labels its plots with them rather
+    than "Objective 0/1"."""
+    return ["utility", "protection", *([config.cost] if config.cost else [])]
 
 
 def check_versions(study: optuna.Study, name: str, versions: dict[str, int]) -> None:

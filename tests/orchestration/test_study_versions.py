@@ -32,6 +32,22 @@ def test_a_study_keeps_its_versions_and_refuses_a_bump() -> None:
     assert f"defense:{config.defense} v1 -> v2" in message and "new name" in message
 
 
+def test_a_study_names_its_objectives() -> None:
+    config = load_tune_config(REPO / "configs" / "tuning" / "digits_smoke.yaml")
+    storage = optuna.storages.InMemoryStorage()
+    open_study(config, storage)
+    assert optuna.load_study(study_name=config.name, storage=storage).metric_names == [
+        "utility",
+        "protection",
+    ]
+    with_cost = config.model_copy(update={"name": "with-cost", "cost": "latency"})
+    assert open_study(with_cost, storage).metric_names == [
+        "utility",
+        "protection",
+        "latency",
+    ]
+
+
 def test_a_study_from_before_versions_adopts_them() -> None:
     study = optuna.create_study(directions=["maximize", "maximize"])
     check_versions(study, "old", {"defense:mad": 1})
