@@ -26,8 +26,14 @@ def kl_divergence(answer: torch.Tensor, reference: torch.Tensor) -> torch.Tensor
 
 
 def agreement(p: torch.Tensor, q: torch.Tensor) -> float:
-    """Share of rows whose argmax agrees (fidelity when one side is the undefended victim)."""
-    return float((p.argmax(dim=1) == q.argmax(dim=1)).float().mean())
+    """Share of rows whose argmax agrees (fidelity when one side is the undefended victim), as
+    an exact fraction (a float32 mean would record 0.9052 as 0.9052000045776367)."""
+    return share(p.argmax(dim=1) == q.argmax(dim=1))
+
+
+def share(hits: torch.Tensor) -> float:
+    """The fraction of true entries, counted in integers (``nan`` when there are none)."""
+    return int(hits.sum()) / hits.numel() if hits.numel() else float("nan")
 
 
 def exact_sum(values: torch.Tensor) -> float:

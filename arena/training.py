@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from arena.devices import CPU, autocast_dtype
+from arena.metrics import share
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``loss(logits, targets)`` for a mini-batch, a scalar to minimise"""
@@ -221,4 +222,5 @@ def predict_probs(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> 
 
 
 def accuracy(probs: torch.Tensor, labels: torch.Tensor) -> float:
-    return float((probs.argmax(dim=1) == labels).float().mean())
+    """Top-1 accuracy as an exact fraction (see :func:`arena.metrics.share`)."""
+    return share(probs.argmax(dim=1) == labels)

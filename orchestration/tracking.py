@@ -273,15 +273,17 @@ class Tracker:
         }
 
     def log_match(self, parent_id: str, spec: MatchSpec, result: MatchResult) -> str:
-        """One nested child run per match, created and closed in one go."""
+        """One nested child run per match, created and closed in one go once its record is in,
+        dated back to when the match started, so the run lasts as long as the match did."""
+        now = int(time.time() * 1000)
         run = self.client.create_run(
             self.experiment_id,
+            start_time=now - round(result.match_seconds * 1000),
             run_name=f"{result.defense} × {result.attack} @ {result.budget} s{result.seed}",
             tags=self._match_tags(parent_id, spec),
         )
         run_id: str = run.info.run_id
         metrics, tags = to_tracking(result)
-        now = int(time.time() * 1000)
         params = [Param(k, str(v)) for k, v in flatten(spec.model_dump(mode="json"))]
         self.client.log_batch(
             run_id,
@@ -290,7 +292,7 @@ class Tracker:
             tags=[RunTag(k, v) for k, v in tags.items()],
         )
         self.client.log_dict(run_id, result.model_dump(), "match_result.json")
-        self.client.set_terminated(run_id, status="FINISHED")
+        self.client.set_terminated(run_id, status="FINISHED", end_time=now)
         self._drop_failed_attempts(parent_id, spec.key(), keep=run_id)
         return run_id
 

@@ -62,6 +62,10 @@ def test_D5_tournament_logs_runs_and_resumes_without_duplicates(
     child = children[0]
     assert {"stolen_accuracy", "fidelity", "utility", "perturbation_kl"} <= set(child.data.metrics)
     assert "attack.name" in child.data.params and "budget" in child.data.params
+    by_key = {r.match_key: r for r in first.results}
+    for c in children:  # a child run lasts as long as its match did (to the millisecond)
+        seconds = by_key[c.data.tags[MATCH_KEY_TAG]].match_seconds
+        assert abs((c.info.end_time - c.info.start_time) - seconds * 1000) <= 1
     artifacts = {a.path for a in client.list_artifacts(first.parent_run_id)}
     assert {"leaderboard.md", "leaderboard.json", "protection_vs_utility.png"} <= artifacts
 
@@ -83,7 +87,6 @@ def test_D5_tournament_logs_runs_and_resumes_without_duplicates(
     keys = [c.data.tags[MATCH_KEY_TAG] for c in _children(client, tracker.experiment_id, parent_id)]
     assert sorted(keys) == sorted(spec.key() for spec in config.matches())
     # the record read back from MLflow is the record that was logged
-    by_key = {r.match_key: r for r in first.results}
     for r in second.results:
         assert r == by_key[r.match_key]
 
