@@ -17,4 +17,16 @@ fi
 echo "== ruff";        ruff check . && ruff format --check .
 echo "== mypy";        mypy
 echo "== layering";    lint-imports
-echo "== pytest";      python -m pytest "$@"
+echo "== pytest"
+# tests write only under temporary folders: whatever the suite adds to the checkout (untracked or
+# ignored, tool caches aside) fails the run, named
+in_git() { git rev-parse --is-inside-work-tree >/dev/null 2>&1; }
+left_in_checkout() { in_git && git status --ignored --porcelain | grep -v -E '(__pycache__|\.pytest_cache)/$' | sort || true; }
+before=$(left_in_checkout)
+python -m pytest "$@"
+added=$(comm -13 <(echo "$before") <(left_in_checkout))
+if [ -n "$added" ]; then
+  echo "the test suite left files in the checkout (tests must write under a temporary folder):"
+  echo "$added"
+  exit 1
+fi

@@ -8,9 +8,12 @@ since the thieves' default recipe trains at least 4000 steps).
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import hypothesis
+import hypothesis.configuration
 import pytest
 import torch
 from arena_testkit import ZOO_LATENCY_MS, DefenseArg, ServiceFactory, as_plugin_specs, match_spec
@@ -32,6 +35,13 @@ from arena.zoo import ZooModule, ZooProfile
 load_installed_plugins()
 
 torch.set_num_threads(1)
+
+# Hypothesis keeps its example database and caches in a temporary folder: its default,
+# ``.hypothesis/`` in the working directory, would be left in the checkout (tests write only
+# under temporary folders)
+hypothesis.configuration.set_hypothesis_home_dir(tempfile.mkdtemp(prefix="arena-hypothesis-"))
+hypothesis.settings.register_profile("arena", database=None)
+hypothesis.settings.load_profile("arena")
 
 
 @pytest.fixture(scope="session", autouse=True)
