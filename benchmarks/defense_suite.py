@@ -33,6 +33,7 @@ from rich.console import Console
 
 from arena.record import MatchResult
 from orchestration.config import load_config
+from orchestration.escaping import markdown_rows
 from orchestration.leaderboard import markdown_table
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,6 +83,10 @@ def defense_rows(results: list[MatchResult]) -> list[dict[str, Any]]:
     return rows
 
 
+def _attack_cell(cell: dict[str, Any] | None) -> str:
+    return "—" if cell is None else f"{cell['stolen_accuracy']:.4f} / {cell['fidelity']:.4f}"
+
+
 def _detection_text(row: dict[str, Any]) -> str:
     if not row["watched"]:
         return "—"
@@ -108,26 +113,22 @@ def markdown(rows: list[dict[str, Any]], budgets: list[int]) -> str:
         *[f"{a} acc / fid @{at}" for a in attacks],
         "detection (queries to detection)",
     ]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    cells = []
     for row in rows:
-        cells = [
-            row["defense"],
-            f"{row['utility']:.4f}",
-            f"{row['l1']:.3f}",
-            f"{row['kl']:.3f}",
-            f"{row['test_l1']:.3f}",
-            f"{row['test_kl']:.3f}",
-            f"{row['latency_ratio']:.2f}",
-            *[
-                f"{row['attacks'][a]['stolen_accuracy']:.4f} / {row['attacks'][a]['fidelity']:.4f}"
-                if a in row["attacks"]
-                else "—"
-                for a in attacks
-            ],
-            _detection_text(row),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        cells.append(
+            [
+                row["defense"],
+                f"{row['utility']:.4f}",
+                f"{row['l1']:.3f}",
+                f"{row['kl']:.3f}",
+                f"{row['test_l1']:.3f}",
+                f"{row['test_kl']:.3f}",
+                f"{row['latency_ratio']:.2f}",
+                *[_attack_cell(row["attacks"].get(a)) for a in attacks],
+                _detection_text(row),
+            ]
+        )
+    return "\n".join(markdown_rows(header, cells)) + "\n"
 
 
 def strongest(row: dict[str, Any]) -> tuple[str, float]:

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from arena.record import MatchResult
-from orchestration.escaping import markdown_cell
+from orchestration.escaping import markdown_cell, markdown_rows
 from orchestration.leaderboard import attack_label
 
 
@@ -90,7 +90,7 @@ def curves_markdown(curves: list[BudgetCurve], fraction: float) -> str:
     budgets = sorted({b for c in curves for b in c.budgets})
     header = ["defense", "attack", *[f"@{b}" for b in budgets], f"queries to {fraction:g}×"]
     header.append("amplification")
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     for c in sorted(curves, key=lambda c: (c.victim_key, c.defense != "none", c.defense, c.attack)):
         by_budget = dict(zip(c.budgets, c.stolen, strict=True))
         row = [
@@ -100,8 +100,8 @@ def curves_markdown(curves: list[BudgetCurve], fraction: float) -> str:
             str(c.queries_to_x) if c.queries_to_x is not None else f"> {max(c.budgets)}",
             _amplification_cell(c),
         ]
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines) + "\n"
+        rows.append(row)
+    return "\n".join(markdown_rows(header, rows)) + "\n"
 
 
 def curves_dict(curves: list[BudgetCurve], fraction: float) -> dict[str, Any]:

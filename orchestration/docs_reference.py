@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args, get_origin
 
+from orchestration.escaping import markdown_rows
+
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
@@ -121,9 +123,7 @@ def _rows(registry: Registry[Any], builtin_only: bool) -> list[tuple[str, Any, s
 
 
 def _table(header: list[str], rows: Iterable[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
-    return lines
+    return markdown_rows(header, ([_cell(c) for c in row] for row in rows))
 
 
 DEFENSE_FLAGS = {

@@ -6,6 +6,7 @@ as markup (H6). Names are refused control characters and path separators at vali
 from __future__ import annotations
 
 import html
+from collections.abc import Iterable
 
 
 def html_text(text: str) -> str:
@@ -18,6 +19,13 @@ def markdown_cell(text: str) -> str:
     """Text for one cell of a Markdown table: no HTML, no column break, one line."""
     escaped = html.escape(text, quote=False).replace("|", "\\|")
     return " ".join(escaped.splitlines())
+
+
+def markdown_rows(header: Iterable[str], rows: Iterable[Iterable[str]]) -> list[str]:
+    """The lines of a Markdown table whose cells are already safe (see :func:`markdown_cell`)."""
+    names = list(header)
+    lines = ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
 def plot_text(text: str) -> str:

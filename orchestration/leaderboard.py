@@ -20,7 +20,7 @@ from rich.table import Table
 
 from arena.record import MatchResult
 from arena.strongest import strongest, threats
-from orchestration.escaping import markdown_cell, plot_text
+from orchestration.escaping import markdown_cell, markdown_rows, plot_text
 
 
 @dataclass(frozen=True)
@@ -251,9 +251,7 @@ def rich_table(rows: list[LeaderboardRow], title: str) -> Table:
 def markdown_table(rows: list[LeaderboardRow]) -> str:
     """The leaderboard as Markdown (logged to MLflow and pasted into docs)."""
     header, cells = _grid(rows, with_victim=True)
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(map(markdown_cell, line)) + " |" for line in cells]
-    return "\n".join(lines) + "\n"
+    return "\n".join(markdown_rows(header, (map(markdown_cell, line) for line in cells))) + "\n"
 
 
 def leaderboard_dict(rows: list[LeaderboardRow]) -> dict[str, Any]:
