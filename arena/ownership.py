@@ -1,15 +1,15 @@
-"""Ownership verification of a stolen model: the chain's verifiers score it against their keys."""
+"""Ownership verification of a stolen model: each verifier of the chain judges it on its
+evidence (keys, a fingerprint, a hypothesis test)."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-import torch
 from torch import nn
 
-from arena.defenses.base import OwnershipKeys
+from arena.defenses.base import OwnershipEvidence
 from arena.specs import MatchSpec
-from arena.training import accuracy, predict_probs
 
 if TYPE_CHECKING:
     from arena.service import ServiceAPI
@@ -18,31 +18,15 @@ if TYPE_CHECKING:
 def verify_ownership(
     suspect: nn.Module, spec: MatchSpec, service: ServiceAPI, identities: list[str]
 ) -> list[dict[str, Any]]:
-    """Each verifier of the chain on the suspect: top-1 agreement with its keys (a serving-side
-    watermark's keys from every identity of the thief, merged) against its threshold."""
-    merged: dict[int, list[OwnershipKeys]] = {}
+    """Each verifier of the chain on the suspect, its evidence merged over every identity of
+    the thief (a serving-side watermark marks each identity's queries apart)."""
+    found: dict[int, list[OwnershipEvidence]] = {}
     for identity in identities:
-        for position, keys in service.ownership_keys(identity):
-            merged.setdefault(position, []).append(keys)
+        for position, evidence in service.ownership_keys(identity):
+            found.setdefault(position, []).append(evidence)
     verdicts = []
-    for position, found in sorted(merged.items()):
-        x = torch.cat([k.x for k in found])
-        y = torch.cat([k.y for k in found])
-        score = key_agreement(suspect, x, y)
-        threshold = found[0].threshold
-        verdicts.append(
-            {
-                "verifier": spec.defenses[position].name,
-                "score": score,
-                "threshold": threshold,
-                "keys": int(y.numel()),
-                "verified": score >= threshold,
-            }
-        )
+    for position, pieces in sorted(found.items()):
+        judgement = pieces[0].merged(pieces[1:]).judge(suspect)
+        verdict = {k: v for k, v in asdict(judgement).items() if v is not None}
+        verdicts.append({"verifier": spec.defenses[position].name, **verdict})
     return verdicts
-
-
-def key_agreement(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    """Share of the keys on which ``model``'s top-1 label is the key's label."""
-    with torch.no_grad():
-        return accuracy(predict_probs(model, x), y) if int(y.numel()) else 0.0

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from arena.defenses.base import OwnershipKeys
+from arena.defenses.base import OwnershipEvidence
 from arena.defenses.chain import DefenseChain
 from arena.errors import RejectionCode
 from arena.ledger import AuditDigest, Ledger, array_hash
@@ -108,7 +108,7 @@ class ServiceAPI(OracleEndpoint, Protocol):
 
     def zoo_profile(self) -> ZooProfile | None: ...
 
-    def ownership_keys(self, attacker_id: str) -> list[tuple[int, OwnershipKeys]]: ...
+    def ownership_keys(self, attacker_id: str) -> list[tuple[int, OwnershipEvidence]]: ...
 
     def audit(self, attacker_id: str) -> AuditDigest: ...
 
@@ -211,7 +211,7 @@ class VictimService:
         with self._lock:
             return self._ledger.audit(attacker_id)
 
-    def ownership_keys(self, attacker_id: str) -> list[tuple[int, OwnershipKeys]]:
+    def ownership_keys(self, attacker_id: str) -> list[tuple[int, OwnershipEvidence]]:
         """The chain's verifiers' keys for this caller (referee only: they are the secret)."""
         with self._lock:
             return self._chain.ownership_keys(self._accounts[attacker_id].defense_states)

@@ -48,13 +48,12 @@ import agents  # noqa: F401  (registers the attacks)
 from agents._transfer import TransferSetAttack, query_random_subset
 from arena.attacker import ATTACKS
 from arena.data import DataSplits, Split, load_dataset
-from arena.defenses.base import OwnershipKeys
+from arena.defenses.base import OwnershipEvidence, OwnershipKeys
 from arena.defenses.chain import build_chain
 from arena.identities import attacker_id
 from arena.knowledge import Knowledge
 from arena.match_data import MatchData
 from arena.oracle import Oracle
-from arena.ownership import key_agreement
 from arena.record import MatchResult
 from arena.registry import build_plugin
 from arena.removal import REMOVALS, FineTune
@@ -138,14 +137,22 @@ def tournament_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def score(model: torch.nn.Module, keys: OwnershipKeys, test: Split) -> dict[str, Any]:
-    """A suspect's agreement with the keys, the verdict, and its test accuracy."""
-    agreement = key_agreement(model, keys.x, keys.y)
+def score(model: torch.nn.Module, keys: OwnershipEvidence, test: Split) -> dict[str, Any]:
+    """A suspect's score on the verifier's evidence, the verdict, and its test accuracy."""
+    judgement = keys.judge(model)
     return {
         "stolen_accuracy": accuracy(predict_probs(model, test.x), test.y),
-        "score": agreement,
-        "verified": agreement >= keys.threshold,
+        "score": judgement.score,
+        "verified": judgement.verified,
     }
+
+
+def evidence_size(keys: OwnershipEvidence) -> dict[str, Any]:
+    """How many keys or samples the evidence holds, and its threshold (judged on no model: a
+    key-agreement threshold does not depend on the suspect)."""
+    if isinstance(keys, OwnershipKeys):
+        return {"keys": int(keys.y.numel()), "threshold": keys.threshold}
+    return {}
 
 
 def thief_knowledge(spec: MatchSpec, data: DataSplits) -> tuple[Knowledge, MatchData]:
@@ -163,7 +170,7 @@ def thief_knowledge(spec: MatchSpec, data: DataSplits) -> tuple[Knowledge, Match
 
 def after_removals(
     model: torch.nn.Module,
-    keys: OwnershipKeys,
+    keys: OwnershipEvidence,
     knowledge: Knowledge,
     spec: MatchSpec,
     test: Split,
@@ -186,7 +193,7 @@ def after_removals(
 
 
 def independent_claims(
-    spec: MatchSpec, data: DataSplits, keys: OwnershipKeys, independent: int
+    spec: MatchSpec, data: DataSplits, keys: OwnershipEvidence, independent: int
 ) -> list[dict[str, Any]]:
     """The keys checked on models of the victim's recipe from other seeds (cached once trained),
     which never saw the victim: any claim is a false one."""
@@ -223,8 +230,7 @@ def removal_study(
             "defense": spec.defenses[0].name,
             "attack": spec.attack.name,
             "budget": spec.budget,
-            "keys": int(keys.y.numel()),
-            "threshold": keys.threshold,
+            **evidence_size(keys),
             "theft_seconds": seconds,
             "removals": after_removals(stolen, keys, knowledge, spec, data.test),
             "independent": claims,
@@ -237,7 +243,7 @@ def removal_study(
 
 def print_row(row: dict[str, Any], console: Console) -> None:
     console.print(
-        f"  {row['defense']} / {row['attack']}: {row['keys']} keys, "
+        f"  {row['defense']} / {row['attack']}: {row.get('keys', '—')} keys, "
         + ", ".join(f"{k} {v['score']:.2f}" for k, v in row["removals"].items())
         + f"; independent {[round(c['score'], 2) for c in row['independent']]}"
     )
@@ -255,7 +261,7 @@ def removal_markdown(rows: list[dict[str, Any]]) -> str:
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        cells = [row["defense"], row["attack"], str(row["keys"])]
+        cells = [row["defense"], row["attack"], str(row.get("keys", "—"))]
         for k in labels:
             r = row["removals"][k]
             mark = "✓" if r["verified"] else "✗"
@@ -266,7 +272,7 @@ def removal_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def copied_watermark(spec: MatchSpec, console: Console) -> tuple[dict[str, Any], OwnershipKeys]:
+def copied_watermark(spec: MatchSpec, console: Console) -> tuple[dict[str, Any], OwnershipEvidence]:
     """The watermarked victim itself (a thief who exfiltrated its weights) under every removal."""
     data = load_dataset(spec.victim.dataset)
     chain = build_chain(spec.defenses)
@@ -277,8 +283,7 @@ def copied_watermark(spec: MatchSpec, console: Console) -> tuple[dict[str, Any],
         "defense": spec.defenses[0].name,
         "attack": "weights copied",
         "budget": 0,
-        "keys": int(keys.y.numel()),
-        "threshold": keys.threshold,
+        **evidence_size(keys),
         "removals": after_removals(
             served, keys, knowledge, spec, data.test, match_data.pool_labels
         ),
@@ -295,7 +300,7 @@ def memorising_theft(
     max_epochs: int,
     round_epochs: int,
     console: Console,
-) -> tuple[dict[str, Any], OwnershipKeys]:
+) -> tuple[dict[str, Any], OwnershipEvidence]:
     """Knockoff's random policy (budget drawn uniformly from the pool, soft targets, its lr and
     batch) with the substitute trained until it reproduces its answers, the wrong ones included
     (a thief who stops when it generalises learns none of them); then every removal and the
@@ -317,7 +322,7 @@ def memorising_theft(
     rounds: list[dict[str, float]] = []
 
     def follow(model: torch.nn.Module, report: FitReport) -> None:
-        key_score = key_agreement(model, keys.x, keys.y)
+        key_score = keys.judge(model).score
         rounds.append(
             {"epochs": report.epochs, "train_agreement": report.agreement, "key_score": key_score}
         )
@@ -343,8 +348,7 @@ def memorising_theft(
         "attack": f"memorising knockoff @{budget_label(spec.budget)}",
         "budget": spec.budget,
         "queries_answered": int(answers.shape[0]),
-        "keys": int(keys.y.numel()),
-        "threshold": keys.threshold,
+        **evidence_size(keys),
         "target_agreement": target,
         "max_epochs": max_epochs,
         "epochs": fit.epochs,
@@ -397,7 +401,7 @@ def survival_study(
     )
     copies: list[dict[str, Any]] = []
     memorising: list[dict[str, Any]] = []
-    checked: list[tuple[dict[str, Any], MatchSpec, OwnershipKeys]] = []
+    checked: list[tuple[dict[str, Any], MatchSpec, OwnershipEvidence]] = []
     # cheapest first: the memorising thieves need only the victim, the copy needs the watermarked
     # victim trained, and the independent models (the costliest) come last, once for all rows
     for spec in dawn:

@@ -25,7 +25,7 @@ import torch
 from ray.actor import ActorHandle
 
 from arena.data import DataSplits
-from arena.defenses.base import OwnershipKeys
+from arena.defenses.base import OwnershipEvidence
 from arena.errors import RejectionCode
 from arena.ledger import AuditDigest, Ledger
 from arena.oracle import (
@@ -207,8 +207,8 @@ class RayServiceProxy:
         pid: int = self._call("process_id")
         return pid
 
-    def ownership_keys(self, attacker_id: str) -> list[tuple[int, OwnershipKeys]]:
-        keys: list[tuple[int, OwnershipKeys]] = self._call("ownership_keys", attacker_id)
+    def ownership_keys(self, attacker_id: str) -> list[tuple[int, OwnershipEvidence]]:
+        keys: list[tuple[int, OwnershipEvidence]] = self._call("ownership_keys", attacker_id)
         return keys
 
     def zoo_profile(self) -> ZooProfile | None:

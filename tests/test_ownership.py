@@ -16,10 +16,11 @@ from torch import nn
 
 from arena.data import DataSplits
 from arena.defenses import DEFENSES
+from arena.defenses.base import key_agreement
 from arena.defenses.dawn import Dawn, WatermarkLog
 from arena.errors import InvalidParameters
 from arena.oracle import Oracle
-from arena.ownership import key_agreement, verify_ownership
+from arena.ownership import verify_ownership
 from arena.referee import play_match
 from arena.registry import build_plugin
 from arena.removal import REMOVALS, FineTune

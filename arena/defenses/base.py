@@ -20,6 +20,7 @@ from torch import nn
 
 from arena.defenses.preparation import PrepareContext
 from arena.targets import Targets
+from arena.training import accuracy, predict_probs
 from arena.zoo import ZooProfile
 
 
@@ -51,14 +52,61 @@ ParamSpace = FloatRange | IntRange | Choice
 
 
 @dataclass(frozen=True)
-class OwnershipKeys:
-    """A verifier's evidence: inputs and the labels a model copied from this victim is expected
+class Judgement:
+    """A verifier's verdict on one suspect model. ``score`` and ``threshold`` are on the
+    verifier's own scale, larger meaning "more likely copied"; ``keys`` is what the verification
+    spent: the keys or samples it checked the suspect on."""
+
+    score: float
+    threshold: float
+    keys: int
+    verified: bool
+    p_value: float | None = None
+    """for verifiers that run a hypothesis test: its p-value (``score`` is then ``1 - p``)"""
+
+
+class OwnershipEvidence:
+    """Base: what a verifier keeps to judge a suspect model after a theft, built from a caller's
+    state (serving-side watermarks) or by :meth:`Defense.prepare` (fingerprints, training-time
+    watermarks). It travels from the service to the referee, so it must pickle."""
+
+    def judge(self, suspect: nn.Module) -> Judgement:
+        raise NotImplementedError
+
+    def merged(self, others: list[OwnershipEvidence]) -> OwnershipEvidence:
+        """One piece of evidence from this one and the same verifier's evidence for the thief's
+        other identities. Evidence that does not depend on the caller returns itself."""
+        return self
+
+
+@dataclass(frozen=True)
+class OwnershipKeys(OwnershipEvidence):
+    """Key-agreement evidence: inputs and the labels a model copied from this victim is expected
     to give on them. A suspect whose top-1 agreement with ``y`` on ``x`` reaches ``threshold`` is
     claimed stolen (``x``: ``[N, *input_shape]`` float32; ``y``: ``[N]`` int64)."""
 
     x: torch.Tensor
     y: torch.Tensor
     threshold: float
+
+    def judge(self, suspect: nn.Module) -> Judgement:
+        score = key_agreement(suspect, self.x, self.y)
+        count = int(self.y.numel())
+        return Judgement(score, self.threshold, count, score >= self.threshold)
+
+    def merged(self, others: list[OwnershipEvidence]) -> OwnershipEvidence:
+        """The keys of every identity, concatenated (a serving-side watermark marks each
+        identity's own queries)."""
+        found = [self, *(o for o in others if isinstance(o, OwnershipKeys))]
+        x = torch.cat([k.x for k in found])
+        y = torch.cat([k.y for k in found])
+        return OwnershipKeys(x, y, self.threshold)
+
+
+def key_agreement(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Share of the keys on which ``model``'s top-1 label is the key's label."""
+    with torch.no_grad():
+        return accuracy(predict_probs(model, x), y) if int(y.numel()) else 0.0
 
 
 @dataclass(frozen=True)
@@ -115,10 +163,12 @@ class Defense:
         (``rng`` is the caller's own stream). Only serving-level defenses override this."""
         return targets
 
-    def ownership_keys(self, state: Any) -> OwnershipKeys | None:
-        """Ownership verification: the keys a suspect is checked against after a theft, from
-        this caller's ``state`` (serving-side watermarks) or from what ``prepare`` embedded in
-        the victim (training-time watermarks); ``None`` for defenses that verify nothing."""
+    def ownership_keys(self, state: Any) -> OwnershipEvidence | None:
+        """Ownership verification: the evidence a suspect is judged on after a theft, from this
+        caller's ``state`` (serving-side watermarks) or from what ``prepare`` built (training-time
+        watermarks, fingerprints, dataset inference); ``None`` for defenses that verify nothing.
+        Most verifiers return :class:`OwnershipKeys` (key agreement against a threshold); others
+        subclass :class:`OwnershipEvidence` with their own test."""
         return None
 
     def check_task(self, num_classes: int) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from arena.defenses.base import Defense, OwnershipKeys
+from arena.defenses.base import Defense, OwnershipEvidence
 from arena.defenses.preparation import PrepareContext
 from arena.defenses.registry import DEFENSES
 from arena.metrics import exact_sum
@@ -83,7 +83,7 @@ class DefenseChain:
         ]
         return min(flagged) if flagged else None
 
-    def ownership_keys(self, states: Sequence[Any]) -> list[tuple[int, OwnershipKeys]]:
+    def ownership_keys(self, states: Sequence[Any]) -> list[tuple[int, OwnershipEvidence]]:
         """Every verifier's keys for one caller, with the verifier's position in the chain."""
         found = []
         for position, (defense, state) in enumerate(zip(self.defenses, states, strict=True)):
