@@ -311,7 +311,7 @@ def frontier(
             raise _fail(escape(f"no study named {name!r} in {where}"), 2) from None
     out.mkdir(parents=True, exist_ok=True)
     png = plot_png(views, out / "frontiers.png", floor)
-    html = plot_html(views, out / "frontiers.html")
+    html = plot_html(views, out / "frontiers.html", floor)
     for view in views:
         best = max((p.protection for p in view.frontier), default=float("nan"))
         console.print(

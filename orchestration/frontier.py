@@ -6,6 +6,7 @@ the same defense on the same axes; and across studies, which defense protects be
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,17 +66,18 @@ def _utility_name(views: Sequence[StudyView]) -> str:
 def study_view(study: optuna.Study) -> StudyView:
     """Read a study's trials, feasible Pareto set (Optuna's own, honouring the utility
     constraint) and evaluated literature defaults."""
+    defaults = [
+        _point(f"default {_short(d['params'])}", d["params"], d)
+        for d in study.user_attrs.get(DEFAULTS_ATTR, [])
+    ]
     points: dict[int, Point] = {}
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         scores = trial.user_attrs.get(SCORES_ATTR)
         if scores is None:
             continue
-        points[trial.number] = _point(f"trial {trial.number}", dict(trial.params), scores)
+        label = _trial_label(trial.number, dict(trial.params), defaults)
+        points[trial.number] = _point(label, dict(trial.params), scores)
     front = [points[t.number] for t in study.best_trials if t.number in points]
-    defaults = [
-        _point(f"default {_short(d['params'])}", d["params"], d)
-        for d in study.user_attrs.get(DEFAULTS_ATTR, [])
-    ]
     return StudyView(
         name=study.study_name,
         victim_accuracy=float(study.user_attrs.get("victim_accuracy", float("nan"))),
@@ -84,6 +86,15 @@ def study_view(study: optuna.Study) -> StudyView:
         defaults=defaults,
         utility_metric=str(study.user_attrs.get("utility_metric", "accuracy")),
     )
+
+
+def _trial_label(number: int, params: dict[str, Any], defaults: list[Point]) -> str:
+    """``trial N``, or the default's name when the trial played a literature default (studies
+    seed their first trials with them), so a default is never shown as a bare trial number."""
+    for default in defaults:
+        if all(params.get(k) == v for k, v in default.params.items()) and params:
+            return f"{default.label} (trial {number})"
+    return f"trial {number}"
 
 
 def _point(label: str, params: dict[str, Any], scores: dict[str, Any]) -> Point:
@@ -222,7 +233,9 @@ def _draw(axes: Any, view: StudyView, colour: str, floor: float | None) -> None:
         axes.axvline(view.victim_accuracy - floor, color=colour, linestyle=":", linewidth=1)
 
 
-def plot_html(views: Sequence[StudyView], path: Path) -> Path:
+def plot_html(views: Sequence[StudyView], path: Path, floor: float | None = None) -> Path:
+    """The interactive plot: trials, frontiers and defaults with their settings on hover, each
+    study's utility floor as a dotted line, both axes inside [0, 1]."""
     figure = go.Figure()
     for view in views:
         for name, points, style in (
@@ -253,10 +266,32 @@ def plot_html(views: Sequence[StudyView], path: Path) -> Path:
                     **style,
                 )
             )
+        if floor is not None and math.isfinite(view.victim_accuracy):
+            figure.add_vline(
+                x=view.victim_accuracy - floor,
+                line_dash="dot",
+                annotation_text=html_text(f"{view.name}: utility floor"),
+            )
+    every = [p for view in views for p in view.points + view.defaults]
     figure.update_layout(
         xaxis_title=f"utility ({_utility_name(views)})",
         yaxis_title="protection (1 − strongest attacker's stolen accuracy)",
         title="Protection vs utility",
+        xaxis_range=unit_range([p.utility for p in every], 0.01),
+        yaxis_range=unit_range([p.protection for p in every], 0.02),
     )
     figure.write_html(path, include_plotlyjs=True)
     return path
+
+
+def unit_range(values: Sequence[float], min_span: float) -> list[float]:
+    """An axis range around ``values`` at least ``min_span`` wide, padded by a tenth, inside
+    [0, 1] (accuracies and protections never leave it, so neither should the axis)."""
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return [0.0, 1.0]
+    low, high = min(finite), max(finite)
+    pad = max((high - low) * 0.1, (min_span - (high - low)) / 2, 0.0)
+    low, high = low - pad, high + pad
+    shift = max(0.0, -low) - max(0.0, high - 1.0)  # slide the window back inside [0, 1]
+    return [max(0.0, low + shift), min(1.0, high + shift)]

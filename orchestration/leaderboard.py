@@ -258,24 +258,64 @@ def leaderboard_dict(rows: list[LeaderboardRow]) -> dict[str, Any]:
     return {"rows": [asdict(row) for row in rows]}
 
 
+def compact_markdown(rows: list[LeaderboardRow]) -> str:
+    """The leaderboard in six columns, narrow enough for MLflow's artifact viewer: rank, victim,
+    defense, utility loss, the strongest attack and the protection it leaves (± over seeds).
+    Every other figure stays in ``leaderboard.md`` and ``leaderboard.json``."""
+    header = ["#", "victim", "defense", "utility loss (pts)", "strongest attack", "protection"]
+    cells = [
+        [
+            str(row.rank),
+            row.victim,
+            row.defense,
+            f"{utility_loss_points(row):.2f}",
+            f"{row.strongest_attack} @{row.strongest_budget}",
+            f"{row.protection:.4f} ± {row.stolen_std:.4f}",
+        ]
+        for row in rows
+    ]
+    return "\n".join(markdown_rows(header, (map(markdown_cell, line) for line in cells))) + "\n"
+
+
+def utility_loss_points(row: LeaderboardRow) -> float:
+    """Test-accuracy points the defense costs: undefended minus defended accuracy, times 100."""
+    return (row.victim_accuracy - row.utility) * 100
+
+
 def protection_utility_plot(rows: list[LeaderboardRow], path: Path, title: str) -> Path:
-    """Scatter of protection against utility, one labelled point per defended victim."""
+    """Protection against utility loss in points, one labelled point per defended victim, with
+    the spread over seeds as error bars when there are several seeds. The axes keep a minimum
+    span, so defenses that differ by a hundredth of a point are not stretched across the plot."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 5), dpi=120)
-    for row in rows:
-        ax.scatter(row.utility, row.protection, s=60)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    losses = [utility_loss_points(row) for row in rows]
+    for i, (row, loss) in enumerate(zip(rows, losses, strict=True)):
+        ax.errorbar(
+            loss,
+            row.protection,
+            yerr=row.stolen_std if row.stolen_std > 0 else None,
+            fmt="o",
+            capsize=3,
+            color=colours[i % len(colours)],
+        )
         ax.annotate(
             plot_text(row.defense),
-            (row.utility, row.protection),
+            (loss, row.protection),
             textcoords="offset points",
             xytext=(6, 4),
             fontsize=8,
         )
-    ax.set_xlabel("utility (defended test accuracy)")
+    protections = [row.protection for row in rows]
+    if rows:
+        ax.set_xlim(*padded_limits(losses, min_span=2.0))
+        ax.set_ylim(*padded_limits(protections, min_span=0.05))
+    ax.axvline(0.0, color="grey", linewidth=0.8, linestyle=":")
+    ax.set_xlabel("utility loss (points of test accuracy below the undefended victim)")
     ax.set_ylabel("protection (1 − strongest stolen accuracy)")
     ax.set_title(plot_text(title))
     ax.grid(alpha=0.3)
@@ -284,3 +324,10 @@ def protection_utility_plot(rows: list[LeaderboardRow], path: Path, title: str) 
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def padded_limits(values: list[float], min_span: float) -> tuple[float, float]:
+    """Axis limits around ``values``: padded by a tenth of their range, at least ``min_span``."""
+    low, high = min(values), max(values)
+    pad = max((high - low) * 0.1, (min_span - (high - low)) / 2)
+    return low - pad, high + pad

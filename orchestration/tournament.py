@@ -26,6 +26,7 @@ from orchestration.config import TournamentConfig
 from orchestration.leaderboard import (
     LeaderboardRow,
     build_leaderboard,
+    compact_markdown,
     leaderboard_dict,
     markdown_table,
     protection_utility_plot,
@@ -162,6 +163,7 @@ def _log_summary(
             metrics,
             {
                 "leaderboard.md": markdown_table(board),
+                "leaderboard_compact.md": compact_markdown(board),
                 "leaderboard.json": leaderboard_dict(board),
                 "matches.json": result_json(results),
                 **curve_files,

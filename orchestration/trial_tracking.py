@@ -97,7 +97,7 @@ def log_frontier(
     folder.mkdir(parents=True, exist_ok=True)
     files = {
         "png": plot_png([view], folder / "frontier.png", config.utility_floor),
-        "html": plot_html([view], folder / "frontier.html"),
+        "html": plot_html([view], folder / "frontier.html", config.utility_floor),
         "table": folder / "frontier.md",
     }
     files["table"].write_text(frontier_table(view))

@@ -68,6 +68,7 @@ def test_D5_tournament_logs_runs_and_resumes_without_duplicates(
         assert abs((c.info.end_time - c.info.start_time) - seconds * 1000) <= 1
     artifacts = {a.path for a in client.list_artifacts(first.parent_run_id)}
     assert {"leaderboard.md", "leaderboard.json", "protection_vs_utility.png"} <= artifacts
+    assert "leaderboard_compact.md" in artifacts
 
     board = first.leaderboard
     assert len(board) == 3 and [row.rank for row in board] == [1, 2, 3]
