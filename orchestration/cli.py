@@ -249,7 +249,8 @@ def _tune(config: object, address: str | None, tracking_uri: str | None, home: A
     console.print(
         f"frontier plot: {outcome.artifacts['png']} and {outcome.artifacts['html']}\n"
         f"MLflow parent run {outcome.parent_run_id}: "
-        f"mlflow ui --backend-store-uri {tracker.tracking_uri}\n"
+        f"mlflow ui --backend-store-uri {tracker.tracking_uri}, then "
+        f"{tracker.runs_url()}\n"
         f"Optuna dashboard: optuna-dashboard {_dashboard_target(config, home.root)}",
         markup=False,
     )
@@ -407,7 +408,8 @@ def _run(config: object, address: str | None, tracking_uri: str | None, home: Ar
     )
     console.print(
         f"MLflow parent run {outcome.parent_run_id}; open the UI with:\n"
-        f"  mlflow ui --backend-store-uri {uri}",
+        f"  mlflow ui --backend-store-uri {uri}\n"
+        f"and the runs table at {tracker.runs_url()}",
         markup=False,
     )
     if outcome.failures:

@@ -41,6 +41,11 @@ TRUSTED_IN_CLUSTER = "trusted-in-cluster"
 contract and static checks (RELIABILITY fact 1); ``arena attack`` results say untrusted-http"""
 DRIVER_TAG = "arena.driver"
 REAPED_TAG = "arena.reaped"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"
+"""MLflow 3's UI opens such an experiment on its runs table rather than its GenAI overview"""
+SUMMARY_PREFIX = "summary/"
+"""the parent run's figures (tournament or study aggregates), apart from per-match metrics"""
 
 
 def default_tracking_uri(home: Path) -> str:
@@ -136,10 +141,18 @@ class Tracker:
         if found is None:
             location = artifact_root.resolve().as_uri() if artifact_root else None
             self.experiment_id = self.client.create_experiment(
-                experiment, artifact_location=location
+                experiment, artifact_location=location, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING}
             )
         else:
             self.experiment_id = found.experiment_id
+            if EXPERIMENT_KIND_TAG not in found.tags:  # an experiment made before the tag
+                self.client.set_experiment_tag(
+                    self.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING
+                )
+
+    def runs_url(self, ui: str = "http://127.0.0.1:5000") -> str:
+        """The MLflow UI page of this experiment's runs table (not MLflow 3's GenAI overview)."""
+        return f"{ui}/#/experiments/{self.experiment_id}/runs?workflowType=machine_learning"
 
     @classmethod
     def for_home(cls, home: ArenaHome, tracking_uri: str | None, experiment: str) -> Tracker:
@@ -331,10 +344,13 @@ class Tracker:
         metrics: Mapping[str, float],
         artifacts: Mapping[str, str | dict[str, Any] | Path],
     ) -> None:
-        """Tournament-level figures and the leaderboard/plot artifacts on the parent run."""
+        """Tournament-level figures and the leaderboard/plot artifacts on the parent run. The
+        figures are named ``summary/…``: MLflow groups metrics by that prefix, so the runs table
+        and the chart view keep the per-match metrics of the children apart from them."""
         now = int(time.time() * 1000)
         self.client.log_batch(
-            parent_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()]
+            parent_id,
+            metrics=[Metric(f"{SUMMARY_PREFIX}{k}", float(v), now, 0) for k, v in metrics.items()],
         )
         for name, content in artifacts.items():
             if isinstance(content, Path):

@@ -56,6 +56,13 @@ def test_D5_tournament_logs_runs_and_resumes_without_duplicates(
     parent_id = first.parent_run_id
     parent = client.get_run(parent_id)
     assert parent.info.status == "FINISHED"
+    # the parent's aggregates stay apart from the children's per-match metrics
+    assert parent.data.metrics and all(k.startswith("summary/") for k in parent.data.metrics)
+    experiment = client.get_experiment(tracker.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # runs view
+    assert tracker.runs_url().endswith(
+        f"/#/experiments/{tracker.experiment_id}/runs?workflowType=machine_learning"
+    )
     children = _children(client, tracker.experiment_id, first.parent_run_id)
     assert len(children) == expected
     assert all(c.info.status == "FINISHED" for c in children)
