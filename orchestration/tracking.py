@@ -44,7 +44,7 @@ REAPED_TAG = "arena.reaped"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING = "custom_model_development"
 """MLflow 3's UI opens such an experiment on its runs table rather than its GenAI overview"""
-SUMMARY_PREFIX = "summary/"
+SUMMARY_FILE = "summary.json"
 """the parent run's figures (tournament or study aggregates), apart from per-match metrics"""
 
 
@@ -345,13 +345,10 @@ class Tracker:
         artifacts: Mapping[str, str | dict[str, Any] | Path],
     ) -> None:
         """Tournament-level figures and the leaderboard/plot artifacts on the parent run. The
-        figures are named ``summary/…``: MLflow groups metrics by that prefix, so the runs table
-        and the chart view keep the per-match metrics of the children apart from them."""
-        now = int(time.time() * 1000)
-        self.client.log_batch(
-            parent_id,
-            metrics=[Metric(f"{SUMMARY_PREFIX}{k}", float(v), now, 0) for k, v in metrics.items()],
-        )
+        figures go into ``summary.json``, not into MLflow metrics: parent-run metrics would sit in
+        the runs table and the chart view beside the matches' own (MLflow charts every metric
+        of every run), where a newcomer looks for stolen accuracy first."""
+        self.client.log_dict(parent_id, {k: float(v) for k, v in metrics.items()}, SUMMARY_FILE)
         for name, content in artifacts.items():
             if isinstance(content, Path):
                 self.client.log_artifact(parent_id, str(content))
