@@ -15,7 +15,7 @@ The copy comes from the victim service (``ServiceAPI.served_copy``), granted by 
 to attacks declaring ``threat_model = "model_access"``. It spends no queries, so no API defense
 can touch it: the record carries ``threat_model: model_access`` and the leaderboard shows it
 beside the defense, never as its strongest adversary. The paper fine-tunes and distils a
-WideResNet on CIFAR for tens of epochs; the defaults here (5 fine-tuning epochs, 20 distilling
+WideResNet on CIFAR for tens of epochs; the defaults here (5 fine-tuning epochs, 50 distilling
 ones, 2000 pool images) are the removals' CPU-sized settings. Departure: no zero-shot variant.
 The obfuscation adds no recorded thief fit, so the record's reference track is empty.
 """
@@ -35,7 +35,7 @@ from arena.removal import Distill, FineTune, Removal
 from arena.validation import check_choice, check_integer, check_number
 
 OBFUSCATIONS = ("fine_tune", "distill")
-DEFAULT_EPOCHS = {"fine_tune": 5, "distill": 20}
+DEFAULT_EPOCHS = {"fine_tune": FineTune.epochs, "distill": Distill.epochs}
 """the matching removal's own default epochs"""
 
 
@@ -52,7 +52,8 @@ class ModelAccess(Attacker):
     images: int = 2000
     """pool images the obfuscation trains on (at most the pool)"""
     epochs: int | None = None
-    """passes over them; ``None``: 5 for fine-tuning, 20 for distilling"""
+    """passes over them; ``None``: the removal's default (5 for fine-tuning, 50 for
+    distilling)"""
     lr: float = 1e-3
     """Adam learning rate"""
 

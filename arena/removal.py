@@ -127,7 +127,9 @@ class Distill(Removal):
 
     images: int = 2000
     """pool images used (at most the pool)"""
-    epochs: int = 20
+    epochs: int = 50
+    """passes over them: a fresh model needs more than fine-tuning (on the 400-image digits
+    pool, 20 epochs agree with the stolen model on 89% of the test set, 50 on 96%)"""
     lr: float = 1e-3
 
     def __post_init__(self) -> None:
