@@ -51,8 +51,10 @@ def _as_given(targets: torch.Tensor) -> torch.Tensor:
 @ATTACKS.register("data_access")
 @dataclass(frozen=True)
 class DataAccess(ThiefTraining, Attacker):
-    """Privileged threat model (not an API adversary): the victim's training split, trained on
-    from scratch with its labels, or distilled through the victim's answers on it."""
+    """Privileged threat model: a fresh substitute trained on the victim's own training split.
+
+    With its true labels (``scratch``), or the victim's answers on it (``distill``); not an API
+    adversary, never a defense's strongest one."""
 
     needs_pool: ClassVar[bool] = False
     threat_model: ClassVar[str] = DATA_ACCESS

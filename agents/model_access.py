@@ -42,8 +42,9 @@ DEFAULT_EPOCHS = {"fine_tune": FineTune.epochs, "distill": Distill.epochs}
 @ATTACKS.register("model_access")
 @dataclass(frozen=True)
 class ModelAccess(Attacker):
-    """Privileged threat model (not an API adversary): the victim's weights, obfuscated by
-    fine-tuning or distillation on the pool; no queries."""
+    """Privileged threat model: the victim's weights, fine-tuned or distilled on the pool.
+
+    Not an API adversary: it spends no queries and is never a defense's strongest one."""
 
     threat_model: ClassVar[str] = MODEL_ACCESS
 
