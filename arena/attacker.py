@@ -13,7 +13,7 @@ import numpy as np
 from torch import nn
 
 from arena.errors import ArenaError
-from arena.knowledge import Knowledge
+from arena.knowledge import API, Knowledge
 from arena.oracle import Oracle
 from arena.oracle_adapters import ArgmaxOracle, ReverseSigmoidInversionOracle, SmoothingOracle
 from arena.registry import OPTION, Registry
@@ -49,6 +49,12 @@ class Attacker:
     upper_bound: ClassVar[bool] = False
     """True for a reference point that is not a real threat model (e.g. training on the pool's
     true labels): reported, but never counted as a defense's strongest adversary."""
+    threat_model: ClassVar[str] = API
+    """What the attacker holds besides the oracle, of :data:`arena.knowledge.THREAT_MODELS`:
+    ``api`` for every real API adversary; ``model_access`` (a copy of the served victim) and
+    ``data_access`` (the victim's training split) are privileged threat models, granted those
+    fields by the referee, reported with their label, never counted as a defense's strongest
+    API adversary (:mod:`arena.strongest`)."""
     answer_forms: ClassVar[tuple[str, ...]] = ANSWER_FORMS
     """The answer forms the attack can learn from, of :data:`ANSWER_FORMS` (full probabilities,
     the k largest, the label only); ``soft`` is never left out. ``arena check`` plays the attack

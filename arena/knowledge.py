@@ -1,4 +1,11 @@
-"""What a threat model grants the attacker besides the oracle (DESIGN §1)."""
+"""What a threat model grants the attacker besides the oracle (DESIGN §1).
+
+An API thief gets a query pool at most. The privileged threat models of dataset inference (Maini
+et al. 2021, "Dataset Inference: Ownership Resolution in Machine Learning": *model access* and
+*data access* beside query access) grant more: a copy of the served victim, or the victim's own
+training split. An attack declares which one it plays in
+``Attacker.threat_model``; the referee grants the privileged fields to that attack only.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +14,20 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from arena.data import Split
 from arena.models import build_model
 from arena.normalization import Normalization, normalized
 from arena.training import LossFn, TrainRecipe, train_classifier
+
+API = "api"
+"""the thief reaches the victim only through the metered oracle (every real API adversary)"""
+MODEL_ACCESS = "model_access"
+"""the thief holds a copy of the victim's weights as served (after training-time defenses)"""
+DATA_ACCESS = "data_access"
+"""the thief holds the victim's own training split, with its labels"""
+THREAT_MODELS = (API, MODEL_ACCESS, DATA_ACCESS)
+"""what an attack may declare as its ``threat_model``; only ``api`` ones can be a defense's
+strongest adversary (:mod:`arena.strongest`), the others are privileged reference points"""
 
 
 @dataclass(frozen=True)
@@ -37,7 +55,9 @@ class FitRecord:
 
 @dataclass(frozen=True)
 class Knowledge:
-    """The attacker's side information: never the victim, its weights, its data or test labels.
+    """The attacker's side information: never the victim, its weights, its data or test labels,
+    except that a privileged threat model (:data:`MODEL_ACCESS`, :data:`DATA_ACCESS`) gets the
+    victim's served weights or its training split.
 
     It also says where the thief computes (``device``, ``mixed_precision``): not knowledge in the
     threat-model sense, but the one object every thief already receives, so the device reaches
@@ -59,6 +79,11 @@ class Knowledge:
     normalization: Normalization | None = None
     """the victim dataset's declared normalisation (public, like the input shape): substitutes
     put it in front of their network, as the victim does, so both take ``[0, 1]`` images"""
+    victim_copy: nn.Module | None = field(default=None, compare=False, repr=False)
+    """a CPU copy of the victim as served: granted only to a ``model_access`` threat model"""
+    victim_train: Split | None = field(default=None, compare=False, repr=False)
+    """the victim's training split with its labels: granted only to a ``data_access`` threat
+    model"""
     fits: list[FitRecord] = field(default_factory=list, compare=False, repr=False)
     """every :meth:`fit` so far, in order (the referee reads the last one)"""
 

@@ -35,6 +35,9 @@ class MatchResult(BaseModel):
     """the query pool the threat model granted (:mod:`arena.pools`)"""
     upper_bound: bool = False
     """the attack is a reference point, not a real threat model (never a strongest adversary)"""
+    threat_model: str = "api"
+    """what the attacker held besides the oracle (:data:`arena.knowledge.THREAT_MODELS`):
+    ``api``, or a privileged ``model_access`` / ``data_access`` (never a strongest adversary)"""
     identities: int = 1
     """accounts the thief spread its budget over"""
     identities_flagged: int = 0

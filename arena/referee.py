@@ -24,7 +24,7 @@ from arena.data import DataSplits, load_dataset
 from arena.defenses.chain import build_chain
 from arena.goodput import zoo_goodput
 from arena.identities import identity_budgets, merged_stats
-from arena.knowledge import Knowledge
+from arena.knowledge import MODEL_ACCESS, Knowledge
 from arena.ledger import AuditDigest
 from arena.match_data import MatchData
 from arena.metrics import agreement, kl_divergence, l1_distance
@@ -64,7 +64,7 @@ def referee_match(
     identities = _open_thief_accounts(spec, service, attacker.identities)
     benign = benign_traffic(spec, service, data) if chain.has_detector else None
     profile = service.zoo_profile()
-    knowledge = _grant_knowledge(spec, data, attacker, profile)
+    knowledge = _grant_knowledge(spec, data, attacker, profile, service)
     knowledge = replace(knowledge, device=device, mixed_precision=mixed_precision)
     theft = _steal(spec, attacker, _thief_oracle(service, identities), knowledge)
     reference_accuracy = _reference_track(spec, knowledge, data)
@@ -141,12 +141,21 @@ def _open_thief_accounts(spec: MatchSpec, service: ServiceAPI, count: int) -> di
 
 
 def _grant_knowledge(
-    spec: MatchSpec, data: MatchData, attacker: Attacker, profile: ZooProfile | None
+    spec: MatchSpec,
+    data: MatchData,
+    attacker: Attacker,
+    profile: ZooProfile | None,
+    service: ServiceAPI,
 ) -> Knowledge:
-    """What the threat model grants the thief besides the oracle (true pool labels only to an
-    upper-bound baseline)."""
+    """What the threat model grants the thief besides the oracle: true pool labels only to an
+    upper-bound baseline, the victim's training split only to ``data_access``, a copy of the
+    served victim (from the service, wherever it runs) only to ``model_access``."""
     substitute_arch = spec.substitute_arch or default_substitute_arch(spec, profile)
-    return data.knowledge(substitute_arch, type(attacker).upper_bound)
+    kind = type(attacker)
+    knowledge = data.knowledge(substitute_arch, kind.upper_bound, kind.threat_model)
+    if kind.threat_model == MODEL_ACCESS:
+        knowledge = replace(knowledge, victim_copy=service.served_copy())
+    return knowledge
 
 
 def _thief_oracle(service: ServiceAPI, identities: dict[str, int]) -> Oracle:
@@ -270,6 +279,7 @@ def _record(
         trusted=trusted,
         pool=spec.pool,
         upper_bound=type(attacker).upper_bound,
+        threat_model=type(attacker).threat_model,
         identities=len(accounts.per_identity),
         identities_flagged=sum(s.detected_after is not None for s in accounts.per_identity),
         victim_accuracy=test.victim_accuracy,
@@ -321,6 +331,7 @@ def play_match(
     """Play one match entirely in this process (tests, notebooks, debugging)."""
     data = data or load_dataset(spec.victim.dataset)
     source = None if (other := pool_dataset(spec.pool)) is None else load_dataset(other)
-    granted = MatchData.from_splits(data, spec.pool, source)
+    threat_model = ATTACKS.get(spec.attack.name).threat_model
+    granted = MatchData.from_splits(data, spec.pool, source, threat_model)
     service = build_service(spec.victim, spec.defenses, data, cache_dir)
     return referee_match(spec, service, granted)

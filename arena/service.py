@@ -112,6 +112,8 @@ class ServiceAPI(OracleEndpoint, Protocol):
 
     def audit(self, attacker_id: str) -> AuditDigest: ...
 
+    def served_copy(self) -> nn.Module: ...
+
 
 class VictimService:
     """Serves one victim behind one defense chain to any number of metered attackers.
@@ -215,6 +217,12 @@ class VictimService:
         """The chain's verifiers' keys for this caller (referee only: they are the secret)."""
         with self._lock:
             return self._chain.ownership_keys(self._accounts[attacker_id].defense_states)
+
+    def served_copy(self) -> nn.Module:
+        """A CPU copy of the model as served (after training-time defenses), in eval mode:
+        referee only, for an attack playing the ``model_access`` threat model."""
+        with self._lock:
+            return copy.deepcopy(self._model).cpu().eval()
 
     def reference_outputs(self, x: np.ndarray | torch.Tensor) -> ReferenceOutputs:
         """Undefended and defended outputs on trusted evaluation data, with a fresh defense state.

@@ -1,8 +1,10 @@
 """The strongest-adversary rule (DESIGN §1, §6), defined once for the leaderboard and tuning.
 
-A defense is judged by the attack that stole the most from it: protection is one minus that
-stolen accuracy. Upper-bound baselines (true labels) are reference points, not threat models, so
-they are never the adversary unless nothing else was played.
+A defense is judged by the API attack that stole the most from it: protection is one minus that
+stolen accuracy. Upper-bound baselines (true labels) are reference points, not threat models, and
+privileged threat models (``model_access``, ``data_access``: the thief holds the victim's weights
+or its training data) are not API adversaries, so neither is ever the adversary unless nothing
+else was played.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from arena.knowledge import API
 from arena.record import MatchResult
 
 
@@ -24,6 +27,12 @@ class Threat:
     budget: int
     results: tuple[MatchResult, ...]
     stolen_accuracy: float
+
+
+def api_adversary(result: MatchResult) -> bool:
+    """Whether a match's attack may be a defense's strongest adversary: a real threat model
+    (not an upper bound) reaching the victim only through its API."""
+    return not result.upper_bound and result.threat_model == API
 
 
 def _attack(result: MatchResult) -> str:
@@ -43,7 +52,7 @@ def threats(
     its own, its stolen accuracy as recorded: a tuning trial, whose matches share one budget and
     seed and whose attacks are told apart by match, not by label.
     """
-    real = [r for r in results if not r.upper_bound] or list(results)
+    real = [r for r in results if api_adversary(r)] or list(results)
     if per_match:
         return [Threat(label(r), r.budget, (r,), r.stolen_accuracy) for r in real]
     cells: dict[tuple[str, int], list[MatchResult]] = defaultdict(list)

@@ -25,6 +25,7 @@ from orchestration.escaping import markdown_rows
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
+    from arena.attacker import Attacker
     from arena.registry import Registry
 
 FIX_COMMAND = "python scripts/gen_docs.py --write"
@@ -113,6 +114,16 @@ def _space_cell(space: dict[str, Any]) -> str:
     return ", ".join(parts) or "—"
 
 
+def _attack_tag(cls: type[Attacker]) -> str:
+    """How the attack table marks what is not an API adversary: an upper bound, or a
+    privileged threat model (never a defense's strongest adversary)."""
+    from arena.knowledge import API
+
+    if cls.upper_bound:
+        return " (upper bound)"
+    return "" if cls.threat_model == API else f" (threat model: {cls.threat_model})"
+
+
 def _rows(registry: Registry[Any], builtin_only: bool) -> list[tuple[str, Any, str]]:
     """``(name, plug-in, "vN")`` of a registry, sorted by name."""
     return [
@@ -171,7 +182,7 @@ def plugin_tables(builtin_only: bool = False) -> str:
         ["name", "version", "what it does", "query pool", "built for", "parameters (defaults)"],
         (
             [
-                f"`{name}`" + (" (upper bound)" if cls.upper_bound else ""),
+                f"`{name}`" + _attack_tag(cls),
                 version,
                 first_doc_line(cls),
                 "needs one" if cls.needs_pool else "no",

@@ -2,8 +2,9 @@
 
 Seeds are averaged first (per defense, attack, pool and budget); the strongest adversary is then
 the attack, pool and budget with the highest mean stolen accuracy (:mod:`arena.strongest`);
-protection = 1 - that accuracy. Upper-bound baselines (true labels: not a threat model) are shown
-beside it, never counted as it.
+protection = 1 - that accuracy. Upper-bound baselines (true labels: not a threat model) and
+privileged threat models (``model_access``, ``data_access``: the thief holds the victim's weights
+or its training split) are shown beside it, never counted as it.
 """
 
 from __future__ import annotations
@@ -11,13 +12,14 @@ from __future__ import annotations
 import json
 import statistics
 from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rich.markup import escape
 from rich.table import Table
 
+from arena.knowledge import API
 from arena.record import MatchResult
 from arena.strongest import strongest, threats
 from orchestration.escaping import markdown_cell, markdown_rows, plot_text
@@ -48,6 +50,9 @@ class LeaderboardRow:
     """matches whose benign caller was flagged too (false positives)"""
     upper_bound_accuracy: float | None = None
     """best stolen accuracy of an upper-bound baseline (true labels), for scale"""
+    privileged_accuracy: dict[str, float] = field(default_factory=dict)
+    """per privileged threat model played (``model_access``, ``data_access``): its best stolen
+    accuracy, for scale (never the strongest adversary)"""
     goodput: float | None = None
     """model zoos: mean share of benign requests served within their targets"""
     ownership_verified: int | None = None
@@ -65,8 +70,10 @@ POOL_TAGS = {"in_distribution": "", "out_of_distribution": " [ood pool]", "none"
 
 
 def attack_label(result: MatchResult) -> str:
-    """The attack as ranked: its label, tagged with the pool unless it is in distribution."""
-    return result.attack + POOL_TAGS.get(result.pool, f" [{result.pool}]")
+    """The attack as ranked: its label, tagged with the pool unless it is in distribution, and
+    with its threat model unless that is the API's."""
+    threat = "" if result.threat_model == API else f" [{result.threat_model}]"
+    return result.attack + POOL_TAGS.get(result.pool, f" [{result.pool}]") + threat
 
 
 def recipe_brief(thief_recipe: str) -> str:
@@ -137,6 +144,7 @@ def build_leaderboard(results: list[MatchResult]) -> list[LeaderboardRow]:
                 matches=len(group),
                 **_detection_counts(group),
                 upper_bound_accuracy=max(bounds) if bounds else None,
+                privileged_accuracy=_privileged_accuracy(group),
                 ownership_verified=_verified_count(group),
                 goodput=_mean(zoo)
                 if (zoo := [r.goodput for r in group if r.goodput is not None])
@@ -145,6 +153,20 @@ def build_leaderboard(results: list[MatchResult]) -> list[LeaderboardRow]:
         )
     rows.sort(key=lambda row: (-row.protection, -row.utility, row.defense))
     return [LeaderboardRow(**{**asdict(row), "rank": i + 1}) for i, row in enumerate(rows)]
+
+
+def _privileged_accuracy(group: list[MatchResult]) -> dict[str, float]:
+    """Best stolen accuracy per privileged threat model among ``group``'s matches (seeds
+    averaged per attack and budget first, as the strongest adversary's are)."""
+    best: dict[str, float] = {}
+    for threat in sorted({r.threat_model for r in group} - {API}):
+        played = [r for r in group if r.threat_model == threat and not r.upper_bound]
+        best[threat] = max(t.stolen_accuracy for t in threats(played, attack_label))
+    return best
+
+
+def _privileged_cell(row: LeaderboardRow) -> str:
+    return ", ".join(f"{t} {a:.4f}" for t, a in row.privileged_accuracy.items()) or "—"
 
 
 def _verified_count(group: list[MatchResult]) -> int | None:
@@ -191,6 +213,7 @@ def _grid(rows: list[LeaderboardRow], with_victim: bool) -> tuple[list[str], lis
     detectors = any(row.detected is not None for row in rows)
     zoos = any(row.goodput is not None for row in rows)
     verifiers = any(row.ownership_verified is not None for row in rows)
+    privileged = any(row.privileged_accuracy for row in rows)
     header = [
         "#",
         *(["victim"] if with_victim else []),
@@ -207,6 +230,7 @@ def _grid(rows: list[LeaderboardRow], with_victim: bool) -> tuple[list[str], lis
         "latency×",
         *(["detected"] if detectors else []),
         *(["ownership verified"] if verifiers else []),
+        *(["privileged threat models"] if privileged else []),
     ]
     cells = [
         [
@@ -228,6 +252,7 @@ def _grid(rows: list[LeaderboardRow], with_victim: bool) -> tuple[list[str], lis
             f"{row.latency_ratio:.2f}",
             *([_detection_cell(row)] if detectors else []),
             *([_verified_cell(row)] if verifiers else []),
+            *([_privileged_cell(row)] if privileged else []),
         ]
         for row in rows
     ]

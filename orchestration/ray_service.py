@@ -23,6 +23,7 @@ import numpy as np
 import ray
 import torch
 from ray.actor import ActorHandle
+from torch import nn
 
 from arena.data import DataSplits
 from arena.defenses.base import OwnershipEvidence
@@ -210,6 +211,10 @@ class RayServiceProxy:
     def ownership_keys(self, attacker_id: str) -> list[tuple[int, OwnershipEvidence]]:
         keys: list[tuple[int, OwnershipEvidence]] = self._call("ownership_keys", attacker_id)
         return keys
+
+    def served_copy(self) -> nn.Module:
+        model: nn.Module = self._call("served_copy")
+        return model
 
     def zoo_profile(self) -> ZooProfile | None:
         profile: ZooProfile | None = self._call("zoo_profile")

@@ -24,10 +24,12 @@ import torch
 from ray import ObjectRef
 from ray.actor import ActorHandle
 
+from arena.attacker import ATTACKS
 from arena.data import DataSplits, load_dataset
 from arena.defenses.chain import build_chain
 from arena.devices import DeviceUnavailable
 from arena.home import ArenaHome
+from arena.knowledge import API, DATA_ACCESS
 from arena.match_data import MatchData
 from arena.oracle import InputSpec
 from arena.plugins import PluginSource, ensure_plugins, sources_for
@@ -110,6 +112,14 @@ def _prepare_defenses_task(
     defended_model(spec.victim, model, build_chain(spec.defenses), data, cache_dir)
 
 
+def data_key(spec: MatchSpec) -> tuple[str, str, str]:
+    """Which match data a match plays on: its dataset, its pool, and ``data_access`` when its
+    attack plays that threat model (its data carries the victim's training split) or ``api``
+    (every other match shares data without it)."""
+    threat = ATTACKS.get(spec.attack.name).threat_model
+    return spec.victim.dataset, spec.pool, DATA_ACCESS if threat == DATA_ACCESS else API
+
+
 @ray.remote
 def play_match_task(
     spec: MatchSpec,
@@ -190,7 +200,8 @@ class MatchRuntime:
         self._loaded: dict[str, DataSplits] = {}
         """every dataset loaded, pool sources included (loaded once)"""
         self._data_refs: dict[str, ObjectRef[Any]] = {}
-        self._match_data: dict[tuple[str, str], ObjectRef[Any]] = {}
+        self._match_data: dict[tuple[str, str, str], ObjectRef[Any]] = {}
+        """match data by :func:`data_key`: dataset, pool, and whether the training split rides"""
         self.victims: dict[str, TrainedVictim] = {}
         """every victim this runtime serves, by victim key"""
         self._weights: dict[str, ObjectRef[Any]] = {}
@@ -218,9 +229,11 @@ class MatchRuntime:
         if not specs:
             return
         granted = {  # built before Ray starts: a pool that cannot be granted is one clear error
-            (name, pool): MatchData.from_splits(self._dataset(name), pool, self._pool_source(pool))
-            for name, pool in {(s.victim.dataset, s.pool) for s in specs}
-            if (name, pool) not in self._match_data
+            (name, pool, threat): MatchData.from_splits(
+                self._dataset(name), pool, self._pool_source(pool), threat
+            )
+            for name, pool, threat in {data_key(s) for s in specs}
+            if (name, pool, threat) not in self._match_data
         }
         self._ensure_victims([s.victim for s in specs])
         for key, data in granted.items():
@@ -372,7 +385,7 @@ class MatchRuntime:
         ref = play_match_task.options(**match_resources(self.settings)).remote(
             spec,
             self.service(spec, label),
-            self._match_data[(spec.victim.dataset, spec.pool)],
+            self._match_data[data_key(spec)],
             threads,
             self.settings.victim_timeout_s,
             self.settings.mixed_precision,

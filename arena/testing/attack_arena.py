@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from copy import deepcopy as copy_module
 
 import torch
 from torch import nn
 
 from arena.data import DataSplits, load_dataset
 from arena.defenses.chain import build_chain
-from arena.knowledge import Knowledge
+from arena.knowledge import API, DATA_ACCESS, MODEL_ACCESS, Knowledge
 from arena.oracle import InputSpec
 from arena.service import VictimService
 from arena.specs import PluginSpec, VictimSpec
@@ -51,10 +52,14 @@ class AttackArena:
         spec = InputSpec(shape=self.data.input_shape)
         return VictimService(model, chain, spec, self.data.num_classes)
 
-    def knowledge(self, pool: bool = True, pool_labels: bool = False) -> Knowledge:
+    def knowledge(
+        self, pool: bool = True, pool_labels: bool = False, threat_model: str = API
+    ) -> Knowledge:
         """What the referee grants a thief: the attacker pool (its labels only to an upper
-        bound) and an MLP substitute."""
+        bound), an MLP substitute, and to a privileged threat model its privilege: a copy of
+        the victim (``model_access``) or the victim's training split (``data_access``)."""
         granted = self.data.attacker_pool
+        copy = copy_module(self.victim) if threat_model == MODEL_ACCESS else None
         return Knowledge(
             pool=granted.x if pool else None,
             pool_name="in_distribution",
@@ -62,6 +67,8 @@ class AttackArena:
             num_classes=self.data.num_classes,
             substitute_arch="mlp",
             pool_labels=granted.y if pool and pool_labels else None,
+            victim_copy=copy,
+            victim_train=self.data.victim_train if threat_model == DATA_ACCESS else None,
         )
 
 

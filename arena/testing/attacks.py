@@ -14,6 +14,7 @@ from torch import nn
 
 from arena.attacker import ANSWER_FORMS, ATTACKS, Attacker, MissingKnowledge
 from arena.errors import BudgetExhausted
+from arena.knowledge import API, THREAT_MODELS
 from arena.oracle import Oracle
 from arena.registry import build_plugin
 from arena.specs import PluginSpec, VictimSpec
@@ -92,7 +93,7 @@ class AttackConformance(Conformance):
         service = self.arena.service(ORACLES[oracle], zoo=zoo)
         service.open_account(THIEF, BUDGET)
         attacker = self.build()
-        knowledge = self.arena.knowledge(pool, pool_labels=self.cls.upper_bound)
+        knowledge = self.arena.knowledge(pool, self.cls.upper_bound, self.cls.threat_model)
         try:
             model = attacker.steal(Oracle(service, THIEF), knowledge, np.random.default_rng(seed))
         except BudgetExhausted as exc:
@@ -137,6 +138,8 @@ class AttackConformance(Conformance):
         unknown = set(forms) - set(ANSWER_FORMS)
         expect(not unknown, f"answer_forms {sorted(unknown)} are not of {ANSWER_FORMS}")
         expect("soft" in forms, "answer_forms must hold soft: every attack plays probabilities")
+        threat = self.cls.threat_model
+        expect(threat in THREAT_MODELS, f"threat_model {threat!r} is not of {THREAT_MODELS}")
         self.expect_budget_kept(self.theft("soft"), "soft")
 
     def returns_eval_substitute(self) -> None:
@@ -198,8 +201,9 @@ class AttackConformance(Conformance):
         expect(theft.used <= BUDGET, f"{oracle}: charged {theft.used} > budget {BUDGET}")
         expect(theft.audited <= BUDGET, f"{oracle}: ledger shows {theft.audited} > {BUDGET}")
         expect(
-            theft.used > 0 or self.cls.upper_bound,
-            f"{oracle}: it never queried the victim (only an upper_bound reference may not)",
+            theft.used > 0 or self.cls.upper_bound or self.cls.threat_model != API,
+            f"{oracle}: it never queried the victim (only an upper_bound reference or a "
+            "privileged threat model may not)",
         )
 
     def expect_substitute(self, model: object) -> None:
