@@ -122,8 +122,9 @@ class FineTune(Removal):
 @REMOVALS.register("distill")
 @dataclass(frozen=True)
 class Distill(Removal):
-    """Distillation into a fresh substitute on pool images labelled by the stolen model's
-    probabilities: none of the stolen weights survive, only its behaviour on the pool."""
+    """Distillation into a fresh model on pool images, soft-labelled by the stolen model.
+
+    None of the stolen weights survive, only the stolen model's behaviour on the pool."""
 
     images: int = 2000
     """pool images used (at most the pool)"""
