@@ -96,6 +96,22 @@ def test_min_gd_claims_the_victim_and_a_model_trained_on_its_data_not_a_disjoint
     assert not disjoint.verified
 
 
+class Detached(nn.Module):
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x).detach()
+
+
+def test_min_gd_on_a_suspect_without_gradients_is_a_verification_failure(
+    min_gd_evidence: DatasetInferenceEvidence, models: dict[str, nn.Module]
+) -> None:
+    with pytest.raises(VerificationFailed, match="margins could not be measured"):
+        min_gd_evidence.judge(Detached(models["victim"]))
+
+
 def test_evidence_pickles_and_judges_the_same_after(
     min_gd_evidence: DatasetInferenceEvidence, models: dict[str, nn.Module]
 ) -> None:

@@ -160,8 +160,13 @@ class DatasetInferenceEvidence(OwnershipEvidence):
 
     def judge(self, suspect: nn.Module) -> Judgement:
         logits = guarded_logits(suspect)
-        inside = self.features(logits, self.private)
-        outside = self.features(logits, self.public)
+        try:
+            inside = self.features(logits, self.private)
+            outside = self.features(logits, self.public)
+        except VerificationFailed:
+            raise
+        except Exception as exc:  # e.g. MinGD on a suspect without gradients
+            raise VerificationFailed(f"the suspect's margins could not be measured: {exc}") from exc
         with torch.no_grad():
             scores_in, scores_out = self.regressor(inside), self.regressor(outside)
         p = one_sided_welch(scores_in.numpy(), scores_out.numpy())
