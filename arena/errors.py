@@ -176,3 +176,8 @@ class PluginImportError(ArenaError):
 class InvalidDataset(ArenaError):
     """A user's dataset whose files are there but unusable (mixed image sizes, bad labels);
     the message names the file and the fix."""
+
+
+class VerificationFailed(ArenaError):
+    """Ownership verification could not judge a suspect model: it raised, or answered NaN or
+    infinity, on the verifier's points. The verdict is recorded as unverified, with the reason."""

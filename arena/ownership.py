@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 
 from arena.defenses.base import OwnershipEvidence
+from arena.errors import VerificationFailed
 from arena.specs import MatchSpec
 
 if TYPE_CHECKING:
@@ -26,7 +27,16 @@ def verify_ownership(
             found.setdefault(position, []).append(evidence)
     verdicts = []
     for position, pieces in sorted(found.items()):
-        judgement = pieces[0].merged(pieces[1:]).judge(suspect)
+        name = spec.defenses[position].name
+        try:
+            judgement = pieces[0].merged(pieces[1:]).judge(suspect)
+        except VerificationFailed as exc:  # a suspect that cannot be judged is not claimed
+            verdicts.append({"verifier": name, **FAILED, "failure": str(exc)})
+            continue
         verdict = {k: v for k, v in asdict(judgement).items() if v is not None}
-        verdicts.append({"verifier": spec.defenses[position].name, **verdict})
+        verdicts.append({"verifier": name, **verdict})
     return verdicts
+
+
+FAILED: dict[str, Any] = {"score": 0.0, "keys": 0, "verified": False}
+"""the verdict on a suspect the verifier could not judge (it raised or answered NaN)"""

@@ -204,6 +204,7 @@ def prepare_context(spec: VictimSpec, data: DataSplits, cache_dir: Path | None) 
         train=data.victim_train,
         seed=spec.seed,
         cache_dir=cache_dir or default_victim_cache(),
+        public=data.test,
     )
 
 

@@ -3,6 +3,7 @@
 from arena.defenses import (
     adaptive_misinformation,
     adversarial_watermark,
+    dataset_inference,
     dawn,
     gradient_redirection,
     high_confidence,
@@ -32,6 +33,7 @@ __all__ = [
     "adaptive_misinformation",
     "adversarial_watermark",
     "build_chain",
+    "dataset_inference",
     "dawn",
     "gradient_redirection",
     "high_confidence",

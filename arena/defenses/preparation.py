@@ -37,6 +37,9 @@ class PrepareContext:
     seed: int = 0
     cache_dir: Path | None = None
     """where trained artefacts are cached; ``None`` trains every time (tests)"""
+    public: Split | None = None
+    """images of the task the victim was not trained on (the dataset's test split, which the
+    defender owns): dataset inference contrasts them with ``train``"""
 
     def new_model(self, arch: str | None = None, seed: int | None = None) -> nn.Module:
         """A freshly initialised model for this task (the victim's architecture by default)."""

@@ -39,12 +39,14 @@ NOT_A_NUMBER: tuple[Any, ...] = (float("nan"), "1", True, None)
 
 
 def tiny_context() -> PrepareContext:
-    """A small task (256 random 1x8x8 images, 10 classes, an MLP victim) for defenses that
-    train or build models in ``prepare``; nothing is cached on disk."""
+    """A small task (256 random 1x8x8 training images and 256 public ones, 10 classes, an MLP
+    victim) for defenses that train or build models in ``prepare``; nothing is cached on disk."""
     generator = torch.Generator().manual_seed(1)
     x = torch.rand(256, *INPUT_SHAPE, generator=generator)
     y = torch.randint(0, CLASSES, (256,), generator=generator)
-    return PrepareContext("tiny", "mlp", INPUT_SHAPE, CLASSES, Split(x, y), seed=0)
+    public_x = torch.rand(256, *INPUT_SHAPE, generator=generator)
+    public = Split(public_x, torch.randint(0, CLASSES, (256,), generator=generator))
+    return PrepareContext("tiny", "mlp", INPUT_SHAPE, CLASSES, Split(x, y), seed=0, public=public)
 
 
 def prepared(defense: Defense) -> Defense:
