@@ -160,6 +160,11 @@ class InvalidParameters(ArenaError):
     """A plug-in was given hyperparameters it does not accept or values out of range."""
 
 
+class SuspectFailed(ArenaError):
+    """A suspect model raised while an ownership verifier ran it on its evidence (a thief's
+    model that cannot classify the keys cannot be judged)."""
+
+
 class DatasetMissing(ArenaError):
     """A dataset is not on disk and cannot be downloaded; the message says how to get it."""
 

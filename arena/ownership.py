@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from arena.defenses.base import OwnershipEvidence
+from arena.defenses.base import Judgement, OwnershipEvidence
+from arena.errors import ArenaError, SuspectFailed, one_line
 from arena.specs import MatchSpec
 
 if TYPE_CHECKING:
@@ -26,7 +27,22 @@ def verify_ownership(
             found.setdefault(position, []).append(evidence)
     verdicts = []
     for position, pieces in sorted(found.items()):
-        judgement = pieces[0].merged(pieces[1:]).judge(suspect)
+        name = spec.defenses[position].name
+        judgement = judge(pieces[0].merged(pieces[1:]), suspect, name)
         verdict = {k: v for k, v in asdict(judgement).items() if v is not None}
-        verdicts.append({"verifier": spec.defenses[position].name, **verdict})
+        verdicts.append({"verifier": name, **verdict})
     return verdicts
+
+
+def judge(evidence: OwnershipEvidence, suspect: nn.Module, verifier: str) -> Judgement:
+    """``evidence`` judging ``suspect``; a suspect that raises on it is a typed failure naming
+    the verifier, not a bare traceback from inside the model."""
+    try:
+        return evidence.judge(suspect)
+    except ArenaError:
+        raise
+    except Exception as exc:
+        raise SuspectFailed(
+            f"verifier {verifier}: the suspect model failed on its evidence: "
+            f"{one_line(f'{type(exc).__name__}: {exc}', 200)}"
+        ) from exc
