@@ -3,6 +3,7 @@
 from arena.defenses import (
     adaptive_misinformation,
     adversarial_watermark,
+    conferrable_fingerprint,
     dawn,
     gradient_redirection,
     high_confidence,
@@ -32,6 +33,7 @@ __all__ = [
     "adaptive_misinformation",
     "adversarial_watermark",
     "build_chain",
+    "conferrable_fingerprint",
     "dawn",
     "gradient_redirection",
     "high_confidence",
