@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from arena.defenses.base import OwnershipEvidence
-from arena.errors import VerificationFailed
+from arena.defenses.base import Judgement, OwnershipEvidence
+from arena.errors import VerificationFailed, one_line
 from arena.specs import MatchSpec
 
 if TYPE_CHECKING:
@@ -29,7 +29,7 @@ def verify_ownership(
     for position, pieces in sorted(found.items()):
         name = spec.defenses[position].name
         try:
-            judgement = pieces[0].merged(pieces[1:]).judge(suspect)
+            judgement = judge(pieces[0].merged(pieces[1:]), suspect, name)
         except VerificationFailed as exc:  # a suspect that cannot be judged is not claimed
             verdicts.append({"verifier": name, **FAILED, "failure": str(exc)})
             continue
@@ -40,3 +40,17 @@ def verify_ownership(
 
 FAILED: dict[str, Any] = {"score": 0.0, "keys": 0, "verified": False}
 """the verdict on a suspect the verifier could not judge (it raised or answered NaN)"""
+
+
+def judge(evidence: OwnershipEvidence, suspect: nn.Module, verifier: str) -> Judgement:
+    """``evidence`` judging ``suspect``; a suspect that raises on it is a typed failure naming
+    the verifier (a thief's model is untrusted code), not a bare traceback from inside it."""
+    try:
+        return evidence.judge(suspect)
+    except VerificationFailed:
+        raise
+    except Exception as exc:
+        raise VerificationFailed(
+            f"verifier {verifier}: the suspect model failed on its evidence: "
+            f"{one_line(f'{type(exc).__name__}: {exc}', 200)}"
+        ) from exc

@@ -3,6 +3,7 @@
 from arena.defenses import (
     adaptive_misinformation,
     adversarial_watermark,
+    conferrable_fingerprint,
     dataset_inference,
     dawn,
     gradient_redirection,
@@ -33,6 +34,7 @@ __all__ = [
     "adaptive_misinformation",
     "adversarial_watermark",
     "build_chain",
+    "conferrable_fingerprint",
     "dataset_inference",
     "dawn",
     "gradient_redirection",

@@ -19,8 +19,9 @@ import torch
 from torch import nn
 
 from arena.defenses.preparation import PrepareContext
+from arena.metrics import share
 from arena.targets import Targets
-from arena.training import accuracy, predict_probs
+from arena.training import predict_probs
 from arena.zoo import ZooProfile
 
 
@@ -104,9 +105,14 @@ class OwnershipKeys(OwnershipEvidence):
 
 
 def key_agreement(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    """Share of the keys on which ``model``'s top-1 label is the key's label."""
+    """Share of the keys on which ``model``'s top-1 label is the key's label. A key on which the
+    model's output is not finite (NaN, infinity) counts as a disagreement: the argmax of a NaN
+    row is arbitrary, and would otherwise agree with some keys by chance."""
+    if not int(y.numel()):
+        return 0.0
     with torch.no_grad():
-        return accuracy(predict_probs(model, x), y) if int(y.numel()) else 0.0
+        probs = predict_probs(model, x)
+    return share((probs.argmax(dim=1) == y) & torch.isfinite(probs).all(dim=1))
 
 
 @dataclass(frozen=True)
