@@ -64,7 +64,7 @@ def referee_match(
     identities = _open_thief_accounts(spec, service, attacker.identities)
     benign = benign_traffic(spec, service, data) if chain.has_detector else None
     profile = service.zoo_profile()
-    knowledge = _grant_knowledge(spec, data, attacker, profile, service)
+    knowledge = grant_knowledge(spec, data, attacker, profile, service)
     knowledge = replace(knowledge, device=device, mixed_precision=mixed_precision)
     theft = _steal(spec, attacker, _thief_oracle(service, identities), knowledge)
     reference_accuracy = _reference_track(spec, knowledge, data)
@@ -140,7 +140,7 @@ def _open_thief_accounts(spec: MatchSpec, service: ServiceAPI, count: int) -> di
     return identities
 
 
-def _grant_knowledge(
+def grant_knowledge(
     spec: MatchSpec,
     data: MatchData,
     attacker: Attacker,

@@ -1,20 +1,26 @@
 """Ownership verifiers as classifiers: ROC AUC and false-claim rate, stolen versus independent.
 
 A verifier is only useful if it separates the models copied from the victim from the models
-that were not. This benchmark measures that, per verifier and threat model:
+that were not. This benchmark measures that, per verifier and threat model, in this process:
 
-1. Plays the config (``configs/ownership_verifiers.yaml`` by default) through the same code as
-   ``arena tournament`` (Ray, MLflow under ``ARENA_HOME``; a rerun only plays missing matches).
-   Every stolen model (API thieves at each budget, the model-access and data-access threat
-   models) goes through every removal of the config; the referee records each verifier's
-   verdict on it. These are the positives.
-2. In this process: ``--independent`` models of each of ``--archs``, trained with true labels
-   on the attacker-pool split (disjoint from the victim's training data; cached under
-   ``ARENA_HOME``), judged on the same evidence the tournament built (it is cached). These are
-   the negatives: any claim on them is a false claim.
-3. Per verifier and threat model: the share of stolen models claimed at the verifier's own
-   threshold, the ROC AUC of its score (stolen against independent), the false-claim rate, and
-   what a verification costs. A hypothesis-test verifier is scored by ``-log10 p``.
+1. Every thief of the config (``configs/ownership_verifiers.yaml``: API thieves at each budget,
+   the model-access and data-access threat models) steals once from the victim served behind the
+   config's verifier chain, exactly as its match would (same attacker identity, seed and grant);
+   the stolen model is cached under ``ARENA_HOME/stolen`` so a rerun judges it again without
+   stealing again. Thieves that spend no query (model access, data access from scratch) steal
+   once, at the smallest budget.
+2. Each stolen model goes through every removal of the config (seeded as the match's), then every
+   verifier of the chain judges it: the positives.
+3. ``--independent`` models of each of ``--archs``, trained with true labels on the
+   attacker-pool split (disjoint from the victim's training data; cached under
+   ``ARENA_HOME/independent``), judged on the same evidence: the negatives. Any claim on them is
+   a false claim.
+4. Per verifier and threat model: stolen models claimed at the verifier's own threshold, the ROC
+   AUC of its score (stolen against independent), false claims, keys or samples per
+   verification. A hypothesis-test verifier is ranked by ``-log10 p``.
+
+The same line-up also plays as a tournament (``arena tournament configs/ownership_verifiers.yaml``)
+with the verdicts in every match record; this script adds the negatives and the ROC.
 
 Usage (from the repository root)::
 
@@ -24,18 +30,16 @@ Usage (from the repository root)::
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import statistics
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from config_runs import run_config
 from machine import write_record
 from rich.console import Console
 from sklearn.metrics import roc_auc_score
@@ -43,21 +47,31 @@ from sklearn.metrics import roc_auc_score
 import agents  # noqa: F401  (registers the attacks)
 from arena.attacker import ATTACKS
 from arena.data import DataSplits, load_dataset
+from arena.defenses import DEFENSES
 from arena.defenses.base import Judgement, OwnershipEvidence
-from arena.defenses.chain import build_chain
 from arena.home import ArenaHome
+from arena.identities import attacker_id
+from arena.knowledge import MODEL_ACCESS
+from arena.match_data import MatchData
 from arena.models import build_model
 from arena.normalization import normalized
-from arena.record import MatchResult
+from arena.oracle import Oracle
+from arena.ownership import judge
+from arena.referee import grant_knowledge
+from arena.registry import build_plugin, plugin_label
+from arena.removal import REMOVALS
+from arena.seeds import attacker_rng, match_rng
+from arena.service import VictimService
+from arena.service_factory import build_service
 from arena.specs import MatchSpec
 from arena.training import TrainRecipe, accuracy, predict_probs, train_classifier
-from arena.victims import defended_model, load_or_train
 from orchestration.config import load_config
 from orchestration.escaping import markdown_rows
 
 REPO = Path(__file__).resolve().parents[1]
 INDEPENDENT_RECIPE = TrainRecipe(epochs=15, lr=3e-3, batch_size=128)
-"""the victim's own recipe, so independent models are as good as the data allows"""
+"""the victim's own recipe, so independent models are as good as their data allows"""
+Evidence = list[tuple[str, OwnershipEvidence]]
 
 
 def ranking_score(verdict: dict[str, Any]) -> float:
@@ -66,33 +80,6 @@ def ranking_score(verdict: dict[str, Any]) -> float:
     if p is None:
         return float(verdict["score"])
     return -math.log10(max(float(p), 1e-300))
-
-
-def threat_model(result: MatchResult) -> str:
-    """What the thief was granted: the API only, or a model-access / data-access threat model."""
-    return str(getattr(ATTACKS.get(result.attack_name), "threat_model", "api"))
-
-
-def stolen_rows(results: list[MatchResult]) -> list[dict[str, Any]]:
-    """One row per (stolen model, verifier) from the match records."""
-    rows = []
-    for r in results:
-        for verdict in json.loads(r.ownership) if r.ownership else []:
-            rows.append(
-                {
-                    "verifier": verdict["verifier"],
-                    "threat_model": threat_model(r),
-                    "attack": r.attack,
-                    "budget": r.budget,
-                    "removal": r.removal,
-                    "stolen_accuracy": r.stolen_accuracy,
-                    "verified": bool(verdict["verified"]),
-                    "score": ranking_score(verdict),
-                    "keys": verdict.get("keys"),
-                    "p_value": verdict.get("p_value"),
-                }
-            )
-    return rows
 
 
 def independent_model(
@@ -118,66 +105,152 @@ def independent_model(
     return network.eval()
 
 
-def verifier_evidence(spec: MatchSpec, data: DataSplits) -> list[tuple[str, OwnershipEvidence]]:
-    """The chain's verifiers and their evidence for the victim (built, or loaded from the cache
-    the tournament filled); evidence that depends on a caller's queries is left out."""
-    chain = build_chain(spec.defenses)
-    defended_model(spec.victim, load_or_train(spec.victim, data).model, chain, data)
-    return [
-        (spec.defenses[position].name, evidence)
-        for position, evidence in chain.ownership_keys(chain.new_states())
-    ]
+def verifier_labels(spec: MatchSpec) -> list[str]:
+    """Each defense of the chain by name and changed parameters (a chain may hold one verifier
+    twice, with different settings)."""
+    return [plugin_label(d.name, build_plugin(DEFENSES, d.name, d.params)) for d in spec.defenses]
 
 
-def judged(evidence: OwnershipEvidence, model: torch.nn.Module) -> tuple[Judgement, float]:
+def chain_evidence(service: VictimService, identity: str, labels: list[str]) -> Evidence:
+    """The evidence of every verifier of the chain, for one caller, labelled."""
+    return [(labels[position], found) for position, found in service.ownership_keys(identity)]
+
+
+def judged(evidence: OwnershipEvidence, model: torch.nn.Module, label: str) -> dict[str, Any]:
+    """One verdict as a row: verified, ranking score, p-value, keys, seconds (a failure is an
+    unverified verdict, as the referee records it)."""
     start = time.perf_counter()
-    judgement = evidence.judge(model)
-    return judgement, time.perf_counter() - start
+    try:
+        judgement: Judgement | None = judge(evidence, model, label)
+    except Exception as exc:
+        judgement, failure = None, str(exc)
+    seconds = time.perf_counter() - start
+    if judgement is None:
+        return {"verified": False, "score": 0.0, "failure": failure, "judge_seconds": seconds}
+    verdict = {k: v for k, v in vars(judgement).items() if v is not None}
+    return {
+        "verified": judgement.verified,
+        "score": ranking_score(verdict),
+        "raw_score": judgement.score,
+        "threshold": judgement.threshold,
+        "p_value": judgement.p_value,
+        "keys": judgement.keys,
+        "judge_seconds": seconds,
+    }
+
+
+def spends_queries(spec: MatchSpec) -> bool:
+    """False for thieves that never query: model access, and data access trained from scratch."""
+    kind = ATTACKS.get(spec.attack.name)
+    if kind.threat_model == MODEL_ACCESS:
+        return False
+    return not (spec.attack.name == "data_access" and spec.attack.params.get("mode") == "scratch")
+
+
+def thefts(specs: list[MatchSpec]) -> dict[str, list[MatchSpec]]:
+    """The config's matches grouped by theft (the match without its removal), each theft once;
+    thieves that spend no query only at the smallest budget."""
+    smallest = min(s.budget for s in specs)
+    groups: dict[str, list[MatchSpec]] = defaultdict(list)
+    for spec in specs:
+        if spends_queries(spec) or spec.budget == smallest:
+            groups[spec.model_copy(update={"removal": None}).key()].append(spec)
+    return groups
+
+
+def steal(
+    spec: MatchSpec, service: VictimService, data: DataSplits, cache: Path, console: Console
+) -> tuple[torch.nn.Module, Any, float]:
+    """The match's theft (its identity, grant and seed), or the cached stolen model; with the
+    thief's knowledge (the removals use it) and the seconds it took (0 when cached)."""
+    attacker = build_plugin(ATTACKS, spec.attack.name, spec.attack.params)
+    threat = type(attacker).threat_model
+    match_data = MatchData.from_splits(data, spec.pool, threat_model=threat)
+    knowledge = grant_knowledge(spec, match_data, attacker, None, service)
+    path = cache / f"{spec.model_copy(update={'removal': None}).key()}.pt"
+    if path.is_file():
+        return torch.load(path, map_location="cpu", weights_only=False), knowledge, 0.0
+    identity = attacker_id(spec)
+    service.open_account(identity, spec.budget)
+    start = time.perf_counter()
+    stolen = attacker.steal(Oracle(service, identity), knowledge, attacker_rng(spec))
+    seconds = time.perf_counter() - start
+    cache.mkdir(parents=True, exist_ok=True)
+    torch.save(stolen, path)
+    console.print(f"  stole {spec.attack.name} @{spec.budget} in {seconds:.0f} s")
+    return stolen, knowledge, seconds
+
+
+def stolen_rows(
+    specs: list[MatchSpec],
+    service: VictimService,
+    evidence: Evidence,
+    data: DataSplits,
+    console: Console,
+    on_row: Callable[[dict[str, Any]], None],
+) -> None:
+    """Every theft, after every removal, judged by every verifier (rows passed to ``on_row``)."""
+    cache = ArenaHome.from_environment().root / "stolen"
+    for matches in thefts(specs).values():
+        stolen, knowledge, seconds = steal(matches[0], service, data, cache, console)
+        attack = plugin_label(
+            matches[0].attack.name,
+            build_plugin(ATTACKS, matches[0].attack.name, matches[0].attack.params),
+        )
+        threat = ATTACKS.get(matches[0].attack.name).threat_model
+        for spec in matches:
+            removal = spec.removal.name if spec.removal else "none"
+            params = spec.removal.params if spec.removal else {}
+            remover = build_plugin(REMOVALS, removal, params)
+            model = remover.apply(stolen, knowledge, match_rng(spec, "removal"))
+            test_accuracy = accuracy(predict_probs(model, data.test.x), data.test.y)
+            for label, found in evidence:
+                row = {
+                    "verifier": label,
+                    "threat_model": threat,
+                    "attack": attack,
+                    "budget": spec.budget if spends_queries(spec) else 0,
+                    "removal": plugin_label(removal, remover),
+                    "stolen_accuracy": test_accuracy,
+                    "theft_seconds": seconds,
+                    **judged(found, model, label),
+                }
+                console.print(
+                    f"  {attack} @{row['budget']} {row['removal']} ({test_accuracy:.3f}) "
+                    f"{label}: {'claimed' if row['verified'] else 'refused'} {row['score']:.3g}"
+                )
+                on_row(row)
 
 
 def independent_rows(
-    spec: MatchSpec, archs: Sequence[str], count: int, console: Console
+    evidence: Evidence, data: DataSplits, archs: Sequence[str], count: int, console: Console
 ) -> list[dict[str, Any]]:
-    """Every independent model judged by every verifier of ``spec``'s chain."""
-    data = load_dataset(spec.victim.dataset)
+    """Every independent model judged by every verifier."""
     cache = ArenaHome.from_environment().root / "independent"
-    start = time.perf_counter()
-    evidence = verifier_evidence(spec, data)
-    console.print(f"evidence ready in {time.perf_counter() - start:.0f} s")
     rows = []
     for arch in archs:
         for seed in range(1, count + 1):
             model = independent_model(arch, seed, data, cache, console)
             test_accuracy = accuracy(predict_probs(model, data.test.x), data.test.y)
-            for name, found in evidence:
-                judgement, seconds = judged(found, model)
-                verdict = {k: v for k, v in vars(judgement).items() if v is not None}
-                rows.append(
-                    {
-                        "verifier": name,
-                        "arch": arch,
-                        "seed": seed,
-                        "test_accuracy": test_accuracy,
-                        "verified": judgement.verified,
-                        "score": ranking_score(verdict),
-                        "p_value": judgement.p_value,
-                        "judge_seconds": seconds,
-                    }
-                )
+            for label, found in evidence:
+                row = {"verifier": label, "arch": arch, "seed": seed}
+                row |= {"test_accuracy": test_accuracy, **judged(found, model, label)}
                 console.print(
-                    f"  independent {arch}/{seed} ({test_accuracy:.3f}) {name}: "
-                    f"{'claimed' if judgement.verified else 'refused'} {judgement.score:.3f}"
+                    f"  independent {arch}/{seed} ({test_accuracy:.3f}) {label}: "
+                    f"{'claimed' if row['verified'] else 'refused'} {row['score']:.3g}"
                 )
+                rows.append(row)
     return rows
 
 
 def summary(
-    stolen: list[dict[str, Any]], independent: list[dict[str, Any]]
+    stolen: list[dict[str, Any]], independent: list[dict[str, Any]], by: str = "threat_model"
 ) -> list[dict[str, Any]]:
-    """Per verifier and threat model (and all together): claims, AUC, false claims."""
+    """Per verifier and value of ``by`` (``threat_model`` or ``removal``; and all together):
+    stolen models claimed, ROC AUC against the independent models, false claims."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for row in stolen:
-        groups[(row["verifier"], row["threat_model"])].append(row)
+        groups[(row["verifier"], row[by])].append(row)
         groups[(row["verifier"], "all")].append(row)
     out = []
     for (verifier, threat), positives in sorted(groups.items()):
@@ -188,24 +261,26 @@ def summary(
         out.append(
             {
                 "verifier": verifier,
-                "threat_model": threat,
+                by: threat,
                 "stolen_models": len(positives),
                 "claimed": sum(r["verified"] for r in positives),
                 "independent_models": len(negatives),
                 "false_claims": sum(r["verified"] for r in negatives),
                 "roc_auc": auc,
-                "keys": statistics.median(r["keys"] for r in positives if r["keys"] is not None)
-                if any(r["keys"] is not None for r in positives)
-                else None,
+                "keys": statistics.median(keys) if (keys := _keys(positives)) else None,
             }
         )
     return out
 
 
-def summary_markdown(rows: list[dict[str, Any]]) -> str:
+def _keys(rows: list[dict[str, Any]]) -> list[int]:
+    return [r["keys"] for r in rows if r.get("keys") is not None]
+
+
+def summary_markdown(rows: list[dict[str, Any]], by: str = "threat_model") -> str:
     header = [
         "verifier",
-        "threat model",
+        by.replace("_", " "),
         "stolen models claimed",
         "ROC AUC vs independent",
         "false claims",
@@ -214,7 +289,7 @@ def summary_markdown(rows: list[dict[str, Any]]) -> str:
     body = [
         [
             r["verifier"],
-            r["threat_model"],
+            r[by],
             f"{r['claimed']}/{r['stolen_models']}",
             "—" if r["roc_auc"] is None else f"{r['roc_auc']:.3f}",
             f"{r['false_claims']}/{r['independent_models']}",
@@ -222,7 +297,7 @@ def summary_markdown(rows: list[dict[str, Any]]) -> str:
         ]
         for r in rows
     ]
-    return markdown_rows(header, body)
+    return "\n".join(markdown_rows(header, body)) + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -238,28 +313,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     loadavg = os.getloadavg()
     console = Console()
-    config = load_config(args.config)
-    outcome, wall = run_config(config, console)
-    stolen = stolen_rows(outcome.results)
-    verifier_specs = [s for s in config.matches() if len(s.defenses) > 0]
-    independent = independent_rows(verifier_specs[0], args.archs, args.independent, console)
-    rows = summary(stolen, independent)
-    table = summary_markdown(rows)
-    console.print(table)
-    write_record(
-        args.out,
-        "verifier_roc",
-        loadavg,
-        {
-            "config": str(args.config.relative_to(REPO)),
-            "tournament_seconds": wall,
-            "failures": [f.reason for f in outcome.failures],
-            "summary": rows,
-            "stolen": stolen,
-            "independent": independent,
-            "markdown": table,
-        },
-    )
+    specs = load_config(args.config).matches()
+    if len({(s.victim.key(), str(s.defenses)) for s in specs}) != 1:
+        raise SystemExit("the config must have one victim and one verifier chain")
+    data = load_dataset(specs[0].victim.dataset)
+    start = time.perf_counter()
+    service = build_service(specs[0].victim, specs[0].defenses, data)
+    build_seconds = time.perf_counter() - start
+    console.print(f"victim and verifiers ready in {build_seconds:.0f} s")
+    service.open_account("evidence", 1)
+    evidence = chain_evidence(service, "evidence", verifier_labels(specs[0]))
+    stolen: list[dict[str, Any]] = []
+    independent: list[dict[str, Any]] = []
+
+    def record(partial: bool) -> None:
+        rows = summary(stolen, independent)
+        removals = summary(stolen, independent, by="removal")
+        write_record(
+            args.out,
+            "verifier_roc",
+            loadavg,
+            {
+                "config": str(args.config),
+                "partial": partial,
+                "verifiers_ready_seconds": build_seconds,
+                "summary": rows,
+                "markdown": summary_markdown(rows),
+                "by_removal": removals,
+                "by_removal_markdown": summary_markdown(removals, by="removal"),
+                "stolen": stolen,
+                "independent": independent,
+            },
+        )
+
+    independent.extend(independent_rows(evidence, data, args.archs, args.independent, console))
+    record(partial=True)
+    stolen_rows(specs, service, evidence, data, console, stolen.append)
+    record(partial=False)
+    console.print(summary_markdown(summary(stolen, independent)))
     return 0
 
 

@@ -25,7 +25,7 @@ from arena.match_data import MatchData
 from arena.metrics import agreement
 from arena.oracle import InputSpec, Oracle
 from arena.record import MatchResult
-from arena.referee import _grant_knowledge, play_match
+from arena.referee import grant_knowledge, play_match
 from arena.registry import build_plugin
 from arena.removal import REMOVALS
 from arena.service import VictimService
@@ -187,7 +187,7 @@ def test_privileged_knowledge_goes_only_to_the_attack_that_declares_it(
         attacker = build_plugin(ATTACKS, name, {})
         data = MatchData.from_splits(digits_data, threat_model=kind.threat_model)
         spec = match_spec(digits_victim_spec, ["none"], name)
-        knowledge = _grant_knowledge(spec, data, attacker, None, service)
+        knowledge = grant_knowledge(spec, data, attacker, None, service)
         assert (knowledge.victim_copy is not None) == (name == "model_access"), name
         assert (knowledge.victim_train is not None) == (name == "data_access"), name
         assert kind.threat_model == PRIVILEGED.get(name, API)
