@@ -222,9 +222,9 @@ def removal_study(
         stolen = attacker.steal(Oracle(service, identity), knowledge, attacker_rng(spec))
         seconds = time.perf_counter() - start
         found = service.ownership_keys(identity)
-        if not found:
+        keys = dict(found).get(0)  # the chain's own defense (verifiers may follow it)
+        if keys is None:
             continue
-        [(_, keys)] = found
         claims = independent_claims(spec, data, keys, independent)
         row = {
             "defense": spec.defenses[0].name,
@@ -277,7 +277,7 @@ def copied_watermark(spec: MatchSpec, console: Console) -> tuple[dict[str, Any],
     data = load_dataset(spec.victim.dataset)
     chain = build_chain(spec.defenses)
     served = defended_model(spec.victim, load_or_train(spec.victim, data).model, chain, data)
-    [(_, keys)] = chain.ownership_keys(chain.new_states())
+    keys = dict(chain.ownership_keys(chain.new_states()))[0]
     knowledge, match_data = thief_knowledge(spec, data)
     row = {
         "defense": spec.defenses[0].name,
@@ -316,7 +316,7 @@ def memorising_theft(
     rng = attacker_rng(spec)
     oracle = Oracle(service, identity)
     queries, answers = query_random_subset(oracle, knowledge.pool, rng, knockoff.query_batch)
-    [(_, keys)] = service.ownership_keys(identity)
+    keys = dict(service.ownership_keys(identity))[0]
     seed = torch_seed(rng)
     recipe = TrainRecipe(epochs=round_epochs, lr=knockoff.lr, batch_size=knockoff.batch_size)
     rounds: list[dict[str, float]] = []

@@ -30,6 +30,7 @@ Usage (from the repository root)::
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import statistics
@@ -40,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from machine import write_record
+from machine import git_commit, write_record
 from rich.console import Console
 from sklearn.metrics import roc_auc_score
 
@@ -300,6 +301,37 @@ def summary_markdown(rows: list[dict[str, Any]], by: str = "threat_model") -> st
     return "\n".join(markdown_rows(header, body)) + "\n"
 
 
+def render(path: Path) -> str:
+    """The docs tables of a written record, stamped with when and at which commit it ran."""
+    record = json.loads(path.read_text())
+    stamp = (
+        f"_Measured {record['finished'][:16].replace('T', ' ')} UTC at commit "
+        f"{record.get('commit', '?')} (`python benchmarks/verifier_roc.py`"
+        f"{', partial' if record.get('partial') else ''})._"
+    )
+    negatives = independent_markdown(record["independent"])
+    return "\n\n".join([record["markdown"], record["by_removal_markdown"], negatives, stamp])
+
+
+def independent_markdown(rows: list[dict[str, Any]]) -> str:
+    """Per verifier and architecture: the independent models' scores and false claims."""
+    cells: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        cells[(row["verifier"], row["arch"])].append(row)
+    body = [
+        [
+            verifier,
+            arch,
+            f"{statistics.fmean(r['test_accuracy'] for r in group):.3f}",
+            " ".join(f"{r['score']:.2f}" for r in group),
+            f"{sum(r['verified'] for r in group)}/{len(group)}",
+        ]
+        for (verifier, arch), group in sorted(cells.items())
+    ]
+    header = ["verifier", "independent arch", "test acc", "scores", "claimed"]
+    return "\n".join(markdown_rows(header, body)) + "\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -310,8 +342,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--out", type=Path, default=REPO / "benchmarks" / "results" / "verifier_roc.json"
     )
+    parser.add_argument("--render", type=Path, help="print the docs tables of a written JSON")
     args = parser.parse_args(argv)
-    loadavg = os.getloadavg()
+    if args.render:
+        print(render(args.render))
+        return 0
+    loadavg, commit = os.getloadavg(), git_commit()
     console = Console()
     specs = load_config(args.config).matches()
     if len({(s.victim.key(), str(s.defenses)) for s in specs}) != 1:
@@ -335,6 +371,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             loadavg,
             {
                 "config": str(args.config),
+                "commit": commit,
                 "partial": partial,
                 "verifiers_ready_seconds": build_seconds,
                 "summary": rows,
