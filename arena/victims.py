@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from arena.checkpoints import CHECK_BATCH, ArchiveModel, is_archive_state, load_checkpoint
-from arena.data import DataSplits
+from arena.data import DataSplits, Split
 from arena.defenses.chain import DefenseChain
 from arena.defenses.preparation import PrepareContext
 from arena.home import ArenaHome
@@ -112,9 +112,8 @@ def train_victim(
         return build_zoo(spec, data, cache_dir)
     if spec.checkpoint is not None:
         return load_checkpoint_victim(spec, data)
-    x, y = data.victim_train.x, data.victim_train.y
-    if spec.train_size is not None:
-        x, y = x[: spec.train_size], y[: spec.train_size]
+    training = victim_training_split(spec, data)
+    x, y = training.x, training.y
     start = time.perf_counter()
     model: nn.Module
     if spec.arch == VictimSpec.TREE_ARCH:
@@ -194,6 +193,16 @@ def load_or_train(
     return victim
 
 
+def victim_training_split(spec: VictimSpec, data: DataSplits) -> Split:
+    """The images the victim is trained on: its split, cut to ``train_size`` when set. Defenses
+    that train beside the victim, or take its training points as private (dataset inference),
+    see exactly these."""
+    train = data.victim_train
+    if spec.train_size is None:
+        return train
+    return Split(train.x[: spec.train_size], train.y[: spec.train_size])
+
+
 def prepare_context(spec: VictimSpec, data: DataSplits, cache_dir: Path | None) -> PrepareContext:
     """What the victim's defenses may train on: the victim's own split, cached beside it."""
     return PrepareContext(
@@ -201,7 +210,7 @@ def prepare_context(spec: VictimSpec, data: DataSplits, cache_dir: Path | None) 
         victim_arch=spec.arch,
         input_shape=data.input_shape,
         num_classes=data.num_classes,
-        train=data.victim_train,
+        train=victim_training_split(spec, data),
         seed=spec.seed,
         cache_dir=cache_dir or default_victim_cache(),
         public=data.test,

@@ -36,6 +36,7 @@ from arena.referee import play_match
 from arena.registry import build_plugin
 from arena.specs import PluginSpec, VictimSpec
 from arena.training import TrainRecipe, train_classifier
+from arena.victims import prepare_context
 
 OWN = 300
 """the owner's training images (the first of digits' victim split)"""
@@ -227,3 +228,14 @@ def test_a_match_records_the_dataset_inference_verdict(
         1 - verdict["p_value"]
     )
     assert record.ownership_verified == verdict["verified"]
+
+
+def test_private_points_are_the_images_the_victim_was_trained_on(digits_data: DataSplits) -> None:
+    """A victim trained on the first ``train_size`` images of its split hands its defenses
+    exactly those (dataset inference takes them as private; others train beside the victim)."""
+    spec = VictimSpec(dataset="digits", arch="mlp", epochs=1, train_size=123)
+    context = prepare_context(spec, digits_data, None)
+    assert len(context.train) == 123
+    assert torch.equal(context.train.x, digits_data.victim_train.x[:123])
+    full = prepare_context(spec.model_copy(update={"train_size": None}), digits_data, None)
+    assert len(full.train) == len(digits_data.victim_train)
