@@ -6,8 +6,8 @@ that were not. This benchmark measures that, per verifier and threat model, in t
 1. Every thief of the config (``configs/ownership_verifiers.yaml``: API thieves at each budget,
    the model-access and data-access threat models) steals once from the victim served behind the
    config's verifier chain, exactly as its match would (same attacker identity, seed and grant);
-   the stolen model is cached under ``ARENA_HOME/stolen`` so a rerun judges it again without
-   stealing again. Thieves that spend no query (model access, data access from scratch) steal
+   the stolen model is cached under ``ARENA_HOME/stolen`` (keyed without the verifiers, which
+   change no answer) so a rerun, or another verifier chain, judges it without stealing again. Thieves that spend no query (model access, data access from scratch) steal
    once, at the smallest budget.
 2. Each stolen model goes through every removal of the config (seeded as the match's), then every
    verifier of the chain judges it: the positives.
@@ -155,8 +155,14 @@ def thefts(specs: list[MatchSpec]) -> dict[str, list[MatchSpec]]:
     groups: dict[str, list[MatchSpec]] = defaultdict(list)
     for spec in specs:
         if spends_queries(spec) or spec.budget == smallest:
-            groups[spec.model_copy(update={"removal": None}).key()].append(spec)
+            groups[theft_key(spec)].append(spec)
     return groups
+
+
+def theft_key(spec: MatchSpec) -> str:
+    """What a theft depends on: the match without its removal and without its verifiers (they
+    change no answer), so a chain with another verifier judges the same stolen models."""
+    return spec.model_copy(update={"removal": None, "defenses": ()}).key()
 
 
 def steal(
@@ -168,7 +174,7 @@ def steal(
     threat = type(attacker).threat_model
     match_data = MatchData.from_splits(data, spec.pool, threat_model=threat)
     knowledge = grant_knowledge(spec, match_data, attacker, None, service)
-    path = cache / f"{spec.model_copy(update={'removal': None}).key()}.pt"
+    path = cache / f"{theft_key(spec)}.pt"
     if path.is_file():
         return torch.load(path, map_location="cpu", weights_only=False), knowledge, 0.0
     identity = attacker_id(spec)
