@@ -7,8 +7,9 @@ that were not. This benchmark measures that, per verifier and threat model, in t
    the model-access and data-access threat models) steals once from the victim served behind the
    config's verifier chain, exactly as its match would (same attacker identity, seed and grant);
    the stolen model is cached under ``ARENA_HOME/stolen`` (keyed without the verifiers, which
-   change no answer) so a rerun, or another verifier chain, judges it without stealing again. Thieves that spend no query (model access, data access from scratch) steal
-   once, at the smallest budget.
+   change no answer) so a rerun, or another verifier chain, judges it without stealing again.
+   Thieves that spend no query (model access, data access from scratch) steal once, at the
+   smallest budget.
 2. Each stolen model goes through every removal of the config (seeded as the match's), then every
    verifier of the chain judges it: the positives.
 3. ``--independent`` models of each of ``--archs``, trained with true labels on the
