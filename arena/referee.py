@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -51,12 +52,15 @@ def referee_match(
     trusted: bool = True,
     device: str = "cpu",
     mixed_precision: bool = False,
+    keep_substitute: Callable[[nn.Module], None] | None = None,
 ) -> MatchResult:
     """Open the attacker's accounts, let it steal, then score the substitute and the defense.
 
     ``device`` (:func:`arena.devices.choose_device`) and ``mixed_precision`` reach the thief
     through its :class:`~arena.knowledge.Knowledge`; the substitute is scored where it lives
-    (:func:`~arena.training.predict_probs` follows the model), the victim where it is served."""
+    (:func:`~arena.training.predict_probs` follows the model), the victim where it is served.
+    ``keep_substitute`` is handed the substitute exactly as scored (after any removal), for a
+    caller that logs it; the record itself stays flat."""
     started = time.perf_counter()
     attacker = build_plugin(ATTACKS, spec.attack.name, spec.attack.params)
     chain = build_chain(spec.defenses)
@@ -71,6 +75,8 @@ def referee_match(
     theft = _remove_watermark(spec, theft, knowledge, data)
     verdicts = verify_ownership(theft.substitute, spec, service, list(identities))
     test = _score_on_test_set(theft.substitute, service, data)
+    if keep_substitute is not None:
+        keep_substitute(theft.substitute)
     accounts = _read_thief_accounts(service, identities)
     goodput = zoo_goodput(spec, service, data, profile) if profile is not None else None
     return _record(

@@ -190,6 +190,13 @@ class TrackingSettings(_Strict):
 
     experiment: Label = "model-stealing-arena"
     """the MLflow experiment the runs are logged under"""
+    log_models: bool = False
+    """log models to MLflow too: each victim as trained (before training-time defenses, if any,
+    change what is served) on the tournament's parent run as ``victim-<victim key>``, each
+    match's scored substitute (after any removal) on its child run as ``substitute``, each with a
+    signature from a few test images; load one with
+    ``mlflow.pytorch.load_model("runs:/<run id>/<name>")``. Off: no model is kept or logged.
+    Tournaments only (a tuning study ignores it)"""
 
 
 Plugins = list[Annotated[str, Field(min_length=1, max_length=PATH_LIMIT)]]

@@ -6,6 +6,9 @@ puts the data in the object store once, loads or trains each victim once, prepar
 defenses once per victim, owns one victim-service actor per (victim, defense chain) or per caller
 label, plays each match as a Ray task, and hands back results as they finish. As a context
 manager it stops its actors and the Ray it started on every exit path.
+
+Asked to keep substitutes (``tracking.log_models``), each match task also returns the substitute
+it scored, on the CPU, beside its record; the driver logs it as that match finishes and drops it.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import ray
 import torch
 from ray import ObjectRef
 from ray.actor import ActorHandle
+from torch import nn
 
 from arena.attacker import ATTACKS
 from arena.data import DataSplits, load_dataset
@@ -80,6 +84,17 @@ class Finished:
     spec: MatchSpec
     outcome: Outcome
     label: Hashable
+    substitute: nn.Module | None = None
+    """the substitute the match scored, on the CPU (only when the runtime keeps substitutes)"""
+
+
+@dataclass(frozen=True)
+class WithSubstitute:
+    """What a match task returns when asked to keep its substitute: the record (never holding
+    the model: it stays flat) and the substitute as scored, moved to the CPU."""
+
+    result: MatchResult
+    substitute: nn.Module
 
 
 @ray.remote
@@ -129,15 +144,26 @@ def play_match_task(
     timeout_s: float = 300.0,
     mixed_precision: bool = False,
     plugins: tuple[PluginSource, ...] = (),
-) -> Outcome:
+    keep_substitute: bool = False,
+) -> Outcome | WithSubstitute:
     """Play one match; its thief computes on the device this task was given
-    (``ray.gpus_per_match``), the victim answers from its own actor."""
+    (``ray.gpus_per_match``), the victim answers from its own actor. ``keep_substitute``: return
+    the scored substitute too (on the CPU, so a driver without a GPU can take it)."""
     torch.set_num_threads(threads)
+    kept: list[nn.Module] = []
     try:
         ensure_plugins(plugins)
         device = str(assigned_device())
         proxy = RayServiceProxy(service, timeout_s)
-        return referee_match(spec, proxy, data, device=device, mixed_precision=mixed_precision)
+        result = referee_match(
+            spec,
+            proxy,
+            data,
+            device=device,
+            mixed_precision=mixed_precision,
+            keep_substitute=kept.append if keep_substitute else None,
+        )
+        return WithSubstitute(result, kept[0].cpu()) if kept else result
     except Exception as exc:  # reported as a value: one failing match must not sink the rest
         detail = traceback.format_exc(limit=8)
         return MatchFailure(spec.key(), f"{type(exc).__name__}: {exc}\n{detail}")
@@ -185,12 +211,15 @@ class MatchRuntime:
         address: str | None = None,
         plugins: Sequence[str] = (),
         download: bool = False,
+        keep_substitutes: bool = False,
     ) -> None:
         self.settings = ray_settings
         self.home = home
         self.address = address
         self.download = download
         """fetch missing datasets (the config's ``download: true``)"""
+        self.keep_substitutes = keep_substitutes
+        """hand back each match's scored substitute with its record (``tracking.log_models``)"""
         self.run_id = run_id
         self.ledgers = home.ledgers / f"{run_id}-{uuid.uuid4().hex[:8]}"
         self._started_ray = False
@@ -239,6 +268,10 @@ class MatchRuntime:
         for key, data in granted.items():
             self._match_data[key] = ray.put(data)
         self._prepare_defenses(specs)
+
+    def dataset(self, name: str) -> DataSplits:
+        """A dataset as this runtime loaded it (loaded now if it was not)."""
+        return self._load(name)
 
     def _dataset(self, name: str) -> DataSplits:
         """A victim's dataset (whole in the object store once Ray runs)."""
@@ -390,6 +423,7 @@ class MatchRuntime:
             self.settings.victim_timeout_s,
             self.settings.mixed_precision,
             self.plugins,
+            self.keep_substitutes,
         )
         self._running[ref] = (spec, label)
 
@@ -402,9 +436,11 @@ class MatchRuntime:
         ready, _ = ray.wait(list(self._running), num_returns=1)
         spec, label = self._running.pop(ready[0])
         try:
-            outcome: Outcome = ray.get(ready[0])
+            outcome: Outcome | WithSubstitute = ray.get(ready[0])
         except ray.exceptions.RayError as exc:
             outcome = MatchFailure(spec.key(), f"{type(exc).__name__}: {exc}")
+        if isinstance(outcome, WithSubstitute):
+            return Finished(spec, outcome.result, label, outcome.substitute)
         return Finished(spec, outcome, label)
 
     def as_finished(self) -> Iterator[Finished]:

@@ -1,6 +1,8 @@
 """Run a tournament on Ray: every missing match of a config played through one
 :class:`~orchestration.runtime.MatchRuntime`, the driver the single MLflow writer. Matches
 already FINISHED in MLflow are skipped, so rerunning the same command only plays what is missing.
+With ``tracking.log_models`` the victims and each match's substitute are logged as MLflow models,
+each substitute as its match finishes (the driver never holds them all).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from orchestration.leaderboard import (
     markdown_table,
     protection_utility_plot,
 )
-from orchestration.runtime import MatchFailure, MatchRuntime, Outcome
+from orchestration.runtime import Finished, MatchFailure, MatchRuntime, Outcome
 from orchestration.tracking import Tracker
 
 
@@ -81,19 +83,28 @@ def run_tournament(
         pending = [s for s in specs if s.key() not in results]
         if on_start:
             on_start(len(pending), len(specs) - len(pending))
+        log_models = config.tracking.log_models
         with MatchRuntime(
-            config.ray, home, parent, address, plugins=config.plugins, download=config.download
+            config.ray,
+            home,
+            parent,
+            address,
+            plugins=config.plugins,
+            download=config.download,
+            keep_substitutes=log_models,
         ) as runtime:
             runtime.ensure(pending)
             victims = {
                 k: TrainedVictimInfo(v.spec, v.test_accuracy, v.train_seconds, v.from_cache)
                 for k, v in runtime.victims.items()
             }
+            if log_models:
+                _log_victims(tracker, parent, runtime)
             for spec in pending:
                 runtime.submit(spec)
             for done in runtime.as_finished():
                 if isinstance(done.outcome, MatchResult):
-                    tracker.log_match(parent, done.spec, done.outcome)
+                    _log_match(tracker, parent, runtime, done, done.outcome)
                     results[done.spec.key()] = done.outcome
                 else:
                     tracker.log_failure(parent, done.spec, done.outcome.reason)
@@ -123,6 +134,36 @@ def run_tournament(
         raise
     finally:
         tracker.close(parent, status)
+
+
+MODEL_EXAMPLES = 8
+"""test images a logged model's signature is inferred from"""
+
+
+def victim_model_name(victim_key: str) -> str:
+    """A victim's MLflow model name on the parent run: one per victim, so several never clash."""
+    return f"victim-{victim_key}"
+
+
+def _log_victims(tracker: Tracker, parent: str, runtime: MatchRuntime) -> None:
+    """Each victim this run serves, as trained, on the parent run (once: a rerun skips those
+    already there)."""
+    logged = tracker.model_names(parent)
+    for key, victim in runtime.victims.items():
+        name = victim_model_name(key)
+        if name not in logged:
+            examples = runtime.dataset(victim.spec.dataset).test.x[:MODEL_EXAMPLES]
+            tracker.log_model(parent, victim.model, name, examples)
+
+
+def _log_match(
+    tracker: Tracker, parent: str, runtime: MatchRuntime, done: Finished, result: MatchResult
+) -> None:
+    """A finished match's child run, with its substitute when the runtime kept it."""
+    examples = None
+    if done.substitute is not None:
+        examples = runtime.dataset(done.spec.victim.dataset).test.x[:MODEL_EXAMPLES]
+    tracker.log_match(parent, done.spec, result, done.substitute, examples)
 
 
 def _log_summary(

@@ -9,6 +9,10 @@ Every run is tagged with the driver process that created it (``arena.driver``). 
 by SIGKILL (or dying before it could close its runs) leaves them RUNNING; the next driver that
 opens a parent run in the experiment marks them KILLED (``arena.reaped`` says why), so MLflow
 never shows a run as live or finished when it is neither (D4).
+
+With ``tracking.log_models`` on, models go in too (:meth:`Tracker.log_model`): each victim as
+trained on the parent run, each match's scored substitute on its child run, as MLflow PyTorch
+models whose signature is inferred from a few test images and the model's softmax outputs.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
+import torch
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -31,6 +36,7 @@ from arena.errors import ArenaError
 from arena.home import ArenaHome
 from arena.record import MatchResult, from_tracking, to_tracking
 from arena.specs import MatchSpec
+from arena.training import predict_probs
 
 TOURNAMENT_TAG = "arena.tournament"
 MATCH_KEY_TAG = "arena.match_key"
@@ -44,6 +50,8 @@ REAPED_TAG = "arena.reaped"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING = "custom_model_development"
 """MLflow 3's UI opens such an experiment on its runs table rather than its GenAI overview"""
+SUBSTITUTE_MODEL = "substitute"
+"""the name of a match's stolen substitute on its child run (``tracking.log_models``)"""
 SUMMARY_FILE = "summary.json"
 """the parent run's figures (tournament or study aggregates), apart from per-match metrics"""
 
@@ -285,9 +293,18 @@ class Tracker:
             if run.info.status == "FINISHED" and MATCH_KEY_TAG in run.data.tags
         }
 
-    def log_match(self, parent_id: str, spec: MatchSpec, result: MatchResult) -> str:
+    def log_match(
+        self,
+        parent_id: str,
+        spec: MatchSpec,
+        result: MatchResult,
+        substitute: torch.nn.Module | None = None,
+        examples: torch.Tensor | None = None,
+    ) -> str:
         """One nested child run per match, created and closed in one go once its record is in,
-        dated back to when the match started, so the run lasts as long as the match did."""
+        dated back to when the match started, so the run lasts as long as the match did; with
+        the match's scored ``substitute`` (and test images ``examples`` for its signature) the
+        model goes in before the run closes."""
         now = int(time.time() * 1000)
         run = self.client.create_run(
             self.experiment_id,
@@ -305,9 +322,57 @@ class Tracker:
             tags=[RunTag(k, v) for k, v in tags.items()],
         )
         self.client.log_dict(run_id, result.model_dump(), "match_result.json")
+        if substitute is not None and examples is not None:
+            self.log_model(run_id, substitute, SUBSTITUTE_MODEL, examples)
         self.client.set_terminated(run_id, status="FINISHED", end_time=now)
         self._drop_failed_attempts(parent_id, spec.key(), keep=run_id)
         return run_id
+
+    def log_model(
+        self, run_id: str, model: torch.nn.Module, name: str, examples: torch.Tensor
+    ) -> str:
+        """Log ``model`` as an MLflow PyTorch model ``name`` of the run, loadable with
+        ``mlflow.pytorch.load_model("runs:/<run id>/<name>")``; returns its model id.
+
+        The signature maps ``examples`` (a few test images) to the model's softmax outputs, what
+        the arena scores. Pickled, not ``pt2``: every architecture (plug-ins, removals' edits)
+        pickles, not all export; loading needs this project importable. Requirements are named,
+        not inferred (inference loads the model again in a subprocess). MLflow's model logging
+        reads the tracking URI from its process-wide setting, so it is set to this tracker's
+        (the driver is the only writer); the logged model is created in this experiment first,
+        since MLflow would otherwise put it in the active (default) one."""
+        import mlflow.pytorch  # loaded only when models are logged
+        from mlflow.models import infer_signature
+
+        probs = predict_probs(model, examples)
+        signature = infer_signature(examples.cpu().numpy(), probs.numpy())
+        mlflow.set_tracking_uri(self.tracking_uri)
+        logged = self.client.create_logged_model(
+            self.experiment_id, name=name, source_run_id=run_id
+        )
+        flavor_log = logging.getLogger("mlflow.pytorch")
+        level = flavor_log.level
+        flavor_log.setLevel(logging.ERROR)  # its pickle warning, once per model, says nothing new
+        try:
+            mlflow.pytorch.log_model(
+                model,
+                name=name,
+                signature=signature,
+                model_id=logged.model_id,
+                run_id=run_id,
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+                serialization_format="pickle",
+            )
+        finally:
+            flavor_log.setLevel(level)
+        return str(logged.model_id)
+
+    def model_names(self, run_id: str) -> set[str]:
+        """Names of the MLflow models logged from this run (a rerun logs no victim twice)."""
+        found = self.client.search_logged_models(
+            experiment_ids=[self.experiment_id], filter_string=f"source_run_id = '{run_id}'"
+        )
+        return {str(m.name) for m in found}
 
     def log_failure(self, parent_id: str, spec: MatchSpec, reason: str) -> str:
         """A FAILED child run carrying the reason; the next rerun retries the match."""
