@@ -159,8 +159,13 @@ class Tracker:
                 )
 
     def runs_url(self, ui: str = "http://127.0.0.1:5000") -> str:
-        """The MLflow UI page of this experiment's runs table (not MLflow 3's GenAI overview)."""
-        return f"{ui}/#/experiments/{self.experiment_id}/runs?workflowType=machine_learning"
+        """The MLflow UI page of this experiment's runs (not MLflow 3's GenAI overview), sorted
+        by stolen accuracy: sorting by a metric lists the matches flat, strongest theft first,
+        and the chart view then charts them (it charts only the runs the list shows)."""
+        return (
+            f"{ui}/#/experiments/{self.experiment_id}/runs?workflowType=machine_learning"
+            "&orderByKey=metrics.%60stolen_accuracy%60&orderByAsc=false"
+        )
 
     @classmethod
     def for_home(cls, home: ArenaHome, tracking_uri: str | None, experiment: str) -> Tracker:
