@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import torch
 
 from arena.data import DataSplits
 from arena.knowledge import Knowledge
 from arena.oracle import Oracle
+from arena.record import MatchResult
 from arena.service import VictimService
 from arena.specs import MatchSpec, PluginSpec, VictimSpec
 
@@ -58,3 +59,35 @@ def pool_knowledge(data: DataSplits, pool: torch.Tensor | None = None) -> Knowle
         num_classes=data.num_classes,
         substitute_arch="mlp",
     )
+
+
+def record(defense: str, attack: str, budget: int, stolen: float, **extra: Any) -> MatchResult:
+    """A match record with neutral figures (a digits MLP, nothing perturbed), for tests of what
+    reads records: the leaderboard, budget curves, plots; ``extra`` overrides any field."""
+    fields: dict[str, Any] = {
+        "match_key": f"{defense}-{attack}-{budget}-{extra.get('seed', 0)}",
+        "victim_key": "v",
+        "dataset": "digits",
+        "victim_arch": "mlp",
+        "substitute_arch": "mlp",
+        "defense": defense,
+        "attack": attack,
+        "attack_name": attack,
+        "budget": budget,
+        "seed": 0,
+        "trusted": True,
+        "victim_accuracy": 0.9,
+        "utility": 0.9,
+        "stolen_accuracy": stolen,
+        "fidelity": stolen,
+        "queries_used": budget,
+        "perturbation_l1": 0.0,
+        "perturbation_kl": 0.0,
+        "test_perturbation_l1": 0.0,
+        "test_perturbation_kl": 0.0,
+        "defense_us_per_query": 0.0,
+        "latency_ratio": 1.0,
+        "attack_seconds": 1.0,
+        "match_seconds": 1.0,
+    }
+    return MatchResult(**{**fields, **extra})

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from arena_testkit import ServiceFactory, match_spec, pool_knowledge
+from arena_testkit import ServiceFactory, match_spec, pool_knowledge, record
 from torch import nn
 
 import agents  # noqa: F401  (registers the attacks)
@@ -212,34 +212,8 @@ def test_without_the_grant_privileged_attacks_raise_missing_knowledge(
 
 
 def result(attack: str, stolen: float, threat_model: str = API, **extra: Any) -> MatchResult:
-    fields: dict[str, Any] = {
-        "match_key": f"{attack}-{threat_model}-{extra.get('pool', 'in_distribution')}",
-        "victim_key": "v",
-        "dataset": "digits",
-        "victim_arch": "mlp",
-        "substitute_arch": "mlp",
-        "defense": "none",
-        "attack": attack,
-        "attack_name": attack,
-        "budget": 300,
-        "seed": 0,
-        "trusted": True,
-        "threat_model": threat_model,
-        "victim_accuracy": 0.95,
-        "utility": 0.95,
-        "stolen_accuracy": stolen,
-        "fidelity": stolen,
-        "queries_used": 300,
-        "perturbation_l1": 0.0,
-        "perturbation_kl": 0.0,
-        "test_perturbation_l1": 0.0,
-        "test_perturbation_kl": 0.0,
-        "defense_us_per_query": 0.0,
-        "latency_ratio": 1.0,
-        "attack_seconds": 1.0,
-        "match_seconds": 1.0,
-    }
-    return MatchResult(**{**fields, **extra})
+    key = f"{attack}-{threat_model}-{extra.get('pool', 'in_distribution')}"
+    return record("none", attack, 300, stolen, match_key=key, threat_model=threat_model, **extra)
 
 
 PLAYED = [

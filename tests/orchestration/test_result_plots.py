@@ -7,7 +7,7 @@ from pathlib import Path
 
 import matplotlib
 import pytest
-from test_suites_and_curves import result
+from arena_testkit import record as result
 
 from orchestration.frontier import Point, StudyView, _trial_label, plot_html, unit_range
 from orchestration.leaderboard import (

@@ -6,9 +6,9 @@ import copy
 from typing import Any
 
 import pytest
+from arena_testkit import record
 
 from arena.attacker import ATTACKS
-from arena.record import MatchResult
 from arena.strongest import strongest, threats
 from orchestration.budget_curves import budget_curves, curve_metrics, curves_markdown
 from orchestration.config import ConfigError, parse_config
@@ -94,34 +94,7 @@ def test_a_pool_no_attack_can_play_is_refused() -> None:
 # ---- budget curves and the leaderboard --------------------------------------------------------
 
 
-def result(defense: str, attack: str, budget: int, stolen: float, **extra: Any) -> MatchResult:
-    fields: dict[str, Any] = {
-        "match_key": f"{defense}-{attack}-{budget}-{extra.get('seed', 0)}",
-        "victim_key": "v",
-        "dataset": "digits",
-        "victim_arch": "mlp",
-        "substitute_arch": "mlp",
-        "defense": defense,
-        "attack": attack,
-        "attack_name": attack,
-        "budget": budget,
-        "seed": 0,
-        "trusted": True,
-        "victim_accuracy": 0.9,
-        "utility": 0.9,
-        "stolen_accuracy": stolen,
-        "fidelity": stolen,
-        "queries_used": budget,
-        "perturbation_l1": 0.0,
-        "perturbation_kl": 0.0,
-        "test_perturbation_l1": 0.0,
-        "test_perturbation_kl": 0.0,
-        "defense_us_per_query": 0.0,
-        "latency_ratio": 1.0,
-        "attack_seconds": 1.0,
-        "match_seconds": 1.0,
-    }
-    return MatchResult(**{**fields, **extra})
+result = record
 
 
 def test_queries_to_x_and_amplification() -> None:
