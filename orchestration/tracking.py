@@ -50,6 +50,8 @@ REAPED_TAG = "arena.reaped"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING = "custom_model_development"
 """MLflow 3's UI opens such an experiment on its runs table rather than its GenAI overview"""
+TRACKING_URI_VARIABLE = "MLFLOW_TRACKING_URI"
+"""what ``mlflow.set_tracking_uri`` exports to subprocesses (and the CLI reads as a default)"""
 SUBSTITUTE_MODEL = "substitute"
 """the name of a match's stolen substitute on its child run (``tracking.log_models``)"""
 SUMMARY_FILE = "summary.json"
@@ -351,7 +353,8 @@ class Tracker:
 
         probs = predict_probs(model, examples)
         signature = infer_signature(examples.cpu().numpy(), probs.numpy())
-        mlflow.set_tracking_uri(self.tracking_uri)
+        exported = os.environ.get(TRACKING_URI_VARIABLE)
+        mlflow.set_tracking_uri(self.tracking_uri)  # also exports it to every later subprocess
         logged = self.client.create_logged_model(
             self.experiment_id, name=name, source_run_id=run_id
         )
@@ -370,6 +373,11 @@ class Tracker:
             )
         finally:
             flavor_log.setLevel(level)
+            # a subprocess started later (a CLI run, a worker) must not inherit this store
+            if exported is None:
+                os.environ.pop(TRACKING_URI_VARIABLE, None)
+            else:
+                os.environ[TRACKING_URI_VARIABLE] = exported
         return str(logged.model_id)
 
     def model_names(self, run_id: str) -> set[str]:

@@ -23,10 +23,11 @@ from arena.victims import cache_path, load_or_train, train_victim
 BUDGET = 300
 DEFENSE_NAMES = DEFENSES.names()
 """every registered defense plays a real match here"""
-UNPERTURBED = {"none", "prada", "target_noise"}
+UNPERTURBED = {"none", "prada", "target_noise", "conferrable_fingerprint", "dataset_inference"}
 """defenses whose default settings answer with the raw probabilities (target_noise changes
-which zoo member answers, never the answers themselves; training-time defenses serve another
-model, whose answers differ from the victim as trained)"""
+which zoo member answers, never the answers themselves; the two verifiers that need no change
+to the victim only keep evidence; training-time defenses serve another model, whose answers
+differ from the victim as trained)"""
 ATTACK_NAMES = ["knockoff", "copycat"]
 EPOCHS = 20
 """pinned: the default recipe (at least 4000 optimiser steps) would train 800 epochs on 300

@@ -4,6 +4,7 @@ removal) on its child run, loadable and scoring exactly what the record says; of
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -54,13 +55,16 @@ def _children(client: MlflowClient, tracker: Tracker, parent: str) -> list[Any]:
 
 
 def test_log_models_puts_victim_on_parent_and_scored_substitute_on_each_child(
-    ray_session: None, tmp_path: Path, digits: DataSplits
+    ray_session: None, tmp_path: Path, digits: DataSplits, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    exported = os.environ.get("MLFLOW_TRACKING_URI")
     raw = _config(True, ["none", {"name": "prune", "params": {"amount": 0.5}}])
     tracker, outcome = _run(tmp_path / "on", raw)
     assert outcome.played == 2 and not outcome.failures
+    # logging set MLflow's process-wide URI; subprocesses started later must not inherit it
+    assert os.environ.get("MLFLOW_TRACKING_URI") == exported
     client = MlflowClient(tracker.tracking_uri)
-    mlflow.set_tracking_uri(tracker.tracking_uri)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracker.tracking_uri)  # for runs:/ URIs below
     test_x, test_y = digits.test.x, digits.test.y
 
     (victim_key,) = outcome.victims
