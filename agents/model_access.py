@@ -32,11 +32,9 @@ from arena.attacker import ATTACKS, Attacker, MissingKnowledge
 from arena.knowledge import MODEL_ACCESS, Knowledge
 from arena.oracle import Oracle
 from arena.removal import Distill, FineTune, Removal
-from arena.validation import check_choice, check_integer, check_number
+from arena.validation import check_choice
 
 OBFUSCATIONS = ("fine_tune", "distill")
-DEFAULT_EPOCHS = {"fine_tune": FineTune.epochs, "distill": Distill.epochs}
-"""the matching removal's own default epochs"""
 
 
 @ATTACKS.register("model_access")
@@ -61,16 +59,13 @@ class ModelAccess(Attacker):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_choice("obfuscation", self.obfuscation, OBFUSCATIONS)
-        check_integer("images", self.images, low=1)
-        if self.epochs is not None:
-            check_integer("epochs", self.epochs, low=1)
-        check_number("lr", self.lr, low=0, high=1, low_open=True)
+        self.obfuscator()  # the removal checks images, epochs and lr, as it would as a removal
 
     def obfuscator(self) -> Removal:
         """The removal that disguises the copy, with this attack's settings."""
         kind = FineTune if self.obfuscation == "fine_tune" else Distill
-        epochs = self.epochs if self.epochs is not None else DEFAULT_EPOCHS[self.obfuscation]
-        return kind(images=self.images, epochs=epochs, lr=self.lr)
+        epochs = {} if self.epochs is None else {"epochs": self.epochs}  # else the removal's
+        return kind(images=self.images, lr=self.lr, **epochs)
 
     def _steal(self, oracle: Oracle, knowledge: Knowledge, rng: np.random.Generator) -> nn.Module:
         if knowledge.victim_copy is None:
