@@ -127,14 +127,38 @@ def test_the_selection_picks_the_best_held_out_agreement(
     assert outcome.candidates[0] == Candidate()  # the attack's own recipe is always scored
     assert outcome.chosen == int(np.argmax(outcome.agreements))
     assert outcome.agreements[outcome.chosen] >= outcome.agreements[0]
-    # on digits an MLP beats the granted softmax regression at 3 epochs: a real choice
+    # on digits an MLP beats the granted softmax regression at 3 epochs: a real, significant choice
     assert outcome.chosen != 0
+    assert outcome.edge_z > 2.3
     assert granted.fits[-1].arch == (outcome.candidates[outcome.chosen].arch or WEAK_ARCH)
 
 
+def _hits(right: int, rows: int = 200, offset: int = 0) -> torch.Tensor:
+    """A hit vector with ``right`` hits among ``rows``, starting at row ``offset`` (cyclic)."""
+    hits = torch.zeros(rows, dtype=torch.bool)
+    hits[(torch.arange(right) + offset) % rows] = True
+    return hits
+
+
 def test_ties_go_to_the_earlier_candidate() -> None:
-    assert pick((0.7, 0.7, 0.6)) == 0
-    assert pick((0.5, 0.8, 0.8)) == 1
+    assert pick([_hits(140), _hits(140), _hits(120)]) == (0, 0.0)
+    assert pick([_hits(100), _hits(160), _hits(160)])[0] == 1
+
+
+def test_the_own_recipe_is_left_only_for_a_significant_edge() -> None:
+    """200 held-out rows: a candidate 1.5 points better on rows the own recipe misses is luck
+    among four candidates; 8 points better is not. The same edge counts for less when the two
+    disagree on many rows (paired differences)."""
+    own = _hits(160)
+    chosen, z = pick([own, _hits(163), _hits(150), _hits(100)])
+    assert chosen == 0 and 0 < z < 2.13
+    chosen, z = pick([own, _hits(150), _hits(176), _hits(100)])
+    assert chosen == 2 and z > 2.13
+    weak = _hits(100)
+    assert pick([own, _hits(176), weak, weak])[0] == 1
+    noisy = _hits(176, offset=60)  # the same mean, but it misses 24 rows the own recipe gets
+    assert pick([own, noisy, weak, weak])[0] == 0
+    assert pick([own, noisy])[0] == 1  # one comparison, not three: 1.645 errors suffice
 
 
 def test_label_only_answers_collapse_target_forms(digits_data: DataSplits) -> None:
