@@ -26,10 +26,10 @@ import torch
 from scipy.stats import shapiro
 
 from arena.defenses.base import Choice, Defense, FloatRange, ParamSpace
+from arena.defenses.detection import RESPONSES, refusal_after_flag, respond_after_flag
 from arena.defenses.registry import DEFENSES
 from arena.validation import check_choice, check_integer, check_number
 
-RESPONSES = ("flag", "refuse", "misinformation")
 SHAPIRO_MAX = 5000
 
 
@@ -105,17 +105,10 @@ class Prada(Defense):
 
     def respond(self, probs: torch.Tensor, x: torch.Tensor, state: Any) -> torch.Tensor:
         assert isinstance(state, PradaState)
-        flagged_before = state.flagged_after is not None
         rows = x.detach().reshape(len(x), -1).to(torch.float32)
         for row, label in zip(rows, probs.argmax(dim=1).tolist(), strict=True):
             self._observe(state, row, int(label))
-        if self.response != "misinformation" or state.flagged_after is None:
-            return probs
-        answers = probs.clone()
-        # rows answered after the flag get a wrong top-1: the classes shifted by one
-        first_lied = 0 if flagged_before else state.flagged_after - (state.seen - len(probs))
-        answers[first_lied:] = probs[first_lied:].roll(1, dims=1)
-        return answers
+        return respond_after_flag(self.response, probs, state.seen, state.flagged_after)
 
     def _observe(self, state: PradaState, row: torch.Tensor, label: int) -> None:
         state.seen += 1
@@ -135,12 +128,9 @@ class Prada(Defense):
 
     def refusal(self, state: Any) -> str | None:
         assert isinstance(state, PradaState)
-        if self.response == "refuse" and state.flagged_after is not None:
-            return (
-                f"PRADA flagged this caller after {state.flagged_after} queries "
-                f"(Shapiro-Wilk W={state.last_w:.3f} < {self.delta})"
-            )
-        return None
+        w = state.last_w
+        reason = "PRADA" if w is None else f"PRADA (Shapiro-Wilk W={w:.3f} < {self.delta})"
+        return refusal_after_flag(self.response, state.flagged_after, reason)
 
     def detected_after(self, state: Any) -> int | None:
         assert isinstance(state, PradaState)
