@@ -81,6 +81,11 @@ class MatchResult(BaseModel):
     """a benign caller (test images in random order, as many as the budget) was flagged too;
     ``None`` when the chain has no detector"""
     benign_queries_to_detection: int | None = None
+    """the earliest any benign caller was flagged (its queries answered by then)"""
+    benign_callers: int = 0
+    """benign callers that shared the service with the thief (:mod:`arena.benign`; 0: none)"""
+    benign_callers_flagged: int = 0
+    """of those, how many a detector flagged: the false positives"""
     chain_steps: str = ""
     """per defense of the chain, in order: its time per query (us) and mean L1 change (JSON)"""
     removal: str = "none"

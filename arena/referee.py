@@ -66,7 +66,6 @@ def referee_match(
     chain = build_chain(spec.defenses)
     _check_pool(spec, data)
     identities = _open_thief_accounts(spec, service, attacker.identities)
-    benign = benign_traffic(spec, service, data) if chain.has_detector else None
     profile = service.zoo_profile()
     knowledge = grant_knowledge(spec, data, attacker, profile, service)
     knowledge = replace(knowledge, device=device, mixed_precision=mixed_precision)
@@ -75,6 +74,8 @@ def referee_match(
     theft = _remove_watermark(spec, theft, knowledge, data)
     verdicts = verify_ownership(theft.substitute, spec, service, list(identities))
     test = _score_on_test_set(theft.substitute, service, data)
+    # per-account detectors judge each caller alone, so the benign callers may follow the thief
+    benign = benign_traffic(spec, service, data, test.victim_probs) if chain.has_detector else None
     if keep_substitute is not None:
         keep_substitute(theft.substitute)
     accounts = _read_thief_accounts(service, identities)
@@ -121,6 +122,8 @@ class _TestSet:
     test_perturbation_l1: float
     test_perturbation_kl: float
     latency_ratio: float
+    victim_probs: torch.Tensor
+    """the undefended victim's probabilities on the test set (for the benign callers)"""
 
 
 @dataclass(frozen=True)
@@ -229,6 +232,7 @@ def _score_on_test_set(substitute: nn.Module, service: ServiceAPI, data: MatchDa
         test_perturbation_kl=float(kl_divergence(defended, undefended).mean()),
         latency_ratio=(reference.model_seconds + reference.defense_seconds)
         / max(reference.model_seconds, 1e-12),
+        victim_probs=undefended,
     )
 
 
@@ -262,7 +266,7 @@ def _record(
     verdicts: list[dict[str, Any]],
     test: _TestSet,
     accounts: _ThiefAccounts,
-    benign: AccountStats | None,
+    benign: list[AccountStats] | None,
     profile: ZooProfile | None,
     goodput: float | None,
     started: float,
@@ -306,8 +310,7 @@ def _record(
         detected=stats.detected_after is not None,
         queries_to_detection=stats.detected_after,
         refused_batches=stats.refused_batches,
-        benign_flagged=None if benign is None else benign.detected_after is not None,
-        benign_queries_to_detection=None if benign is None else benign.detected_after,
+        **_benign_fields(benign),
         chain_steps=_chain_steps(spec, stats),
         removal=theft.removal,
         stolen_accuracy_before_removal=theft.stolen_accuracy_before_removal,
@@ -320,6 +323,20 @@ def _record(
         audit_queries=sum(a.queries for a in audits),
         audit_sha256=hashlib.sha256(" ".join(a.sha256 for a in audits).encode()).hexdigest(),
     )
+
+
+def _benign_fields(benign: list[AccountStats] | None) -> dict[str, Any]:
+    """The record's benign-traffic fields: how many callers, how many of them were flagged,
+    whether any was, and the earliest flag (``None`` fields when no caller played)."""
+    if benign is None:
+        return {"benign_flagged": None, "benign_queries_to_detection": None}
+    flags = [s.detected_after for s in benign if s.detected_after is not None]
+    return {
+        "benign_callers": len(benign),
+        "benign_callers_flagged": len(flags),
+        "benign_flagged": bool(flags),
+        "benign_queries_to_detection": min(flags) if flags else None,
+    }
 
 
 def default_substitute_arch(spec: MatchSpec, profile: ZooProfile | None) -> str:

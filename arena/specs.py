@@ -212,6 +212,35 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+class BenignSpec(Spec):
+    """Benign callers sharing the victim service with the thief, each with its own account: the
+    population a detector's false positives and a proof of work's benign cost are measured on.
+
+    Callers stream test images in random orders (each its own), at the batch sizes listed (caller
+    ``i`` uses ``batch_sizes[i % len]``); the last ``boundary_callers`` of them stream the test
+    images nearest the victim's class boundaries (smallest margin between its top two
+    probabilities, the hardest honest traffic there is) instead of all of them."""
+
+    callers: PositiveInt = 4
+    """benign accounts per match"""
+    batch_sizes: tuple[PositiveInt, ...] = Field(default=(16, 64, 256), min_length=1)
+    """query batch sizes, assigned to callers in turn"""
+    boundary_callers: NonNegativeInt = 1
+    """of the callers, how many stream near-boundary images (the most ambiguous fifth of the
+    test set)"""
+    queries: PositiveInt | None = None
+    """queries per caller; ``None``: as many as the match's budget. A caller never sends an image
+    twice, so it stops early when it runs out of images"""
+
+    @model_validator(mode="after")
+    def _boundary_within_callers(self) -> BenignSpec:
+        if self.boundary_callers > self.callers:
+            raise ValueError(
+                f"boundary_callers ({self.boundary_callers}) cannot exceed callers ({self.callers})"
+            )
+        return self
+
+
 class MatchSpec(Spec):
     """One match: a victim behind a defense chain, one attacker, one budget, one seed."""
 
@@ -231,3 +260,7 @@ class MatchSpec(Spec):
     removal: PluginSpec | None = Field(default=None, exclude_if=lambda v: v is None)
     """a watermark-removal attack the thief applies to its model before it is checked
     (:mod:`arena.removal`); ``None``: none, and left out of the key"""
+    benign: BenignSpec | None = Field(default=None, exclude_if=lambda v: v is None)
+    """the benign callers beside the thief when the chain has a detector (:mod:`arena.benign`);
+    ``None``: one caller streaming the test set in random order at batch 256, as many queries as
+    the budget, and left out of the key"""

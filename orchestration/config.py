@@ -42,7 +42,8 @@ from arena.plugins import import_plugin, load_installed_plugins, resolved_ref
 from arena.pools import pool_problem
 from arena.registry import Registry, build_plugin, canonical_params
 from arena.removal import REMOVALS
-from arena.specs import MatchSpec, PluginSpec, PoolChoice, VictimSpec
+from arena.seeds import BEST_RESPONSE_FIELD
+from arena.specs import BenignSpec, MatchSpec, PluginSpec, PoolChoice, VictimSpec
 from arena.versions import canonical_plugin, versioned_match
 from orchestration.suites import expand_suites
 from orchestration.yaml_input import PATH_LIMIT, UnreadableYaml, read_yaml_file
@@ -126,10 +127,6 @@ def attack_entries(value: Any) -> Any:
 Attacks = Annotated[list[PluginSpec], Field(min_length=1), BeforeValidator(attack_entries)]
 """an ``attacks`` list as tournaments and tuning studies both write it: an unknown suite is a
 problem at ``attacks`` reported with the config's other schema problems"""
-
-
-BEST_RESPONSE_FIELD = "best_response_trials"
-"""the attack field a config's ``best_response`` sets (``agents._thief_recipe.ThiefTraining``)"""
 
 
 class BestResponse(_Strict):
@@ -237,6 +234,9 @@ class TournamentConfig(_Strict):
     it is scored, one match per entry; ``none`` keeps the model as stolen"""
     best_response: BestResponse = BestResponse()
     """the thieves' inner best response; off unless ``trials`` is set"""
+    benign: BenignSpec | None = None
+    """benign callers sharing the service with each thief when the chain has a detector (their
+    false positives); ``None``: one caller streaming the test set at batch 256"""
     ray: RaySettings = RaySettings()
     """where matches run"""
     tracking: TrackingSettings = TrackingSettings()
@@ -282,6 +282,7 @@ class TournamentConfig(_Strict):
                         pool=pool,
                         substitute_arch=self.substitute_arch,
                         removal=removal,
+                        benign=self.benign,
                     )
                 )
             ).key(): s

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt
 import agents  # noqa: F401  (registers the built-in attacks)
 from arena.defenses import DEFENSES, Choice, FloatRange, IntRange, ParamSpace
 from arena.errors import brief
-from arena.specs import MatchSpec, PluginSpec, VictimSpec
+from arena.specs import BenignSpec, MatchSpec, PluginSpec, VictimSpec
 from arena.versions import versioned_match
 from orchestration.config import (
     Attacks,
@@ -99,6 +99,9 @@ class TuneConfig(_Strict):
     best_response: BestResponse = BestResponse(trials=TUNING_BEST_RESPONSE_TRIALS)
     """the thieves' inner best response, on by default in studies (``trials: 0`` turns it off):
     protection is then measured against attackers that fit their recipe to the defense"""
+    benign: BenignSpec | None = None
+    """benign callers sharing the service with each thief when the defense detects (their false
+    positives); ``None``: one caller streaming the test set at batch 256"""
     ray: RaySettings = RaySettings()
     """where trials run"""
     tracking: TrackingSettings = TrackingSettings(experiment="arena-tuning")
@@ -116,6 +119,7 @@ class TuneConfig(_Strict):
                     budget=self.budget,
                     seed=self.seed,
                     substitute_arch=self.substitute_arch,
+                    benign=self.benign,
                 )
             )
             for attack in self.best_response.apply(self.attacks)

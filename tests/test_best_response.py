@@ -36,7 +36,7 @@ from arena.errors import InvalidParameters
 from arena.knowledge import Knowledge
 from arena.referee import play_match
 from arena.registry import build_plugin
-from arena.seeds import torch_seed
+from arena.seeds import attacker_rng, torch_seed
 from arena.specs import MatchSpec, PluginSpec, VictimSpec
 from orchestration.config import ConfigError, parse_config
 from orchestration.leaderboard import build_leaderboard, markdown_table, recipe_brief
@@ -196,6 +196,22 @@ def _match(victim: VictimSpec, trials: int) -> MatchSpec:
         budget=BUDGET,
         substitute_arch=WEAK_ARCH,
     )
+
+
+def test_the_search_draws_what_its_fixed_self_draws(
+    digits_victim_spec: VictimSpec, digits_data: DataSplits, victim_cache: Path
+) -> None:
+    """The best response changes how a thief trains, never what it asks: same queries, same
+    seeds as the fixed recipe, so when the search keeps its own recipe the match is its fixed
+    self's, bit for bit (and a difference between the two is the search's alone)."""
+    fixed, searched = _match(digits_victim_spec, 0), _match(digits_victim_spec, 2)
+    assert fixed.key() != searched.key()
+    assert attacker_rng(fixed).integers(2**62) == attacker_rng(searched).integers(2**62)
+    mlp = {"substitute_arch": "mlp"}  # granted the MLP, the menu holds nothing better
+    plain = play_match(fixed.model_copy(update=mlp), digits_data, victim_cache)
+    both = play_match(searched.model_copy(update=mlp), digits_data, victim_cache)
+    assert json.loads(both.thief_recipe) == json.loads(plain.thief_recipe)  # the own recipe kept
+    assert both.stolen_accuracy == plain.stolen_accuracy and both.fidelity == plain.fidelity
 
 
 def _shuffled_test_labels(data: DataSplits) -> DataSplits:
