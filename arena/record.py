@@ -86,6 +86,8 @@ class MatchResult(BaseModel):
     """benign callers that shared the service with the thief (:mod:`arena.benign`; 0: none)"""
     benign_callers_flagged: int = 0
     """of those, how many a detector flagged: the false positives"""
+    work_cost_ratio: float | None = None
+    """proof of work: the thief's work per query over the benign callers' (``None``: no work)"""
     chain_steps: str = ""
     """per defense of the chain, in order: its time per query (us) and mean L1 change (JSON)"""
     removal: str = "none"

@@ -339,7 +339,12 @@ def _run(config: object, address: str | None, tracking_uri: str | None, home: Ar
     from arena.record import MatchResult
     from arena.specs import MatchSpec
     from orchestration.config import TournamentConfig
-    from orchestration.leaderboard import attack_label, rich_table
+    from orchestration.leaderboard import (
+        attack_label,
+        axes_rich_table,
+        has_more_axes,
+        rich_table,
+    )
     from orchestration.runtime import MatchFailure
     from orchestration.tournament import run_tournament
     from orchestration.tracking import Tracker
@@ -396,6 +401,9 @@ def _run(config: object, address: str | None, tracking_uri: str | None, home: Ar
         name = f"{info.spec.dataset}/{info.spec.arch}"
         console.print(f"victim {name}: test accuracy {info.test_accuracy:.4f} ({how})")
     console.print(rich_table(outcome.leaderboard, f"Leaderboard — {escape(config.name)}"))
+    if has_more_axes(outcome.leaderboard):
+        title = f"Four axes of protection — {escape(config.name)}"
+        console.print(axes_rich_table(outcome.leaderboard, title))
     if outcome.curves:
         from orchestration.budget_curves import curves_markdown
 

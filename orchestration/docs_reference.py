@@ -332,7 +332,7 @@ def model_table(model: type[BaseModel]) -> list[str]:
 
 def config_reference() -> str:
     """Every config model's fields, from the models themselves (tournament and tuning configs)."""
-    from arena.specs import PluginSpec, VictimSpec
+    from arena.specs import BenignSpec, PluginSpec, VictimSpec
     from orchestration.config import BestResponse, RaySettings, TournamentConfig, TrackingSettings
     from orchestration.tune_config import RangeOverride, TuneConfig
 
@@ -343,6 +343,7 @@ def config_reference() -> str:
         ("`defenses:`, `attacks:`, `removals:` entries (PluginSpec)", PluginSpec),
         ("`search_space:` entries of a tuning config (RangeOverride)", RangeOverride),
         ("`best_response:` (BestResponse)", BestResponse),
+        ("`benign:` (BenignSpec)", BenignSpec),
         ("`ray:` (RaySettings)", RaySettings),
         ("`tracking:` (TrackingSettings)", TrackingSettings),
     ]

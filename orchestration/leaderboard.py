@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 import statistics
 from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from arena.knowledge import API
+from arena.protection_axes import Axis, ProtectionAxes, protection_axes
 from arena.record import MatchResult
 from arena.strongest import strongest, threats
 from orchestration.escaping import markdown_cell, markdown_rows, plot_text
@@ -60,6 +62,9 @@ class LeaderboardRow:
     strongest_recipe: str = ""
     """how the strongest attack trained its final substitute, briefly (its seeds' most common
     ``thief_recipe``; an inner best response's choice); empty when it fit none"""
+    axes: ProtectionAxes | None = None
+    """prevention, detection, attribution and cost, each against its own strongest adversary
+    (:mod:`arena.protection_axes`)"""
 
 
 def _mean(values: list[float]) -> float:
@@ -116,7 +121,7 @@ def build_leaderboard(results: list[MatchResult]) -> list[LeaderboardRow]:
         by_defense[(r.victim_key, r.defense)].append(r)
 
     rows: list[LeaderboardRow] = []
-    for (_victim, defense), group in by_defense.items():
+    for (victim_key, defense), group in by_defense.items():
         bounds = [r.stolen_accuracy for r in group if r.upper_bound]
         cells = threats(group, attack_label)
         top = strongest(cells)
@@ -149,10 +154,25 @@ def build_leaderboard(results: list[MatchResult]) -> list[LeaderboardRow]:
                 goodput=_mean(zoo)
                 if (zoo := [r.goodput for r in group if r.goodput is not None])
                 else None,
+                axes=protection_axes(
+                    group, attack_label, _undefended_stolen(by_defense, victim_key)
+                ),
             )
         )
     rows.sort(key=lambda row: (-row.protection, -row.utility, row.defense))
-    return [LeaderboardRow(**{**asdict(row), "rank": i + 1}) for i, row in enumerate(rows)]
+    return [replace(row, rank=i + 1) for i, row in enumerate(rows)]
+
+
+UNDEFENDED = "none"
+"""the chain label of the undefended victim, which prevention is judged against"""
+
+
+def _undefended_stolen(
+    by_defense: dict[tuple[str, str], list[MatchResult]], victim_key: str
+) -> float | None:
+    """The strongest thief's stolen accuracy against ``victim_key`` undefended, if played."""
+    undefended = by_defense.get((victim_key, UNDEFENDED))
+    return strongest(threats(undefended, attack_label)).stolen_accuracy if undefended else None
 
 
 def _privileged_accuracy(group: list[MatchResult]) -> dict[str, float]:
@@ -261,21 +281,87 @@ def _grid(rows: list[LeaderboardRow], with_victim: bool) -> tuple[list[str], lis
 
 def rich_table(rows: list[LeaderboardRow], title: str) -> Table:
     """The leaderboard as a terminal table (the victim as caption when there is only one)."""
+    return _rich(rows, title, _grid)
+
+
+def _rich(
+    rows: list[LeaderboardRow],
+    title: str,
+    grid: Callable[[list[LeaderboardRow], bool], tuple[list[str], list[list[str]]]],
+) -> Table:
     victims = {row.victim for row in rows}
     caption = f"victim {next(iter(victims))}" if len(victims) == 1 else None
     table = Table(title=title, caption=caption, header_style="bold")
-    header, cells = _grid(rows, with_victim=caption is None)
+    header, cells = grid(rows, caption is None)
     for name in header:
-        left = name in ("victim", "defense", "strongest attack")
+        left = name in ("victim", "defense", "strongest attack", *AXES)
         table.add_column(name, justify="left" if left else "right")
     for line in cells:
         table.add_row(*(escape(cell) for cell in line))  # '[ood pool]' is not markup
     return table
 
 
+AXES = ("prevention", "detection", "attribution", "cost", "protects on")
+"""the four axes' columns and the summary (:mod:`arena.protection_axes`)"""
+
+
+def has_more_axes(rows: list[LeaderboardRow]) -> bool:
+    """Whether any defense was measured on an axis besides prevention (a detector, a verifier
+    or a proof of work in its chain): only then is the axes table worth showing."""
+    return any(
+        axis.value is not None
+        for row in rows
+        if row.axes is not None
+        for axis in (row.axes.detection, row.axes.attribution, row.axes.cost)
+    )
+
+
+def _axis_cell(axis: Axis, number: str) -> str:
+    if axis.value is None:
+        return "—"
+    note = f"; {axis.note}" if axis.note else ""
+    return f"{number.format(axis.value)} vs {axis.adversary}{note}"
+
+
+def _axes_grid(rows: list[LeaderboardRow], with_victim: bool) -> tuple[list[str], list[list[str]]]:
+    """Per defense: its utility loss, each axis against its strongest adversary, and the axes
+    it protects on."""
+    header = ["#", *(["victim"] if with_victim else []), "defense", "utility loss (pts)", *AXES]
+    cells = []
+    for row in rows:
+        axes = row.axes
+        if axes is None:
+            continue
+        cells.append(
+            [
+                str(row.rank),
+                *([row.victim] if with_victim else []),
+                row.defense,
+                f"{utility_loss_points(row):.2f}",
+                _axis_cell(axes.prevention, "{:.4f}"),
+                _axis_cell(axes.detection, "TPR {:.2f}"),
+                _axis_cell(axes.attribution, "claimed {:.2f}"),
+                _axis_cell(axes.cost, "{:.1f}×"),
+                ", ".join(axes.protects_on()) or "none",
+            ]
+        )
+    return header, cells
+
+
+def axes_rich_table(rows: list[LeaderboardRow], title: str) -> Table:
+    """The four axes as a terminal table."""
+    return _rich(rows, title, _axes_grid)
+
+
+def axes_markdown(rows: list[LeaderboardRow]) -> str:
+    """The four axes as Markdown (the ``leaderboard_axes.md`` artifact)."""
+    header, cells = _axes_grid(rows, True)
+    return "\n".join(markdown_rows(header, (map(markdown_cell, line) for line in cells))) + "\n"
+
+
 def markdown_table(rows: list[LeaderboardRow]) -> str:
     """The leaderboard as Markdown (logged to MLflow and pasted into docs)."""
-    header, cells = _grid(rows, with_victim=True)
+    header, cells = _grid(rows, True)
     return "\n".join(markdown_rows(header, (map(markdown_cell, line) for line in cells))) + "\n"
 
 

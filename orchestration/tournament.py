@@ -27,8 +27,10 @@ from orchestration.budget_curves import (
 from orchestration.config import TournamentConfig
 from orchestration.leaderboard import (
     LeaderboardRow,
+    axes_markdown,
     build_leaderboard,
     compact_markdown,
+    has_more_axes,
     leaderboard_dict,
     markdown_table,
     protection_utility_plot,
@@ -205,6 +207,7 @@ def _log_summary(
             {
                 "leaderboard.md": markdown_table(board),
                 "leaderboard_compact.md": compact_markdown(board),
+                **({"leaderboard_axes.md": axes_markdown(board)} if has_more_axes(board) else {}),
                 "leaderboard.json": leaderboard_dict(board),
                 "matches.json": result_json(results),
                 **curve_files,
