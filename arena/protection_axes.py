@@ -27,6 +27,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from arena.record import MatchResult
 from arena.strongest import Threat, strongest, threats
@@ -46,6 +47,8 @@ COST_FACTOR = 10.0
 query"""
 
 Label = Callable[[MatchResult], str]
+AxisName = Literal["prevention", "detection", "attribution", "cost"]
+AXIS_NAMES: tuple[AxisName, ...] = ("prevention", "detection", "attribution", "cost")
 
 
 @dataclass(frozen=True)
@@ -71,15 +74,14 @@ class ProtectionAxes:
     attribution: Axis
     cost: Axis
 
+    def axis(self, name: AxisName) -> Axis:
+        """One axis by name."""
+        found: Axis = getattr(self, name)
+        return found
+
     def protects_on(self) -> list[str]:
         """The axes whose bar the defense clears."""
-        named = {
-            "prevention": self.prevention,
-            "detection": self.detection,
-            "attribution": self.attribution,
-            "cost": self.cost,
-        }
-        return [name for name, axis in named.items() if axis.protects]
+        return [name for name in AXIS_NAMES if self.axis(name).protects]
 
 
 def protection_axes(
@@ -126,14 +128,20 @@ def _detection(group: Sequence[MatchResult], cells: list[Threat]) -> Axis:
         return statistics.fmean(r.detected for r in seen) if seen else None
 
     evader, tpr = _weakest(cells, rate)
-    callers = sum(max(r.benign_callers, 1) for r in watched)
-    flagged = sum(_flagged_callers(r) for r in watched)
+    flagged, callers = benign_flags(watched)
     fpr = flagged / callers
     queries = [r.queries_to_detection for r in evader.results if r.queries_to_detection]
     when = f", flagged after {statistics.median(queries):.0f} queries" if queries else ""
     note = f"benign FPR {flagged}/{callers}{when}"
     protects = tpr >= DETECTION_RATE and fpr <= DETECTION_FALSE_POSITIVES
     return Axis(tpr, _name(evader), protects, note)
+
+
+def benign_flags(group: Sequence[MatchResult]) -> tuple[int, int]:
+    """Benign callers flagged, and benign callers that played, over the matches of ``group``
+    whose chain detects: the false-positive rate's numerator and denominator."""
+    watched = [r for r in group if r.benign_flagged is not None]
+    return sum(_flagged_callers(r) for r in watched), sum(max(r.benign_callers, 1) for r in watched)
 
 
 def _flagged_callers(result: MatchResult) -> int:

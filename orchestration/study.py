@@ -40,6 +40,8 @@ DEFAULT_MARK = "literature_default"
 
 
 CONSTRAINT = "utility_floor"
+FALSE_POSITIVES = "false_positives"
+"""the second constraint, with ``max_false_positives``: benign callers flagged beyond the bound"""
 
 
 def distributions(space: dict[str, ParamSpace]) -> dict[str, BaseDistribution]:
@@ -112,7 +114,8 @@ def open_study(config: TuneConfig, storage: BaseStorage) -> optuna.Study:
 def metric_names(config: TuneConfig) -> list[str]:
     """The objectives' names, in order, so optuna-dashboard labels its plots with them rather
     than "Objective 0/1"."""
-    return ["utility", "protection", *([config.cost] if config.cost else [])]
+    protection = "protection" if config.axis == "prevention" else config.axis
+    return ["utility", protection, *([config.cost] if config.cost else [])]
 
 
 def check_versions(study: optuna.Study, name: str, versions: dict[str, int]) -> None:

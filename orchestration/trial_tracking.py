@@ -20,7 +20,7 @@ from orchestration.frontier import (
     plot_html,
     plot_png,
 )
-from orchestration.study import CONSTRAINT, DEFAULT_MARK
+from orchestration.study import CONSTRAINT, DEFAULT_MARK, FALSE_POSITIVES
 from orchestration.tracking import Tracker
 from orchestration.trial_scores import Scores
 from orchestration.tune_config import TuneConfig
@@ -36,11 +36,20 @@ def trial_tags(trial: optuna.Trial | FrozenTrial) -> dict[str, str]:
 
 
 def record_trial(
-    study: optuna.Study, trial: optuna.Trial, scores: Scores, floor: float, cost: str | None
+    study: optuna.Study,
+    trial: optuna.Trial,
+    scores: Scores,
+    floor: float,
+    cost: str | None,
+    max_false_positives: float | None = None,
 ) -> None:
     """Tell Optuna a trial's objectives, with the utility floor as its constraint (feasible,
-    i.e. <= 0, when utility >= ``floor``) and its scores kept for the frontier."""
+    i.e. <= 0, when utility >= ``floor``), the benign false-positive bound as a second one when
+    set, and its scores kept for the frontier."""
     trial.set_constraint(CONSTRAINT, floor - scores.utility)
+    if max_false_positives is not None:
+        rate = scores.false_positive_rate or 0.0
+        trial.set_constraint(FALSE_POSITIVES, rate - max_false_positives)
     trial.set_user_attr(SCORES_ATTR, asdict(scores))
     study.tell(trial, scores.values(cost is not None))
 
@@ -61,6 +70,8 @@ def log_trial(
     }
     if scores.cost is not None:
         metrics[f"cost_{config.cost}"] = scores.cost
+    if scores.false_positive_rate is not None:
+        metrics["benign_false_positive_rate"] = scores.false_positive_rate
     metrics |= {f"stolen_accuracy.{_metric(a)}": v for a, v in scores.stolen_accuracy.items()}
     metrics |= {f"fidelity.{_metric(a)}": v for a, v in scores.fidelity.items()}
     tags = {

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt
 import agents  # noqa: F401  (registers the built-in attacks)
 from arena.defenses import DEFENSES, Choice, FloatRange, IntRange, ParamSpace
 from arena.errors import brief
+from arena.protection_axes import AxisName
 from arena.specs import BenignSpec, MatchSpec, PluginSpec, VictimSpec
 from arena.versions import versioned_match
 from orchestration.config import (
@@ -84,6 +85,15 @@ class TuneConfig(_Strict):
     utility: Literal["accuracy", "goodput"] = "accuracy"
     """the utility objective: defended test accuracy, or for a model zoo the goodput (share of
     benign requests served within their targets; the floor is then measured from 1)"""
+    axis: AxisName = "prevention"
+    """the axis of protection the second objective measures, each against its own strongest
+    adversary of the suite (:mod:`arena.protection_axes`): ``prevention`` (1 - the strongest
+    stolen accuracy), ``detection`` (share of matches in which the least-flagged thief was
+    flagged), ``attribution`` (share of the least-claimed thief's models claimed), ``cost`` (the
+    cheapest thief's work per query over the benign callers')"""
+    max_false_positives: float | None = Field(default=None, ge=0, le=1)
+    """a second constraint beside the utility floor: the largest share of benign callers a
+    detector may flag for a setting to count (``None``: no bound)"""
     cost: Literal["latency", "kl"] | None = None
     """optional third objective (minimised): latency ratio or test-set KL in nats"""
     defaults: list[dict[str, Any]] = []

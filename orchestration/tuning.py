@@ -44,7 +44,7 @@ from orchestration.study import (
 )
 from orchestration.study_storage import StudyError
 from orchestration.tracking import Tracker
-from orchestration.trial_scores import Scores, score, utility_baseline
+from orchestration.trial_scores import Scores, score_trial, utility_baseline
 from orchestration.trial_tracking import (
     TRIAL_TAG,
     log_frontier,
@@ -161,11 +161,7 @@ def run_study(
                 in_flight.remove(job)
                 runtime.stop_service(job.label)
                 evaluated += 1
-                scores = (
-                    None
-                    if job.failures
-                    else score(job.results, baseline, floor, config.cost, config.utility)
-                )
+                scores = None if job.failures else score_trial(config, job.results, baseline, floor)
                 _finish(study, tracker, parent, config, job, scores, baseline)
                 if on_trial:
                     on_trial(job.label, job.params, scores)
@@ -203,7 +199,8 @@ def _finish(
         return
     if job.trial.user_attrs.get(DEFAULT_MARK):
         remember_default(study, job.params, scores)
-    record_trial(study, job.trial, scores, victim_accuracy - config.utility_floor, config.cost)
+    floor = victim_accuracy - config.utility_floor
+    record_trial(study, job.trial, scores, floor, config.cost, config.max_false_positives)
     log_trial(tracker, parent, config, job.label, job.params, scores, trial_tags(job.trial))
 
 
@@ -218,6 +215,7 @@ def _reuse(
 ) -> None:
     scores = Scores(**twin.user_attrs[SCORES_ATTR])
     trial.set_user_attr("same_as", twin.number)
-    record_trial(study, trial, scores, victim_accuracy - config.utility_floor, config.cost)
+    floor = victim_accuracy - config.utility_floor
+    record_trial(study, trial, scores, floor, config.cost, config.max_false_positives)
     tags = {TRIAL_TAG: str(trial.number), "arena.same_as": str(twin.number)}
     log_trial(tracker, parent, config, f"trial {trial.number}", dict(trial.params), scores, tags)

@@ -133,3 +133,33 @@ def test_the_leaderboard_shows_the_axes_and_what_each_defense_protects_on() -> N
     assert "TPR 0.33 vs jbda @5000" in table and "| none |" in table
     assert axes_rich_table(board, "axes").row_count == 2
     assert not has_more_axes(build_leaderboard(undefended))
+
+
+def test_a_study_can_maximise_another_axis_under_a_false_positive_bound() -> None:
+    from orchestration.study import metric_names
+    from orchestration.trial_scores import score
+    from orchestration.tune_config import parse_tune_config
+
+    trial = [r for r in detector_matches() if r.seed == 1]  # one seed, as a tuning trial plays
+    prevention = score(trial, 0.9, 0.01, None)
+    assert prevention.protection == pytest.approx(0.15) and prevention.axis == "prevention"
+    detection = score(trial, 0.9, 0.01, None, axis="detection")
+    assert detection.protection == 1.0  # both thieves flagged on seed 1
+    assert detection.false_positive_rate == pytest.approx(1 / 8) and detection.feasible
+    bounded = score(trial, 0.9, 0.01, None, axis="detection", max_false_positives=0.1)
+    assert not bounded.feasible  # 1 of 8 benign callers flagged is above a 10 % bound
+    unmeasured = score(trial, 0.9, 0.01, None, axis="cost")
+    assert unmeasured.protection == 0.0  # no proof of work: nothing protected on cost
+    raw = {
+        "name": "s",
+        "victim": {"dataset": "digits", "arch": "mlp"},
+        "defense": "prada",
+        "attacks": ["knockoff"],
+        "budget": 100,
+        "axis": "detection",
+        "max_false_positives": 0.01,
+    }
+    config = parse_tune_config(raw)
+    assert metric_names(config) == ["utility", "detection"]
+    with pytest.raises(Exception, match="axis"):
+        parse_tune_config({**raw, "axis": "deterrence"})
