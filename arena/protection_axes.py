@@ -8,8 +8,9 @@ the suite (upper bounds and privileged threat models never count, as for prevent
 
 - **prevention**: 1 − the stolen accuracy of the thief that stole the most
   (:mod:`arena.strongest`);
-- **detection**: the share of a thief's matches in which a detector flagged it, for the thief
-  flagged least often (the evader); beside it the false-positive rate on the benign callers that
+- **detection**: the share of a thief's matches in which a detector flagged it (of its accounts,
+  for a thief that splits its budget over several), for the thief flagged least often (the
+  evader); beside it the false-positive rate on the benign callers that
   shared the service, and the median queries the evader had been answered when flagged;
 - **attribution**: the share of a thief's stolen models an ownership verifier claims, for the
   thief claimed least often; beside it the false-claim rate on independent models: the upper-bound
@@ -125,7 +126,7 @@ def _detection(group: Sequence[MatchResult], cells: list[Threat]) -> Axis:
 
     def rate(t: Threat) -> float | None:
         seen = [r for r in t.results if r.benign_flagged is not None]
-        return statistics.fmean(r.detected for r in seen) if seen else None
+        return statistics.fmean(_accounts_flagged(r) for r in seen) if seen else None
 
     evader, tpr = _weakest(cells, rate)
     flagged, callers = benign_flags(watched)
@@ -135,6 +136,15 @@ def _detection(group: Sequence[MatchResult], cells: list[Threat]) -> Axis:
     note = f"benign FPR {flagged}/{callers}{when}"
     protects = tpr >= DETECTION_RATE and fpr <= DETECTION_FALSE_POSITIVES
     return Axis(tpr, _name(evader), protects, note)
+
+
+def _accounts_flagged(result: MatchResult) -> float:
+    """The share of a thief's accounts flagged: a thief that splits its budget over several
+    accounts is caught only as far as its accounts are (one flagged account of eight leaves it
+    seven eighths of its answers)."""
+    if result.identities > 1:
+        return result.identities_flagged / result.identities
+    return float(result.detected)
 
 
 def benign_flags(group: Sequence[MatchResult]) -> tuple[int, int]:

@@ -163,3 +163,17 @@ def test_a_study_can_maximise_another_axis_under_a_false_positive_bound() -> Non
     assert metric_names(config) == ["utility", "detection"]
     with pytest.raises(Exception, match="axis"):
         parse_tune_config({**raw, "axis": "deterrence"})
+
+
+def test_a_multi_account_thief_is_caught_only_as_far_as_its_accounts_are() -> None:
+    split = seeds(
+        "prada",
+        "knockoff(identities=4)",
+        0.85,
+        detected=[True] * 3,
+        identities=[4] * 3,
+        identities_flagged=[1, 2, 1],
+        benign_flagged=[False] * 3,
+    )
+    axes = protection_axes(split, label)
+    assert axes.detection.value == pytest.approx((1 / 4 + 2 / 4 + 1 / 4) / 3)
