@@ -10,13 +10,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.linalg
 import torch
 from arena_testkit import ServiceFactory, match_spec
 
 from arena.data import DataSplits
 from arena.defenses import DEFENSES
 from arena.defenses.preparation import PrepareContext
-from arena.defenses.query_distribution import QueryDistribution, QueryDistributionState
+from arena.defenses.query_distribution import (
+    QueryDistribution,
+    QueryDistributionState,
+    Reference,
+)
 from arena.errors import InvalidParameters, QueryRefused
 from arena.ledger import Ledger
 from arena.oracle import Answer, Oracle
@@ -219,3 +224,23 @@ def test_bad_parameters(params: dict[str, object]) -> None:
 
 def test_conformance() -> None:
     DefenseConformance("query_distribution").check()
+
+
+def test_window_score_is_the_count_weighted_frechet_distance() -> None:
+    """One window scored against the formula with scipy's matrix square root."""
+    generator = torch.Generator().manual_seed(4)
+    reference = Reference(3)
+    train = torch.randn(300, 3, generator=generator, dtype=torch.float64)
+    train_labels = torch.randint(0, 3, (300,), generator=generator)
+    reference.fit(train, train_labels)
+    window = torch.randn(1, 20, 3, generator=generator, dtype=torch.float64) * 2 + 0.5
+    labels = torch.randint(0, 2, (1, 20), generator=generator)  # class 2 absent
+    expected = 0.0
+    for c in (0, 1):
+        rows, ref = window[0][labels[0] == c].numpy(), train[train_labels == c].numpy()
+        m, b = rows.mean(0), np.cov(rows.T, bias=True)
+        mu, s = ref.mean(0), np.cov(ref.T, bias=True)
+        cross = np.trace(scipy.linalg.sqrtm(s @ b)).real
+        distance = ((m - mu) ** 2).sum() + np.trace(b) + np.trace(s) - 2 * cross
+        expected += len(rows) * distance / 20
+    assert float(reference.scores(window, labels)[0]) == pytest.approx(expected, rel=1e-6)

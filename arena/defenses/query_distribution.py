@@ -40,8 +40,10 @@ What is built here:
 
 The Fréchet trace term needs ``tr((S^1/2 B S^1/2)^1/2)``: with ``S^1/2`` precomputed per class it
 is the sum of square roots of the eigenvalues of one symmetric C x C matrix per class and
-window, batched over windows (``torch.linalg.eigvalsh``), so a batch of 1000 queries costs a few
-milliseconds on 10 classes.
+window, batched over windows (``torch.linalg.eigvalsh``); each class's rows are gathered out of
+the windows first, so the work scales with the window, not with window x classes. Measured on
+one (shared) CPU thread, 10 classes: about 40 ms per batch of 1000 queries; calibration
+(8000 windows) about 2-3 s.
 
 Parameters and departures from the paper:
 
