@@ -29,7 +29,6 @@ from arena.registry import build_plugin
 from arena.service import VictimService
 from arena.service_factory import build_service
 from arena.specs import PluginSpec, VictimSpec
-from arena.testing import DefenseConformance
 from arena.victims import TrainedVictim, prepare_context
 
 WINDOW = 64
@@ -220,10 +219,6 @@ def test_state_rebuilds_from_the_ledger_after_a_restart(
 def test_bad_parameters(params: dict[str, object]) -> None:
     with pytest.raises(InvalidParameters, match=next(iter(params))):
         build_plugin(DEFENSES, "query_distribution", params)
-
-
-def test_conformance() -> None:
-    DefenseConformance("query_distribution").check()
 
 
 def test_window_score_is_the_count_weighted_frechet_distance() -> None:

@@ -69,6 +69,13 @@ Parameters and departures from the paper:
   The detector reads the probabilities handed to it: place it first in a chain (an earlier
   output perturbation would shift every caller's features). Calibration costs O(C^3) per class
   and window: fine for 10 classes, slow for 100.
+
+Measured once (Fashion-MNIST, the arena's 15-epoch LeNet-5, defaults: window 64, fpr 0.01 over
+10k queries; ``play_match`` at a 5k budget, seed 0, response ``flag``): threshold 21.1; DFME
+flagged after 64 queries (its first window), JBDA after 768 (once its first synthetic rounds
+fill a window), knockoff on the pool split not flagged, and the benign caller beside each of
+them not flagged. Window scores of 10k queries: test images median 12.7 (max 18.2), pool split
+12.4 (max 20.1), training images 12.3 (max 18.3), uniform noise 79.5.
 """
 
 from __future__ import annotations
