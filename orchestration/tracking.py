@@ -76,13 +76,16 @@ TRIALS_VIEW = "arena-trials"
 
 def _view(name: str, sort_by: str, columns: tuple[str, ...]) -> dict[str, Any]:
     """A saved view as the UI writes it: the sort and the metric columns of the runs table, in
-    the UI's column keys (``metrics.`name```), sorted high to low."""
+    the UI's column keys (``metrics.`name```), sorted high to low; the columns come in the given
+    order right after the run name (without ``columnOrder`` the UI orders them by name)."""
+    keys = [f"metrics.`{column}`" for column in columns]
     return {
         "name": name,
         "state": {
             "orderByKey": f"metrics.`{sort_by}`",
             "orderByAsc": False,
-            "selectedColumns": [f"metrics.`{column}`" for column in columns],
+            "selectedColumns": keys,
+            "columnOrder": keys,
         },
     }
 

@@ -37,14 +37,12 @@ def test_new_experiment_gets_the_matches_and_trials_views(tmp_path: Path) -> Non
 
     name, state = _view_state(client, tracker.experiment_id, MATCHES_VIEW)
     assert name == "Arena matches"
+    columns = ["metrics.`stolen_accuracy`", "metrics.`fidelity`", "metrics.`utility`"]
     assert state == {
         "orderByKey": "metrics.`stolen_accuracy`",
         "orderByAsc": False,
-        "selectedColumns": [
-            "metrics.`stolen_accuracy`",
-            "metrics.`fidelity`",
-            "metrics.`utility`",
-        ],
+        "selectedColumns": columns,
+        "columnOrder": columns,
     }
     name, state = _view_state(client, tracker.experiment_id, TRIALS_VIEW)
     assert name == "Arena trials"
