@@ -208,7 +208,7 @@ def tune(
 
 def _tune(config: object, address: str | None, tracking_uri: str | None, home: ArenaHome) -> None:
     from orchestration.frontier import dominated_by_frontier, frontier_table
-    from orchestration.tracking import Tracker
+    from orchestration.tracking import TRIALS_VIEW, Tracker
     from orchestration.trial_scores import Scores
     from orchestration.tune_config import TuneConfig
     from orchestration.tuning import run_study
@@ -250,7 +250,7 @@ def _tune(config: object, address: str | None, tracking_uri: str | None, home: A
         f"frontier plot: {outcome.artifacts['png']} and {outcome.artifacts['html']}\n"
         f"MLflow parent run {outcome.parent_run_id}: "
         f"mlflow ui --backend-store-uri {tracker.tracking_uri}, then "
-        f"{tracker.runs_url()}\n"
+        f"{tracker.runs_url(view=TRIALS_VIEW)}\n"
         f"Optuna dashboard: optuna-dashboard {_dashboard_target(config, home.root)}",
         markup=False,
     )

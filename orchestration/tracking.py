@@ -13,10 +13,20 @@ never shows a run as live or finished when it is neither (D4).
 With ``tracking.log_models`` on, models go in too (:meth:`Tracker.log_model`): each victim as
 trained on the parent run, each match's scored substitute on its child run, as MLflow PyTorch
 models whose signature is inferred from a few test images and the model's softmax outputs.
+
+MLflow 3's runs table shows no metric column until a user picks some (the choice lives in the
+browser's local storage; no URL parameter sets it). What the UI does read is a saved view: an
+experiment tag ``mlflow.sharedViewState.<key>`` holding ``{name, createdAt, updatedAt, state}``
+with ``state`` the JSON of the view (columns, sort), opened by ``?viewStateShareKey=<key>`` and
+listed in the runs page's "Views" menu. Every experiment the tracker opens gets two such views
+(:data:`VIEWS`): the matches' stolen accuracy, fidelity and utility, and the trials' utility and
+protection; :meth:`Tracker.runs_url` links to one, so the printed link opens the table with those
+columns already shown.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -56,6 +66,38 @@ SUBSTITUTE_MODEL = "substitute"
 """the name of a match's stolen substitute on its child run (``tracking.log_models``)"""
 SUMMARY_FILE = "summary.json"
 """the parent run's figures (tournament or study aggregates), apart from per-match metrics"""
+SHARED_VIEW_PREFIX = "mlflow.sharedViewState."
+"""MLflow 3.17's UI: an experiment tag of this prefix + a key is a saved view of the runs page"""
+SHARE_KEY_PARAMETER = "viewStateShareKey"
+"""the runs-page URL parameter that opens the saved view of that key"""
+MATCHES_VIEW = "arena-matches"
+TRIALS_VIEW = "arena-trials"
+
+
+def _view(name: str, sort_by: str, columns: tuple[str, ...]) -> dict[str, Any]:
+    """A saved view as the UI writes it: the sort and the metric columns of the runs table, in
+    the UI's column keys (``metrics.`name```), sorted high to low; the columns come in the given
+    order right after the run name (without ``columnOrder`` the UI orders them by name)."""
+    keys = [f"metrics.`{column}`" for column in columns]
+    return {
+        "name": name,
+        "state": {
+            "orderByKey": f"metrics.`{sort_by}`",
+            "orderByAsc": False,
+            "selectedColumns": keys,
+            "columnOrder": keys,
+        },
+    }
+
+
+VIEWS: dict[str, dict[str, Any]] = {
+    MATCHES_VIEW: _view(
+        "Arena matches", "stolen_accuracy", ("stolen_accuracy", "fidelity", "utility")
+    ),
+    TRIALS_VIEW: _view("Arena trials", "protection", ("utility", "protection", "feasible")),
+}
+"""the saved views every arena experiment gets, by share key: a tournament's matches sorted by
+stolen accuracy (strongest theft first), a study's trials by protection"""
 
 
 def default_tracking_uri(home: Path) -> str:
@@ -159,14 +201,36 @@ class Tracker:
                 self.client.set_experiment_tag(
                     self.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING
                 )
+        self._add_views({} if found is None else found.tags)
 
-    def runs_url(self, ui: str = "http://127.0.0.1:5000") -> str:
-        """The MLflow UI page of this experiment's runs (not MLflow 3's GenAI overview), sorted
-        by stolen accuracy: sorting by a metric lists the matches flat, strongest theft first,
-        and the chart view then charts them (it charts only the runs the list shows)."""
+    def _add_views(self, tags: Mapping[str, str]) -> None:
+        """Write each of :data:`VIEWS` the experiment lacks; a view already there is left as
+        it is, since a user may have changed it in the UI ("Override saved view")."""
+        now = int(time.time() * 1000)
+        for key, view in VIEWS.items():
+            if f"{SHARED_VIEW_PREFIX}{key}" in tags:
+                continue
+            envelope = {
+                "name": view["name"],
+                "createdAt": now,
+                "updatedAt": now,
+                "state": json.dumps(view["state"]),
+            }
+            self.client.set_experiment_tag(
+                self.experiment_id, f"{SHARED_VIEW_PREFIX}{key}", json.dumps(envelope)
+            )
+
+    def runs_url(self, ui: str = "http://127.0.0.1:5000", view: str = MATCHES_VIEW) -> str:
+        """The MLflow UI page of this experiment's runs (not MLflow 3's GenAI overview) in one
+        of :data:`VIEWS`: its metric columns shown and its sort applied. Sorting by a metric
+        lists the runs flat, and the chart view then charts them (it charts only the runs the
+        list shows). The sort is the view's, not a URL parameter: the UI ignores the view
+        when the URL carries any search setting (``orderByKey``, ``searchFilter``, ...)."""
+        if view not in VIEWS:
+            raise ValueError(f"unknown view {view!r}; known: {', '.join(VIEWS)}")
         return (
             f"{ui}/#/experiments/{self.experiment_id}/runs?workflowType=machine_learning"
-            "&orderByKey=metrics.%60stolen_accuracy%60&orderByAsc=false"
+            f"&{SHARE_KEY_PARAMETER}={view}"
         )
 
     @classmethod

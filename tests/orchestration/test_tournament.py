@@ -62,7 +62,7 @@ def test_D5_tournament_logs_runs_and_resumes_without_duplicates(
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # runs view
     assert tracker.runs_url().endswith(
         f"/#/experiments/{tracker.experiment_id}/runs?workflowType=machine_learning"
-        "&orderByKey=metrics.%60stolen_accuracy%60&orderByAsc=false"
+        "&viewStateShareKey=arena-matches"
     )
     children = _children(client, tracker.experiment_id, first.parent_run_id)
     assert len(children) == expected
