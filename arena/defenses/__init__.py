@@ -16,6 +16,7 @@ from arena.defenses import (
     random_noise,
     reverse_sigmoid,
     rounding,
+    seat,
     target_noise,
     top_k,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "random_noise",
     "reverse_sigmoid",
     "rounding",
+    "seat",
     "target_noise",
     "top_k",
 ]
