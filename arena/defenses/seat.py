@@ -140,7 +140,6 @@ class Seat(Defense):
     seed: int = 0
     """seed of the fine-tuning and of the calibration sample (training)"""
 
-    needs_training: ClassVar[bool] = True
     search_space: ClassVar[dict[str, ParamSpace]] = {
         "quantile": FloatRange(1e-7, 1e-4, log=True),
         "max_pairs": IntRange(5, 500),
