@@ -17,6 +17,7 @@ from arena.defenses import (
     random_noise,
     reverse_sigmoid,
     rounding,
+    seat,
     target_noise,
     top_k,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "random_noise",
     "reverse_sigmoid",
     "rounding",
+    "seat",
     "target_noise",
     "top_k",
 ]
