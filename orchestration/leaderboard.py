@@ -75,10 +75,13 @@ POOL_TAGS = {"in_distribution": "", "out_of_distribution": " [ood pool]", "none"
 
 
 def attack_label(result: MatchResult) -> str:
-    """The attack as ranked: its label, tagged with the pool unless it is in distribution, and
-    with its threat model unless that is the API's."""
+    """The attack as ranked: its label, tagged with the pool unless it is in distribution, with
+    its threat model unless that is the API's, and with the watermark removal its model went
+    through, if any (a removal is part of the adversary: its matches are never averaged with
+    those of the model as stolen)."""
     threat = "" if result.threat_model == API else f" [{result.threat_model}]"
-    return result.attack + POOL_TAGS.get(result.pool, f" [{result.pool}]") + threat
+    removal = "" if result.removal == "none" else f" [{result.removal}]"
+    return result.attack + POOL_TAGS.get(result.pool, f" [{result.pool}]") + threat + removal
 
 
 def recipe_brief(thief_recipe: str) -> str:

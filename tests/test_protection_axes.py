@@ -177,3 +177,15 @@ def test_a_multi_account_thief_is_caught_only_as_far_as_its_accounts_are() -> No
     )
     axes = protection_axes(split, label)
     assert axes.detection.value == pytest.approx((1 / 4 + 2 / 4 + 1 / 4) / 3)
+
+
+def test_a_removal_is_its_own_adversary() -> None:
+    kept = seeds("dawn", "knockoff", 0.85, ownership_verified=[True] * 3)
+    removed = seeds(
+        "dawn", "knockoff", 0.80, ownership_verified=[False, False, True], removal=["distill"] * 3
+    )
+    (row,) = build_leaderboard(kept + removed)
+    assert row.axes is not None
+    assert row.axes.attribution.adversary == "knockoff [distill] @5000"
+    assert row.axes.attribution.value == pytest.approx(1 / 3)
+    assert row.strongest_attack == "knockoff"  # the model as stolen steals the most
