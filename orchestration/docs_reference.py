@@ -139,6 +139,7 @@ def _table(header: list[str], rows: Iterable[list[str]]) -> list[str]:
 
 DEFENSE_FLAGS = {
     "needs_training": "training-time",
+    "builds_models": "builds models ahead",
     "preserves_argmax": "keeps the argmax",
     "answers_labels_only": "labels only",
     "stateful": "per-caller state",

@@ -348,15 +348,18 @@ class MatchRuntime:
         log.warning("%s: tasks asking for GPUs wait until GPU nodes join", shortfall)
 
     def _prepare_defenses(self, specs: Sequence[MatchSpec]) -> None:
-        """Training-time defense preparation in parallel Ray tasks, one per victim and set of
-        training defenses, so the victim-service actors only load from the cache. Chains whose
-        training defenses are the same (say two serving thresholds) share one task."""
+        """Training-time defense preparation (and defenses that build auxiliary models) in
+        parallel Ray tasks, one per victim and set of such defenses, so the victim-service
+        actors only load from the cache. Chains whose such defenses are the same (say two
+        serving thresholds, or one fingerprint in two chains) share one task."""
         first: dict[tuple[str, tuple[str, ...]], MatchSpec] = {}
         for spec in specs:
             chain = build_chain(spec.defenses)
-            if chain.needs_training:
+            if chain.builds_ahead:
                 pairs = zip(spec.defenses, chain.defenses, strict=True)
-                trained = tuple(s.model_dump_json() for s, d in pairs if d.needs_training)
+                trained = tuple(
+                    s.model_dump_json() for s, d in pairs if d.needs_training or d.builds_models
+                )
                 key = (spec.victim.key(), trained)
                 if key not in self._prepared:
                     first.setdefault(key, spec)

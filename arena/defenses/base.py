@@ -128,6 +128,10 @@ class Defense:
     caller's false positives."""
     needs_training: ClassVar[bool] = False
     """True when ``prepare`` changes the victim's weights (training-time defense)."""
+    builds_models: ClassVar[bool] = False
+    """True when ``prepare`` trains auxiliary models but serves the victim unchanged (an encoder,
+    fingerprint references, a regressor): built once, ahead of serving, like a training-time
+    defense's victim, so services that share them never train them twice at once."""
     answers_labels_only: ClassVar[bool] = False
     """True when the answers are one-hot labels (attackers are told through the output spec)."""
     search_space: ClassVar[dict[str, ParamSpace]] = {}

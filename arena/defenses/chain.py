@@ -50,6 +50,12 @@ class DefenseChain:
         return any(type(d).needs_training for d in self.defenses)
 
     @property
+    def builds_ahead(self) -> bool:
+        """True when preparing trains something worth building once, ahead of serving: a new
+        victim (training-time defenses) or auxiliary models (encoders, fingerprints)."""
+        return any(type(d).needs_training or type(d).builds_models for d in self.defenses)
+
+    @property
     def stateful(self) -> bool:
         return any(type(d).stateful for d in self.defenses)
 

@@ -138,6 +138,8 @@ class Fingerprint(nn.Module):
 class ConferrableFingerprint(Defense):
     """Fingerprint of conferrable adversarial examples: ownership verified, answers unchanged."""
 
+    builds_models: ClassVar[bool] = True
+
     surrogates: int = 3
     """models distilled from the victim's probabilities, used to craft the fingerprint"""
     references: int = 3

@@ -185,6 +185,8 @@ class DatasetInference(Defense):
     """Dataset inference: a suspect whose margins tell the victim's training points from
     public ones (one-sided t-test) is claimed; the victim and its answers are unchanged."""
 
+    builds_models: ClassVar[bool] = True
+
     features: str = "blind_walk"
     """margin features: "blind_walk" (black box) or "min_gd" (white box, gradients)"""
     directions: int = 10

@@ -129,6 +129,8 @@ class Seat(Defense):
     """Flags accounts with more than ``max_pairs`` pairs of near-identical queries, nearness
     judged by a similarity encoder trained adversarially from the victim (SEAT)."""
 
+    builds_models: ClassVar[bool] = True
+
     stateful = True
     detector = True
 

@@ -31,6 +31,7 @@ FLAGS = (
     "stateful",
     "detector",
     "needs_training",
+    "builds_models",
     "answers_labels_only",
     "zoo_only",
 )
