@@ -83,6 +83,17 @@ class MatchResult(BaseModel):
     benign_queries_to_detection: int | None = None
     chain_steps: str = ""
     """per defense of the chain, in order: its time per query (us) and mean L1 change (JSON)"""
+    work_bits_per_query: float | None = None
+    """proof of work: mean difficulty (leading zero bits) of the thief's verified solutions per
+    answered query, as the service counted it; ``None`` when the chain asks for no work"""
+    work_seconds_per_query: float | None = None
+    """proof of work: seconds the thief spent solving puzzles per answered query, measured by
+    its oracles over all its identities; ``None`` without work"""
+    benign_work_seconds_per_query: float | None = None
+    """the same for the benign caller (test images, as many as the budget)"""
+    work_cost_ratio: float | None = None
+    """``work_seconds_per_query`` over ``benign_work_seconds_per_query``: how much more a query
+    costs the thief than an honest caller (the paper's cost ratio); ``None`` without work"""
     removal: str = "none"
     """the watermark-removal attack applied to the substitute before it was scored"""
     stolen_accuracy_before_removal: float | None = None
@@ -115,6 +126,9 @@ RUN_DEPENDENT_FIELDS = frozenset(
         "latency_ratio",
         "chain_steps",
         "audit_sha256",
+        "work_seconds_per_query",
+        "benign_work_seconds_per_query",
+        "work_cost_ratio",
     }
 )
 """match-record fields that differ between any two runs of the same match: timings, and the

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from arena.attacker import ATTACKS, Attacker
-from arena.benign import benign_traffic
+from arena.benign import BenignRun, benign_traffic
 from arena.data import DataSplits, load_dataset
 from arena.defenses.chain import build_chain
 from arena.goodput import zoo_goodput
@@ -66,11 +66,15 @@ def referee_match(
     chain = build_chain(spec.defenses)
     _check_pool(spec, data)
     identities = _open_thief_accounts(spec, service, attacker.identities)
-    benign = benign_traffic(spec, service, data) if chain.has_detector else None
+    benign = (
+        benign_traffic(spec, service, data) if chain.has_detector or chain.requires_work else None
+    )
     profile = service.zoo_profile()
     knowledge = grant_knowledge(spec, data, attacker, profile, service)
     knowledge = replace(knowledge, device=device, mixed_precision=mixed_precision)
-    theft = _steal(spec, attacker, _thief_oracle(service, identities), knowledge)
+    oracle = _thief_oracle(service, identities)
+    theft = _steal(spec, attacker, oracle, knowledge)
+    work = _work_costs(oracle, benign) if chain.requires_work else None
     reference_accuracy = _reference_track(spec, knowledge, data)
     theft = _remove_watermark(spec, theft, knowledge, data)
     verdicts = verify_ownership(theft.substitute, spec, service, list(identities))
@@ -90,7 +94,8 @@ def referee_match(
         verdicts=verdicts,
         test=test,
         accounts=accounts,
-        benign=benign,
+        benign=benign.stats if benign is not None and chain.has_detector else None,
+        work=work,
         profile=profile,
         goodput=goodput,
         started=started,
@@ -121,6 +126,28 @@ class _TestSet:
     test_perturbation_l1: float
     test_perturbation_kl: float
     latency_ratio: float
+
+
+@dataclass(frozen=True)
+class _WorkCosts:
+    """Proof of work: client-measured seconds per answered query, thief and benign caller."""
+
+    thief: float
+    benign: float | None
+
+    @property
+    def ratio(self) -> float | None:
+        if self.benign is None or self.benign <= 0:
+            return None
+        return self.thief / self.benign
+
+
+def _work_costs(oracle: Oracle, benign: BenignRun | None) -> _WorkCosts:
+    """Each caller's solving time over the queries it was answered (its own measurement)."""
+    thief = oracle.work_seconds / max(oracle.used, 1)
+    if benign is None:
+        return _WorkCosts(thief, None)
+    return _WorkCosts(thief, benign.work_seconds / max(benign.stats.used, 1))
 
 
 @dataclass(frozen=True)
@@ -263,6 +290,7 @@ def _record(
     test: _TestSet,
     accounts: _ThiefAccounts,
     benign: AccountStats | None,
+    work: _WorkCosts | None,
     profile: ZooProfile | None,
     goodput: float | None,
     started: float,
@@ -309,6 +337,10 @@ def _record(
         benign_flagged=None if benign is None else benign.detected_after is not None,
         benign_queries_to_detection=None if benign is None else benign.detected_after,
         chain_steps=_chain_steps(spec, stats),
+        work_bits_per_query=None if work is None else stats.work_bits_sum / used,
+        work_seconds_per_query=None if work is None else work.thief,
+        benign_work_seconds_per_query=None if work is None else work.benign,
+        work_cost_ratio=None if work is None else work.ratio,
         removal=theft.removal,
         stolen_accuracy_before_removal=theft.stolen_accuracy_before_removal,
         ownership_verified=any(v["verified"] for v in verdicts) if verdicts else None,
