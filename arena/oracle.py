@@ -4,6 +4,11 @@ An :class:`Oracle` wraps an *endpoint* (a victim service in this process, or a R
 ``orchestration``) and an attacker identity. It exposes ``query``, ``budget``, ``used``,
 ``remaining`` and the public input/output spec, and nothing else of the victim. Rejections travel
 back as values (cheaper than raising through Ray) and are raised here as typed errors.
+
+When the output spec says ``work_required`` (a proof-of-work defense), ``query`` asks the
+endpoint for the batch's challenge, solves it (:mod:`arena.work`, real CPU work, timed in
+``work_seconds``) and sends the proof with the batch; a victim that forgot the challenge (it
+restarted in between) is asked for a new one once.
 """
 
 from __future__ import annotations
