@@ -22,7 +22,7 @@ from arena.service import VictimService
 from arena.specs import PluginSpec, VictimSpec
 from arena.work import WorkChallenge, WorkProof, solve
 
-EASY = {"base_bits": 2, "max_bits": 8, "saturation": 0.2}
+EASY = {"base_bits": 2, "max_bits": 8, "allowance": 0.0, "saturation": 0.2}
 """difficulties small enough for tests (at most 256 hashes a query)"""
 
 
@@ -136,6 +136,14 @@ def test_difficulty_grows_with_the_leak_estimate() -> None:
     assert torch.equal(defense.respond(uniform, torch.zeros(20, 4), state), uniform)
 
 
+def test_natural_leak_within_the_allowance_costs_only_base_bits() -> None:
+    defense = ProofOfWork(base_bits=4, max_bits=12, allowance=0.1, saturation=0.3)
+    state = WorkState(seen=100, leaked=8.0)  # mean 0.08: within the allowance
+    assert defense.work_bits(state, 1) == 4
+    state = WorkState(seen=100, leaked=20.0)  # halfway from allowance to saturation
+    assert defense.work_bits(state, 1) == 8
+
+
 @pytest.mark.parametrize(
     "params",
     [
@@ -144,6 +152,8 @@ def test_difficulty_grows_with_the_leak_estimate() -> None:
         {"base_bits": 6, "max_bits": 4},
         {"saturation": 0.0},
         {"saturation": 1.5},
+        {"allowance": 0.3, "saturation": 0.2},
+        {"allowance": -0.1},
         {"base_bits": 2.5},
     ],
 )
@@ -155,12 +165,14 @@ def test_bad_parameters_raise(params: dict[str, Any]) -> None:
 def test_a_thief_pays_more_per_query_than_a_benign_caller(
     digits_data: DataSplits, victim_cache: Path, digits_victim_spec: VictimSpec
 ) -> None:
-    params = {"epochs": 2, "round_epochs": 2}
-    work = PluginSpec(name="proof_of_work", params=EASY)
-    spec = match_spec(digits_victim_spec, [work], "jbda", params, budget=200)
+    """Noise queries leak far more than natural test images (entropy 0.3 against 0.07 under the
+    digits victim): after its first batch the thief pays ``max_bits``, the benign caller (same
+    volume, same batches) stays at ``base_bits``; work is timed, so the margin is wide."""
+    params = {"epochs": 2, "query_batch": 50}
+    work = PluginSpec(name="proof_of_work", params={"base_bits": 2, "max_bits": 9})
+    spec = match_spec(digits_victim_spec, [work], "random_queries", params, budget=300)
     result = play_match(spec, digits_data, victim_cache)
-    assert result.work_seconds_per_query is not None
+    assert result.work_bits_per_query == pytest.approx((50 * 2 + 250 * 9) / 300)
     assert result.benign_work_seconds_per_query is not None
-    assert result.work_bits_per_query is not None and result.work_bits_per_query > EASY["base_bits"]
-    assert result.work_cost_ratio is not None and result.work_cost_ratio > 1.5, result
+    assert result.work_cost_ratio is not None and result.work_cost_ratio > 5, result
     assert result.benign_flagged is None  # not a detector
