@@ -1,7 +1,8 @@
 """Benign traffic: honest callers beside the thief, so a detector's false positives show.
 
 Each caller has its own account (and so its own detector state): whether one gets flagged is the
-detector's false-positive behaviour, independent of the thief playing the same match. Without a
+detector's false-positive behaviour, and its proof-of-work time what an honest caller pays,
+independent of the thief playing the same match. Without a
 :class:`~arena.specs.BenignSpec` a match has one caller, streaming the test images in random
 order at batch 256, as many as the budget; with one, a population: several callers, their own
 random orders and batch sizes, some streaming only the images nearest the victim's class
@@ -10,6 +11,7 @@ boundaries (the most ambiguous honest traffic, the likeliest to look like a thie
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -31,12 +33,21 @@ BOUNDARY_SHARE = 0.2
 between the victim's top two probabilities"""
 
 
+@dataclass(frozen=True)
+class BenignRun:
+    """A benign caller's account as the service kept it, and its client-side work time."""
+
+    stats: AccountStats
+    work_seconds: float
+    """seconds it spent solving proof-of-work puzzles (0 when the victim asks for none)"""
+
+
 def benign_traffic(
     spec: MatchSpec, service: ServiceAPI, data: MatchData, victim_probs: torch.Tensor
-) -> list[AccountStats]:
+) -> list[BenignRun]:
     """Play the match's benign callers against ``service``; their accounts as the service kept
-    them, in caller order. ``victim_probs``: the undefended victim's probabilities on the test
-    set, which rank the images by how near a class boundary they lie."""
+    them and their work time, in caller order. ``victim_probs``: the undefended victim's
+    probabilities on the test set, which rank the images by how near a class boundary they lie."""
     rng = match_rng(spec, "benign")
     if spec.benign is None:
         identity = f"benign-{spec.key()}"
@@ -52,7 +63,7 @@ def _population(
     data: MatchData,
     victim_probs: torch.Tensor,
     rng: np.random.Generator,
-) -> list[AccountStats]:
+) -> list[BenignRun]:
     """Every caller of a :class:`BenignSpec`, each with its own stream of the match's seed,
     sending each of its images at most once (fewer queries than asked when it has fewer)."""
     everything = np.arange(int(data.test_x.shape[0]))
@@ -87,13 +98,12 @@ def _stream(
     queries: int,
     batch: int,
     rng: np.random.Generator,
-) -> AccountStats:
+) -> BenignRun:
     """One caller: ``queries`` of ``images`` in random order (reshuffled whenever it runs out),
     sent in batches of ``batch`` until done or refused."""
     service.open_account(identity, queries)
     rounds = -(-queries // len(images))
     order = np.concatenate([images[rng.permutation(len(images))] for _ in range(rounds)])
-    Oracle(service, identity).query_all(
-        data.test_x[torch.from_numpy(order[:queries])], batch, until_refused=True
-    )
-    return service.account_stats(identity)
+    oracle = Oracle(service, identity)
+    oracle.query_all(data.test_x[torch.from_numpy(order[:queries])], batch, until_refused=True)
+    return BenignRun(service.account_stats(identity), oracle.work_seconds)

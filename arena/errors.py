@@ -68,6 +68,11 @@ class RejectionCode(StrEnum):
     OVERLOADED = "overloaded"
     UNAVAILABLE = "unavailable"
     """the victim is down or did not answer in time (it is being restarted)"""
+    WORK_REQUIRED = "work_required"
+    """the victim asks for proof of work and the batch came without a solution"""
+    WORK_INVALID = "work_invalid"
+    """the proof of work does not solve this query's pending challenge (wrong, reused, foreign
+    or unknown after a restart)"""
 
     @property
     def http_status(self) -> int:
@@ -88,6 +93,8 @@ _HTTP_STATUS = {
     RejectionCode.REFUSED: 403,
     RejectionCode.OVERLOADED: 429,
     RejectionCode.UNAVAILABLE: 503,
+    RejectionCode.WORK_REQUIRED: 428,
+    RejectionCode.WORK_INVALID: 422,
 }
 _NOT_MALFORMED = frozenset(
     {
@@ -95,6 +102,8 @@ _NOT_MALFORMED = frozenset(
         RejectionCode.REFUSED,
         RejectionCode.OVERLOADED,
         RejectionCode.UNAVAILABLE,
+        RejectionCode.WORK_REQUIRED,
+        RejectionCode.WORK_INVALID,
     }
 )
 QueryErrorCode = RejectionCode
@@ -143,6 +152,16 @@ class VictimUnavailable(ArenaError):
 
     def __init__(self, message: str) -> None:
         super().__init__(f"[unavailable] {message}")
+        self.message = message
+
+
+class WorkRejected(ArenaError):
+    """The victim asks for proof of work per batch and none, or a wrong one, came with it.
+    Nothing was charged; :class:`~arena.oracle.Oracle` solves the puzzles itself."""
+
+    def __init__(self, code: RejectionCode, message: str) -> None:
+        super().__init__(f"[{code.value}] {message}")
+        self.code = code
         self.message = message
 
 

@@ -32,6 +32,7 @@ from arena.oracle import (
     check_structure,
 )
 from arena.targets import Targets
+from arena.work import WorkChallenge, WorkProof
 
 
 class EndpointError(ArenaError):
@@ -70,11 +71,11 @@ class HttpEndpoint:
             session = self._local.session = requests.Session()
         return session
 
-    def _get(self, route: str) -> dict[str, Any]:
+    def _get(self, route: str, headers: dict[str, str] | None = None) -> dict[str, Any]:
         try:
             response = self._session().get(
                 f"{self._url}{route}",
-                headers=self._headers,
+                headers={**self._headers, **(headers or {})},
                 timeout=self._timeout,
                 verify=self._verify,
             )
@@ -101,7 +102,9 @@ class HttpEndpoint:
                         max_batch=int(given["max_batch"]),
                     ),
                     OutputSpec(
-                        num_classes=int(out["num_classes"]), label_only=bool(out["label_only"])
+                        num_classes=int(out["num_classes"]),
+                        label_only=bool(out["label_only"]),
+                        work_required=bool(out.get("work_required", False)),
                     ),
                 )
             except (KeyError, TypeError, ValueError):
@@ -116,11 +119,29 @@ class HttpEndpoint:
         except (KeyError, TypeError, ValueError):
             raise EndpointError(200, "bad_response", "the status is malformed") from None
 
+    def work_challenge(self, attacker_id: str, query_id: str, batch: int) -> WorkChallenge | None:
+        """The token's attacker's proof-of-work challenge for this query id and batch size."""
+        body = self._get(
+            wire.CHALLENGE_ROUTE, {wire.QUERY_ID_HEADER: query_id, wire.BATCH_HEADER: str(batch)}
+        )
+        try:
+            if not body["required"]:
+                return None
+            return WorkChallenge(str(body["nonce"]), int(body["bits"]), int(body["count"]))
+        except (KeyError, TypeError, ValueError):
+            raise EndpointError(200, "bad_response", "the challenge is malformed") from None
+
     def answer(
-        self, attacker_id: str, query_id: str, x: Any, targets: Any = None
+        self,
+        attacker_id: str,
+        query_id: str,
+        x: Any,
+        targets: Any = None,
+        work: WorkProof | None = None,
     ) -> Answer | Rejection:
-        """Send one batch; the server validates it again (this side refuses only what fails the
-        service's structural checks, with the same codes)."""
+        """Send one batch (and its proof of work: the nonce in a header, the counters after the
+        batch); the server validates it again (this side refuses only what fails the service's
+        structural checks, with the same codes)."""
         if isinstance(x, torch.Tensor):
             x = x.detach().cpu()
             x = x.numpy() if x.dtype == torch.float32 else x
@@ -144,6 +165,9 @@ class HttpEndpoint:
             except (TypeError, ValueError):
                 return Rejection("targets", "targets must be a mapping of numbers")
         body = np.ascontiguousarray(x, dtype="<f4").tobytes()
+        if work is not None:
+            headers[wire.WORK_HEADER] = work.nonce
+            body += np.asarray(work.counters, dtype="<u8").tobytes()
         try:
             response = self._session().post(
                 f"{self._url}{wire.QUERY_ROUTE}",

@@ -43,4 +43,7 @@ def merged_stats(accounts: list[AccountStats]) -> AccountStats:
         refused_batches=sum(a.refused_batches for a in accounts),
         served_by=[sum(v) for v in zip(*(a.served_by for a in accounts), strict=True)],
         targets_met=sum(a.targets_met for a in accounts),
+        work_queries=sum(a.work_queries for a in accounts),
+        work_bits_sum=sum(a.work_bits_sum for a in accounts),
+        work_hashes_expected=sum(a.work_hashes_expected for a in accounts),
     )

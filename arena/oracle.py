@@ -4,6 +4,11 @@ An :class:`Oracle` wraps an *endpoint* (a victim service in this process, or a R
 ``orchestration``) and an attacker identity. It exposes ``query``, ``budget``, ``used``,
 ``remaining`` and the public input/output spec, and nothing else of the victim. Rejections travel
 back as values (cheaper than raising through Ray) and are raised here as typed errors.
+
+When the output spec says ``work_required`` (a proof-of-work defense), ``query`` asks the
+endpoint for the batch's challenge, solves it (:mod:`arena.work`, real CPU work, timed in
+``work_seconds``) and sends the proof with the batch; a victim that forgot the challenge (it
+restarted in between) is asked for a new one once.
 """
 
 from __future__ import annotations
@@ -25,8 +30,10 @@ from arena.errors import (
     QueryRefused,
     RejectionCode,
     VictimUnavailable,
+    WorkRejected,
 )
 from arena.targets import Targets
+from arena.work import WorkChallenge, WorkProof, solve
 
 UNAVAILABLE_RETRY_PAUSES_S = (0.5, 2.0)
 """pauses before re-sending a batch the victim could not answer (it may be restarting)"""
@@ -49,6 +56,8 @@ class OutputSpec:
 
     num_classes: int
     label_only: bool = False
+    work_required: bool = False
+    """each batch needs a solved proof-of-work challenge (:mod:`arena.work`)"""
 
 
 @dataclass(frozen=True)
@@ -79,6 +88,8 @@ class Rejection:
             return Overloaded(self.message)
         if code is RejectionCode.UNAVAILABLE:
             return VictimUnavailable(self.message)
+        if code in (RejectionCode.WORK_REQUIRED, RejectionCode.WORK_INVALID):
+            return WorkRejected(code, self.message)
         return InvalidQuery(code, self.message)
 
 
@@ -96,8 +107,18 @@ class OracleEndpoint(Protocol):
     """What an oracle talks to: the query half of a victim service."""
 
     def answer(
-        self, attacker_id: str, query_id: str, x: Any, targets: Any = None
+        self,
+        attacker_id: str,
+        query_id: str,
+        x: Any,
+        targets: Any = None,
+        work: WorkProof | None = None,
     ) -> Answer | Rejection: ...
+
+    def work_challenge(self, attacker_id: str, query_id: str, batch: int) -> WorkChallenge | None:
+        """The proof-of-work puzzle a batch of ``batch`` queries under ``query_id`` must come
+        with; ``None`` when the victim asks for no work (or the query id is already charged)."""
+        ...
 
     def account_status(self, attacker_id: str) -> AccountStatus: ...
 
@@ -160,6 +181,8 @@ class Oracle:
         self._session = uuid.uuid4().hex[:12]
         self._query_ids = itertools.count()
         self._lock = threading.Lock()
+        self._work_seconds = 0.0
+        self._work_hashes = 0
         self.input_spec, self.output_spec = endpoint.public_spec()
         status = endpoint.account_status(attacker_id)
         self._budget, self._used = status.budget, status.used
@@ -175,6 +198,16 @@ class Oracle:
     @property
     def remaining(self) -> int:
         return self._budget - self._used
+
+    @property
+    def work_seconds(self) -> float:
+        """Seconds this oracle spent solving proof-of-work puzzles (measured client-side)."""
+        return self._work_seconds
+
+    @property
+    def work_hashes(self) -> int:
+        """Hashes it computed for them."""
+        return self._work_hashes
 
     @property
     def num_classes(self) -> int:
@@ -195,15 +228,16 @@ class Oracle:
         # unique per oracle (a second oracle of the same attacker never collides); the counter is
         # itertools.count, safe when threads share one oracle
         query_id = f"{self._session}-{next(self._query_ids)}"
+        work = self._work(query_id, payload)
+        renewed = False
         for pause in (*UNAVAILABLE_RETRY_PAUSES_S, None):
-            if targets is None:
-                result = self._endpoint.answer(self._attacker_id, query_id, payload)
-            else:
-                result = self._endpoint.answer(self._attacker_id, query_id, payload, targets)
-            if (
-                not (isinstance(result, Rejection) and result.code == RejectionCode.UNAVAILABLE)
-                or pause is None
-            ):
+            result = self._send(query_id, payload, targets, work)
+            if _coded(result, RejectionCode.WORK_INVALID) and work is not None and not renewed:
+                # the victim forgot the challenge (it restarted in between): solve a new one once
+                renewed = True
+                work = self._work(query_id, payload)
+                result = self._send(query_id, payload, targets, work)
+            if not _coded(result, RejectionCode.UNAVAILABLE) or pause is None:
                 break
             # the same query id again: the victim's ledger answers it at most one charge
             time.sleep(pause)
@@ -212,6 +246,34 @@ class Oracle:
         with self._lock:
             self._used = max(self._used, result.used)
         return torch.from_numpy(np.array(result.outputs, dtype=np.float32, copy=True))
+
+    def _send(
+        self, query_id: str, payload: Any, targets: Targets | None, work: WorkProof | None
+    ) -> Answer | Rejection:
+        """One call to the endpoint (targets and work only when there are some, so endpoints
+        that know neither keep working)."""
+        extra: dict[str, Any] = {}
+        if targets is not None:
+            extra["targets"] = targets
+        if work is not None:
+            extra["work"] = work
+        return self._endpoint.answer(self._attacker_id, query_id, payload, **extra)
+
+    def _work(self, query_id: str, payload: Any) -> WorkProof | None:
+        """Solve the victim's challenge for this batch when its spec asks for work (``None``
+        otherwise, or when the victim has no challenge: a malformed or already charged batch)."""
+        if not self.output_spec.work_required or check_structure(payload, self.input_spec):
+            return None
+        challenge = self._endpoint.work_challenge(
+            self._attacker_id, query_id, int(payload.shape[0])
+        )
+        if challenge is None:
+            return None
+        solved = solve(challenge)
+        with self._lock:
+            self._work_seconds += solved.seconds
+            self._work_hashes += solved.hashes
+        return solved.proof
 
     def query_all(
         self,
@@ -239,3 +301,7 @@ class Oracle:
 
     def __repr__(self) -> str:
         return f"Oracle(attacker={self._attacker_id!r}, used={self.used}/{self.budget})"
+
+
+def _coded(result: Answer | Rejection, code: RejectionCode) -> bool:
+    return isinstance(result, Rejection) and result.code == code

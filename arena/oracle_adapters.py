@@ -49,6 +49,14 @@ class OracleView(Oracle):
     def remaining(self) -> int:
         return self._inner.remaining
 
+    @property
+    def work_seconds(self) -> float:
+        return self._inner.work_seconds
+
+    @property
+    def work_hashes(self) -> int:
+        return self._inner.work_hashes
+
     def query(self, x: torch.Tensor, targets: Targets | None = None) -> torch.Tensor:
         return self._inner.query(x, targets)
 
@@ -179,6 +187,15 @@ class MultiAccountOracle(Oracle):
         return sum(
             o.remaining for o, alive in zip(self._identities, self._alive, strict=True) if alive
         )
+
+    @property
+    def work_seconds(self) -> float:
+        """Proof-of-work seconds over every identity."""
+        return sum(o.work_seconds for o in self._identities)
+
+    @property
+    def work_hashes(self) -> int:
+        return sum(o.work_hashes for o in self._identities)
 
     @property
     def refused_identities(self) -> int:

@@ -86,10 +86,19 @@ class MatchResult(BaseModel):
     """benign callers that shared the service with the thief (:mod:`arena.benign`; 0: none)"""
     benign_callers_flagged: int = 0
     """of those, how many a detector flagged: the false positives"""
-    work_cost_ratio: float | None = None
-    """proof of work: the thief's work per query over the benign callers' (``None``: no work)"""
     chain_steps: str = ""
     """per defense of the chain, in order: its time per query (us) and mean L1 change (JSON)"""
+    work_bits_per_query: float | None = None
+    """proof of work: mean difficulty (leading zero bits) of the thief's verified solutions per
+    answered query, as the service counted it; ``None`` when the chain asks for no work"""
+    work_seconds_per_query: float | None = None
+    """proof of work: seconds the thief spent solving puzzles per answered query, measured by
+    its oracles over all its identities; ``None`` without work"""
+    benign_work_seconds_per_query: float | None = None
+    """the same for the benign callers together"""
+    work_cost_ratio: float | None = None
+    """``work_seconds_per_query`` over ``benign_work_seconds_per_query``: how much more a query
+    costs the thief than an honest caller (the paper's cost ratio); ``None`` without work"""
     removal: str = "none"
     """the watermark-removal attack applied to the substitute before it was scored"""
     stolen_accuracy_before_removal: float | None = None
@@ -122,6 +131,9 @@ RUN_DEPENDENT_FIELDS = frozenset(
         "latency_ratio",
         "chain_steps",
         "audit_sha256",
+        "work_seconds_per_query",
+        "benign_work_seconds_per_query",
+        "work_cost_ratio",
     }
 )
 """match-record fields that differ between any two runs of the same match: timings, and the

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from arena.attacker import ATTACKS, Attacker
-from arena.benign import benign_traffic
+from arena.benign import BenignRun, benign_traffic
 from arena.data import DataSplits, load_dataset
 from arena.defenses.chain import build_chain
 from arena.goodput import zoo_goodput
@@ -69,13 +69,19 @@ def referee_match(
     profile = service.zoo_profile()
     knowledge = grant_knowledge(spec, data, attacker, profile, service)
     knowledge = replace(knowledge, device=device, mixed_precision=mixed_precision)
-    theft = _steal(spec, attacker, _thief_oracle(service, identities), knowledge)
+    oracle = _thief_oracle(service, identities)
+    theft = _steal(spec, attacker, oracle, knowledge)
     reference_accuracy = _reference_track(spec, knowledge, data)
     theft = _remove_watermark(spec, theft, knowledge, data)
     verdicts = verify_ownership(theft.substitute, spec, service, list(identities))
     test = _score_on_test_set(theft.substitute, service, data)
-    # per-account detectors judge each caller alone, so the benign callers may follow the thief
-    benign = benign_traffic(spec, service, data, test.victim_probs) if chain.has_detector else None
+    # per-account detectors and work judge each caller alone: the benign callers may follow
+    benign = (
+        benign_traffic(spec, service, data, test.victim_probs)
+        if chain.has_detector or chain.requires_work
+        else None
+    )
+    work = _work_costs(oracle, benign) if chain.requires_work else None
     if keep_substitute is not None:
         keep_substitute(theft.substitute)
     accounts = _read_thief_accounts(service, identities)
@@ -91,7 +97,8 @@ def referee_match(
         verdicts=verdicts,
         test=test,
         accounts=accounts,
-        benign=benign,
+        benign=[b.stats for b in benign] if benign is not None and chain.has_detector else None,
+        work=work,
         profile=profile,
         goodput=goodput,
         started=started,
@@ -124,6 +131,30 @@ class _TestSet:
     latency_ratio: float
     victim_probs: torch.Tensor
     """the undefended victim's probabilities on the test set (for the benign callers)"""
+
+
+@dataclass(frozen=True)
+class _WorkCosts:
+    """Proof of work: client-measured seconds per answered query, thief and benign caller."""
+
+    thief: float
+    benign: float | None
+
+    @property
+    def ratio(self) -> float | None:
+        if self.benign is None or self.benign <= 0:
+            return None
+        return self.thief / self.benign
+
+
+def _work_costs(oracle: Oracle, benign: list[BenignRun] | None) -> _WorkCosts:
+    """Solving time over the queries answered (each client's own measurement): the thief's, and
+    the benign callers' together."""
+    thief = oracle.work_seconds / max(oracle.used, 1)
+    if not benign:
+        return _WorkCosts(thief, None)
+    answered = sum(b.stats.used for b in benign)
+    return _WorkCosts(thief, sum(b.work_seconds for b in benign) / max(answered, 1))
 
 
 @dataclass(frozen=True)
@@ -267,6 +298,7 @@ def _record(
     test: _TestSet,
     accounts: _ThiefAccounts,
     benign: list[AccountStats] | None,
+    work: _WorkCosts | None,
     profile: ZooProfile | None,
     goodput: float | None,
     started: float,
@@ -312,6 +344,10 @@ def _record(
         refused_batches=stats.refused_batches,
         **_benign_fields(benign),
         chain_steps=_chain_steps(spec, stats),
+        work_bits_per_query=None if work is None else stats.work_bits_sum / used,
+        work_seconds_per_query=None if work is None else work.thief,
+        benign_work_seconds_per_query=None if work is None else work.benign,
+        work_cost_ratio=None if work is None else work.ratio,
         removal=theft.removal,
         stolen_accuracy_before_removal=theft.stolen_accuracy_before_removal,
         ownership_verified=any(v["verified"] for v in verdicts) if verdicts else None,

@@ -5,10 +5,12 @@ Ray actor. The query half (``answer``, ``account_status``, ``public_spec``) is w
 :class:`~arena.oracle.Oracle` talks to; the rest (opening accounts, per-account statistics,
 reference outputs on the test set) is for the referee only.
 
-Charging rules: a batch is validated, checked against a detector's refusal and against the
-remaining budget, and charged in the :class:`~arena.ledger.Ledger` *before* the model runs; a
-rejected or refused batch charges nothing; a replayed ``(attacker, query id)`` returns the
-recorded answer without charging again. With a ledger file, a restarted service (a Ray actor
+Charging rules: a batch is validated, checked against a detector's refusal, against the
+remaining budget and, when the chain asks for proof of work, against the challenge handed out
+for its query id (:meth:`VictimService.work_challenge`; a valid proof is consumed), and charged
+in the :class:`~arena.ledger.Ledger` *before* the model runs; a rejected or refused batch
+charges nothing; a replayed ``(attacker, query id)`` returns the recorded answer without
+charging again (and without new work). With a ledger file, a restarted service (a Ray actor
 after a crash) reopens every account exactly where it was.
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import secrets
 import threading
 import time
 import zlib
@@ -41,6 +44,7 @@ from arena.oracle import (
     validate_query,
 )
 from arena.targets import NO_TARGETS, Targets, parse_targets
+from arena.work import WorkChallenge, WorkProof, verify
 from arena.zoo import ZooModule, ZooProfile, select_member
 
 
@@ -67,6 +71,12 @@ class AccountStats:
     """model zoos: queries answered by each member, in member order (empty for one model)"""
     targets_met: int = 0
     """model zoos: queries answered by a member that meets the targets the caller stated"""
+    work_queries: int = 0
+    """proof of work: queries charged with a verified solution"""
+    work_bits_sum: int = 0
+    """their summed difficulty (leading zero bits per query)"""
+    work_hashes_expected: int = 0
+    """hashes their solutions took in expectation: the sum of ``2 ** bits`` per query"""
 
 
 @dataclass(frozen=True)
@@ -80,6 +90,8 @@ class ReferenceOutputs:
 
 
 REFERENCE_BATCH = 256
+PENDING_CHALLENGES = 64
+"""proof-of-work challenges kept per caller; older unanswered ones are forgotten"""
 
 
 @dataclass
@@ -147,7 +159,10 @@ class VictimService:
         self._chain = chain
         self._input_spec = input_spec
         label_only = bool(chain.defenses) and chain.defenses[-1].answers_labels_only
-        self._output_spec = OutputSpec(num_classes=num_classes, label_only=label_only)
+        self._output_spec = OutputSpec(num_classes, label_only, chain.requires_work)
+        self._challenges: dict[str, dict[str, WorkChallenge]] = {}
+        """proof of work: per caller, the challenges handed out and not yet answered (in
+        memory: a restarted service forgets them and the client asks again)"""
         self._accounts: dict[str, _Account] = {}
         self._lock = threading.Lock()
         self._zoo = model if isinstance(model, ZooModule) else None
@@ -264,10 +279,37 @@ class VictimService:
                 return AccountStatus(budget=0, used=0)
             return AccountStatus(account.stats.budget, account.stats.used)
 
+    def work_challenge(self, attacker_id: str, query_id: str, batch: int) -> WorkChallenge | None:
+        """A fresh proof-of-work challenge for a batch of ``batch`` queries under ``query_id``,
+        at the difficulty the chain sets for this caller now. ``None`` when the chain asks for
+        no work, the caller is unknown, the batch size is impossible or the query id is already
+        charged (a retry needs no new work)."""
+        with self._lock:
+            account = self._accounts.get(attacker_id)
+            fits = 0 < batch <= self._input_spec.max_batch
+            if not self._chain.requires_work or account is None or not fits:
+                return None
+            if self._ledger.lookup(attacker_id, query_id) is not None:
+                return None
+            bits = self._chain.work_bits(account.defense_states, batch)
+            challenge = WorkChallenge(secrets.token_hex(16), bits, batch)
+            pending = self._challenges.setdefault(attacker_id, {})
+            pending.pop(query_id, None)
+            pending[query_id] = challenge
+            while len(pending) > PENDING_CHALLENGES:
+                del pending[next(iter(pending))]
+            return challenge
+
     def answer(
-        self, attacker_id: str, query_id: str, x: Any, targets: Any = None
+        self,
+        attacker_id: str,
+        query_id: str,
+        x: Any,
+        targets: Any = None,
+        work: WorkProof | None = None,
     ) -> Answer | Rejection:
-        """Validate, charge and answer one batch; every refusal is returned, never raised."""
+        """Validate, charge and answer one batch; every refusal is returned, never raised.
+        ``work``: the solution of this query id's challenge, when the chain asks for work."""
         with self._lock:
             account = self._accounts.get(attacker_id)
             if account is None:
@@ -303,9 +345,41 @@ class VictimService:
                         requested=batch,
                         remaining=remaining,
                     )
+                unpaid = self._check_work(attacker_id, query_id, batch, work)
+                if unpaid is not None:
+                    return unpaid
                 stats.used = self._ledger.charge(attacker_id, query_id, batch, digest)
             # else: charged by a call that died before answering; answer it without a new charge
             return self._answer_charged(attacker_id, query_id, account, x, stated)
+
+    def _check_work(
+        self, attacker_id: str, query_id: str, batch: int, work: WorkProof | None
+    ) -> Rejection | None:
+        """Proof of work for a batch about to be charged: ``None`` when the chain asks for none
+        or ``work`` solves the challenge pending for this query id (then consumed, and counted
+        in the caller's statistics); otherwise the rejection (nothing is charged)."""
+        if not self._chain.requires_work:
+            return None
+        if work is None:
+            return Rejection(
+                RejectionCode.WORK_REQUIRED,
+                "this victim asks for proof of work: get work_challenge() for this query id and "
+                "send its solution (arena.work.solve) with the batch",
+            )
+        pending = self._challenges.get(attacker_id, {})
+        challenge = pending.get(query_id)
+        if challenge is None or challenge.count != batch or not verify(challenge, work):
+            return Rejection(
+                RejectionCode.WORK_INVALID,
+                f"the proof of work does not solve the challenge of query id {query_id!r}: ask "
+                "work_challenge() again and solve that one for this very batch",
+            )
+        del pending[query_id]
+        stats = self._accounts[attacker_id].stats
+        stats.work_queries += batch
+        stats.work_bits_sum += batch * challenge.bits
+        stats.work_hashes_expected += batch * (1 << challenge.bits)
+        return None
 
     def _answer_charged(
         self,

@@ -16,6 +16,11 @@ What the protocol (:mod:`arena.wire`) allows, and nothing else:
   object in ``X-Arena-Targets``. The answer is ``{"outputs": [[...]], "used": n,
   "remaining": m}``. Bytes are only ever read as float32 numbers: nothing is unpickled,
   evaluated or looked up by name, and no file is ever served.
+* ``GET /v1/challenge``: a proof-of-work challenge for the query id in ``X-Arena-Query-Id`` and
+  the batch size in ``X-Arena-Batch``: ``{"required": true, "nonce", "bits", "count"}``, or
+  ``{"required": false}`` when the victim asks for no work (or the query id is charged). A query
+  then carries the nonce in ``X-Arena-Work`` and one little-endian uint64 counter per input after
+  the float32 batch; 428 without a proof, 422 with one that does not solve the challenge.
 * ``GET /v1/openapi.json`` (no token): the OpenAPI description of the above.
 
 Every failure is ``{"code": ..., "message": ...}`` (``requested``/``remaining`` added for a budget
@@ -63,6 +68,7 @@ from arena.service import ServiceAPI
 from arena.service_factory import build_service
 from arena.specs import PluginSpec, VictimSpec
 from arena.versions import canonical_plugin, versioned_victim
+from arena.work import WorkProof
 from orchestration.config import TournamentConfig
 from orchestration.http_server import HttpError, HttpServer, Limits, RequestHead, Response
 from orchestration.openapi import openapi_document
@@ -204,7 +210,8 @@ class IsolatedEndpoint:
             service.open_account(attacker, budget)
         input_spec, output_spec = service.public_spec()
         self._item_bytes = 4 * math.prod(input_spec.shape)
-        self.max_body = input_spec.max_batch * self._item_bytes + BODY_SLACK
+        per_input = self._item_bytes + (wire.COUNTER_BYTES if output_spec.work_required else 0)
+        self.max_body = input_spec.max_batch * per_input + BODY_SLACK
         self._spec_body = {
             "input": {
                 "shape": list(input_spec.shape),
@@ -216,6 +223,7 @@ class IsolatedEndpoint:
             "output": {
                 "num_classes": output_spec.num_classes,
                 "label_only": output_spec.label_only,
+                "work_required": output_spec.work_required,
             },
         }
         self._buckets = (
@@ -286,6 +294,8 @@ class IsolatedEndpoint:
         attacker = self._owner(head.headers["authorization"])
         if head.path == wire.SPEC_ROUTE:
             return Response(200, self._spec_body)
+        if head.path == wire.CHALLENGE_ROUTE:
+            return self._challenge(attacker, head.headers)
         if head.path == wire.STATUS_ROUTE:
             status: AccountStatus = self._service.account_status(attacker)
             return Response(
@@ -362,21 +372,31 @@ class IsolatedEndpoint:
                 f"{wire.QUERY_ID_HEADER} must be 1-128 characters of [A-Za-z0-9._:-]",
             )
         shape = _shape(headers)
-        expected = 4 * math.prod(shape)
+        nonce = _nonce(headers)
+        counters = 0 if nonce is None else wire.COUNTER_BYTES * shape[0]
+        expected = 4 * math.prod(shape) + counters
         if expected != size:
+            work = f" and {counters} bytes of counters" if counters else ""
             raise HttpError(
                 400,
                 "shape",
-                f"shape {list(shape)} needs {expected} bytes of float32, the body has {size}",
+                f"shape {list(shape)} needs {expected - counters} bytes of float32{work}, "
+                f"the body has {size}",
             )
         _targets(headers)
 
     def _query(self, attacker: str, headers: Mapping[str, str], body: bytes) -> Response:
         """Answer one batch through the service."""
         shape = _shape(headers)
-        x = np.frombuffer(body, dtype="<f4").reshape(shape).astype(np.float32, copy=False)
+        values = 4 * math.prod(shape)
+        x = np.frombuffer(body[:values], dtype="<f4").reshape(shape).astype(np.float32, copy=False)
         query_id = headers[wire.QUERY_ID_HEADER.lower()]
-        result = self._service.answer(attacker, query_id, x, _targets(headers))
+        nonce = _nonce(headers)
+        work = None
+        if nonce is not None:
+            counters = np.frombuffer(body[values:], dtype="<u8")
+            work = WorkProof(nonce, tuple(int(c) for c in counters))
+        result = self._service.answer(attacker, query_id, x, _targets(headers), work)
         if isinstance(result, Rejection):
             return rejection_response(result)
         assert isinstance(result, Answer)
@@ -389,6 +409,33 @@ class IsolatedEndpoint:
                 "remaining": int(result.remaining),
             },
         )
+
+    def _challenge(self, attacker: str, headers: Mapping[str, str]) -> Response:
+        """A proof-of-work challenge for the query id and batch size the headers name."""
+        query_id = headers.get(wire.QUERY_ID_HEADER.lower(), "")
+        batch = headers.get(wire.BATCH_HEADER.lower(), "")
+        if not wire.QUERY_ID.fullmatch(query_id) or not wire.BATCH.fullmatch(batch):
+            raise HttpError(
+                400,
+                "bad_request",
+                f"send {wire.QUERY_ID_HEADER} (1-128 characters of [A-Za-z0-9._:-]) and "
+                f"{wire.BATCH_HEADER} (the batch size)",
+            )
+        found = self._service.work_challenge(attacker, query_id, int(batch))
+        if found is None:
+            return Response(200, {"required": False})
+        body = {"required": True, "nonce": found.nonce, "bits": found.bits, "count": found.count}
+        return Response(200, body)
+
+
+def _nonce(headers: Mapping[str, str]) -> str | None:
+    """The proof-of-work nonce a query names, if it carries a proof."""
+    raw = headers.get(wire.WORK_HEADER.lower())
+    if raw is None:
+        return None
+    if not wire.NONCE.fullmatch(raw):
+        raise HttpError(400, "bad_request", f"{wire.WORK_HEADER} must be the challenge's hex nonce")
+    return raw
 
 
 def _shape(headers: Mapping[str, str]) -> tuple[int, ...]:

@@ -100,10 +100,18 @@ def openapi_document() -> dict[str, Any]:
                     False,
                 ),
                 _header(wire.DTYPE_HEADER, "optional; only float32 is accepted", None, False),
+                _header(
+                    wire.WORK_HEADER,
+                    "proof of work: the nonce of this query id's challenge (the counters follow "
+                    "the batch in the body)",
+                    wire.NONCE.pattern,
+                    False,
+                ),
             ],
             "requestBody": {
                 "required": True,
-                "description": "the batch as raw little-endian float32 bytes",
+                "description": "the batch as raw little-endian float32 bytes; with "
+                f"{wire.WORK_HEADER}, then one little-endian uint64 counter per input",
                 "content": {wire.BODY_TYPE: {"schema": {"type": "string", "format": "binary"}}},
             },
             "responses": {
@@ -114,8 +122,22 @@ def openapi_document() -> dict[str, Any]:
                 "409": _error("query id reused for other inputs"),
                 "411": _error("no Content-Length"),
                 "415": _error("the body is not raw float32"),
+                "422": _error("the proof of work does not solve this query id's challenge"),
+                "428": _error("the victim asks for proof of work and none came"),
                 "503": _error("the victim is unavailable (restarting)", True),
             },
+        }
+    }
+    paths[wire.CHALLENGE_ROUTE] = {
+        "get": {
+            "summary": "A proof-of-work challenge for one query id and batch size",
+            "operationId": "challenge",
+            "security": [{"bearer": []}],
+            "parameters": [
+                _header(wire.QUERY_ID_HEADER, "the query id", wire.QUERY_ID.pattern, True),
+                _header(wire.BATCH_HEADER, "the batch size", wire.BATCH.pattern, True),
+            ],
+            "responses": {"200": _ok("Challenge"), **_COMMON},
         }
     }
     paths[wire.OPENAPI_ROUTE] = {
@@ -178,8 +200,20 @@ def openapi_document() -> dict[str, Any]:
                             "properties": {
                                 "num_classes": count,
                                 "label_only": {"type": "boolean"},
+                                "work_required": {"type": "boolean"},
                             },
                         },
+                    },
+                },
+                "Challenge": {
+                    "type": "object",
+                    "required": ["required"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "required": {"type": "boolean"},
+                        "nonce": {"type": "string", "pattern": f"^{wire.NONCE.pattern}$"},
+                        "bits": count,
+                        "count": count,
                     },
                 },
                 "Status": {

@@ -42,6 +42,7 @@ from arena.service import AccountStats, ReferenceOutputs, VictimService
 from arena.service_factory import served_models
 from arena.specs import PluginSpec, VictimSpec
 from arena.victims import build_victim_model
+from arena.work import WorkChallenge, WorkProof
 from arena.zoo import ZooProfile
 from orchestration.resources import assigned_device
 
@@ -189,7 +190,12 @@ class RayServiceProxy:
             return Rejection(RejectionCode.UNAVAILABLE, f"the victim service is down: {first}")
 
     def answer(
-        self, attacker_id: str, query_id: str, x: Any, targets: Any = None
+        self,
+        attacker_id: str,
+        query_id: str,
+        x: Any,
+        targets: Any = None,
+        work: WorkProof | None = None,
     ) -> Answer | Rejection:
         """A batch whose type, rank, size or sample shape is wrong is refused here, with the
         victim's own check, before Ray would pickle it (a huge broadcast view would be copied
@@ -197,8 +203,16 @@ class RayServiceProxy:
         rejection = check_structure(x, self.public_spec()[0])
         if rejection is not None:
             return rejection
-        result: Answer | Rejection = self._try_call("answer", attacker_id, query_id, x, targets)
+        result: Answer | Rejection = self._try_call(
+            "answer", attacker_id, query_id, x, targets, work
+        )
         return result
+
+    def work_challenge(self, attacker_id: str, query_id: str, batch: int) -> WorkChallenge | None:
+        """The victim's proof-of-work challenge (kept in the actor: a restarted actor forgets it
+        and the oracle asks again)."""
+        challenge: WorkChallenge | None = self._call("work_challenge", attacker_id, query_id, batch)
+        return challenge
 
     def audit(self, attacker_id: str) -> AuditDigest:
         digest: AuditDigest = self._call("audit", attacker_id)

@@ -47,7 +47,7 @@ def test_a_population_plays_its_callers_with_their_own_streams(
     service = build_service(spec.victim, spec.defenses, digits_data, victim_cache)
     data = MatchData.from_splits(digits_data, spec.pool, None, "api")
     probs = torch.softmax(torch.randn(len(digits_data.test), 10), dim=1)
-    callers = benign_traffic(spec, service, data, probs)
+    callers = [run.stats for run in benign_traffic(spec, service, data, probs)]
     boundary = round(0.2 * len(digits_data.test))  # the boundary caller's images, each once
     assert [c.used for c in callers] == [200, 200, boundary]
     assert [c.batches for c in callers] == [13, 4, -(-boundary // 16)]  # batches 16, 64, 16
@@ -59,7 +59,9 @@ def test_without_a_population_one_caller_streams_the_test_set(
     spec = spec_for(digits_victim_spec, None)
     service = build_service(spec.victim, spec.defenses, digits_data, victim_cache)
     data = MatchData.from_splits(digits_data, spec.pool, None, "api")
-    (caller,) = benign_traffic(spec, service, data, torch.zeros(len(digits_data.test), 10))
+    (run,) = benign_traffic(spec, service, data, torch.zeros(len(digits_data.test), 10))
+    caller = run.stats
+    assert run.work_seconds == 0.0  # the chain asks for no work
     assert caller.used == BUDGET and caller.batches == -(-BUDGET // BENIGN_BATCH)
 
 

@@ -24,6 +24,7 @@ from arena.defenses import DEFENSES
 from arena.errors import BudgetExhausted, InvalidQuery, QueryErrorCode
 from arena.oracle import Answer, Oracle, Rejection
 from arena.service import VictimService
+from arena.work import solve
 
 SHAPE = (1, 8, 8)  # digits
 ABOVE_ONE = float(np.nextafter(np.float32(1), np.float32(2)))  # smallest float32 above 1
@@ -120,6 +121,13 @@ def test_Q1_malformed_query_rejected_uncharged(
     assert oracle.used == 3 == service.account_stats("mallory").used
 
 
+def answer_valid(service: VictimService, query_id: str, x: np.ndarray) -> Answer | Rejection:
+    """A valid batch of mallory's, with its proof of work when the chain asks for one."""
+    challenge = service.work_challenge("mallory", query_id, len(x))
+    work = None if challenge is None else solve(challenge).proof
+    return service.answer("mallory", query_id, x, work=work)
+
+
 @pytest.mark.parametrize("defense", DEFENSES.names())
 def test_Q1_many_malformed_queries_then_valid_still_served(
     make_service: ServiceFactory, defense: str
@@ -127,7 +135,7 @@ def test_Q1_many_malformed_queries_then_valid_still_served(
     """Q1 at CI scale: a few thousand rejected batches of every kind, nothing charged."""
     service = make_service([defense])
     service.open_account("mallory", 10)
-    before = service.answer("mallory", "before", valid(2))
+    before = answer_valid(service, "before", valid(2))
     assert isinstance(before, Answer)
     for i in range(1000 if defense == "none" else 200):
         _, make_payload, code = MALFORMED[i % len(MALFORMED)]
@@ -135,7 +143,7 @@ def test_Q1_many_malformed_queries_then_valid_still_served(
         assert isinstance(result, Rejection)
         assert result.code == code.value
     assert service.account_stats("mallory").used == 2
-    after = service.answer("mallory", "after", valid(2))
+    after = answer_valid(service, "after", valid(2))
     assert isinstance(after, Answer)
     np.testing.assert_array_equal(after.outputs, before.outputs)
     assert service.account_stats("mallory").used == 4

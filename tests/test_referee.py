@@ -23,11 +23,21 @@ from arena.victims import cache_path, load_or_train, train_victim
 BUDGET = 300
 DEFENSE_NAMES = DEFENSES.names()
 """every registered defense plays a real match here"""
-UNPERTURBED = {"none", "prada", "target_noise", "conferrable_fingerprint", "dataset_inference"}
+UNPERTURBED = {
+    "none",
+    "prada",
+    "target_noise",
+    "conferrable_fingerprint",
+    "dataset_inference",
+    "proof_of_work",
+    "seat",
+    "query_distribution",
+}
 """defenses whose default settings answer with the raw probabilities (target_noise changes
 which zoo member answers, never the answers themselves; the two verifiers that need no change
-to the victim only keep evidence; training-time defenses serve another model, whose answers
-differ from the victim as trained)"""
+to the victim only keep evidence; proof of work makes queries cost, not answers change; the
+detectors only flag by default; training-time defenses serve another model, whose answers differ from the victim as
+trained)"""
 ATTACK_NAMES = ["knockoff", "copycat"]
 EPOCHS = 20
 """pinned: the default recipe (at least 4000 optimiser steps) would train 800 epochs on 300
@@ -72,6 +82,7 @@ def test_match_record_in_range(
         assert r.stolen_accuracy > 0.3
     assert r.queries_used == BUDGET
     assert (r.benign_flagged is not None) == DEFENSES.get(defense).detector
+    assert (r.work_cost_ratio is not None) == DEFENSES.get(defense).requires_work
     assert r.detected == (r.queries_to_detection is not None)
     steps = json.loads(r.chain_steps)
     assert [step["defense"] for step in steps] == [defense]

@@ -138,6 +138,8 @@ class Defense:
     """Tunable hyperparameters and their ranges."""
     zoo_only: ClassVar[bool] = False
     """True for serving-level defenses that act on a model zoo's selection (they need a zoo)."""
+    requires_work: ClassVar[bool] = False
+    """True when callers must solve a proof-of-work puzzle per batch (:meth:`work_bits`)."""
 
     models: dict[str, nn.Module] = field(
         default_factory=dict, init=False, repr=False, compare=False
@@ -161,6 +163,12 @@ class Defense:
     def detected_after(self, state: Any) -> int | None:
         """Queries this caller had sent when a detector flagged it; ``None`` if never flagged."""
         return None
+
+    def work_bits(self, state: Any, batch: int) -> int:
+        """Proof of work: leading zero bits per query the caller must find before its next batch
+        of ``batch`` queries is answered (:mod:`arena.work`); only ``requires_work`` defenses
+        override it."""
+        return 0
 
     def respond(self, probs: torch.Tensor, x: torch.Tensor, state: Any) -> torch.Tensor:
         """Output hook: map the ``[B, C]`` probabilities the model gave for ``x`` to answers."""

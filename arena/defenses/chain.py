@@ -63,6 +63,20 @@ class DefenseChain:
     def has_detector(self) -> bool:
         return any(type(d).detector for d in self.defenses)
 
+    @property
+    def requires_work(self) -> bool:
+        """True when callers must solve a proof-of-work puzzle before a batch is answered."""
+        return any(type(d).requires_work for d in self.defenses)
+
+    def work_bits(self, states: Sequence[Any], batch: int) -> int:
+        """The puzzle difficulty of a caller's next batch: the hardest any defense asks for."""
+        asked = [
+            d.work_bits(s, batch)
+            for d, s in zip(self.defenses, states, strict=True)
+            if type(d).requires_work
+        ]
+        return max(asked, default=0)
+
     def prepare(self, model: nn.Module, context: PrepareContext) -> nn.Module:
         """Let each defense, in order, train what it needs and replace the served model."""
         for defense in self.defenses:
