@@ -26,6 +26,8 @@ from orchestration.trial_scores import Scores
 from orchestration.tune_config import TuneConfig
 
 TRIAL_TAG = "arena.trial"
+FEASIBLE_ATTR = "feasible"
+"""a trial's user attribute: whether it keeps its constraints (shown by optuna-dashboard)"""
 
 
 def trial_tags(trial: optuna.Trial | FrozenTrial) -> dict[str, str]:
@@ -47,9 +49,14 @@ def record_trial(
     i.e. <= 0, when utility >= ``floor``), the benign false-positive bound as a second one when
     set, and its scores kept for the frontier."""
     trial.set_constraint(CONSTRAINT, floor - scores.utility)
+    trial.set_user_attr(CONSTRAINT, floor - scores.utility)
     if max_false_positives is not None:
         rate = scores.false_positive_rate or 0.0
         trial.set_constraint(FALSE_POSITIVES, rate - max_false_positives)
+        trial.set_user_attr(FALSE_POSITIVES, rate - max_false_positives)
+    # optuna-dashboard 0.21 shows no named constraint (Optuna 5's set_constraint) but lists user
+    # attributes on a trial's page: the same values and the verdict, readable there
+    trial.set_user_attr(FEASIBLE_ATTR, scores.feasible)
     trial.set_user_attr(SCORES_ATTR, asdict(scores))
     study.tell(trial, scores.values(cost is not None))
 

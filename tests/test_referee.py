@@ -36,8 +36,8 @@ UNPERTURBED = {
 """defenses whose default settings answer with the raw probabilities (target_noise changes
 which zoo member answers, never the answers themselves; the two verifiers that need no change
 to the victim only keep evidence; proof of work makes queries cost, not answers change; the
-detectors only flag by default; training-time defenses serve another model, whose answers differ from the victim as
-trained)"""
+detectors only flag by default; training-time defenses serve another model, whose answers
+differ from the victim as trained)"""
 ATTACK_NAMES = ["knockoff", "copycat"]
 EPOCHS = 20
 """pinned: the default recipe (at least 4000 optimiser steps) would train 800 epochs on 300

@@ -223,6 +223,10 @@ def test_settings_below_the_utility_floor_never_reach_the_frontier() -> None:
     }
     assert best_at_floor([view], 0.01) is not None
     assert best_at_floor([view], 0.01)[1].protection == 0.20  # type: ignore[index]
+    # the dashboard cannot show Optuna 5's named constraints; the user attributes carry them
+    shown = [(t.user_attrs["feasible"], t.user_attrs["utility_floor"]) for t in study.trials]
+    assert [f for f, _ in shown] == [True, True, False, False, False]
+    assert shown[2][1] == pytest.approx(0.09) and shown[0][1] == pytest.approx(-0.01)
 
 
 def test_defaults_are_compared_with_the_frontier() -> None:
