@@ -66,9 +66,11 @@ class FaultyVictimService(HostedVictimService):
 
         self._ledger.charge = charge_then_fault  # type: ignore[method-assign]
 
-    def answer(self, attacker_id: str, query_id: str, x: Any, targets: Any = None) -> Any:
+    def answer(
+        self, attacker_id: str, query_id: str, x: Any, targets: Any = None, work: Any = None
+    ) -> Any:
         self._fault("before", attacker_id)
-        result = super().answer(attacker_id, query_id, x, targets)
+        result = super().answer(attacker_id, query_id, x, targets, work)
         self._fault("answered", attacker_id)
         return result
 
