@@ -17,6 +17,7 @@ import logging
 import signal
 import traceback
 import uuid
+from collections import deque
 from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +76,8 @@ class MatchFailure:
 
 
 Outcome = MatchResult | MatchFailure
+PreparationKey = tuple[str, tuple[str, ...]]
+"""a victim's key and the JSON of the defenses prepared for it"""
 
 
 @dataclass(frozen=True)
@@ -234,7 +237,14 @@ class MatchRuntime:
         self.victims: dict[str, TrainedVictim] = {}
         """every victim this runtime serves, by victim key"""
         self._weights: dict[str, ObjectRef[Any]] = {}
-        self._prepared: set[tuple[str, tuple[str, ...]]] = set()
+        self._prepared: set[PreparationKey] = set()
+        self._preparing: dict[PreparationKey, ObjectRef[Any]] = {}
+        """preparations started and not yet seen to finish"""
+        self._preparation_failed: dict[PreparationKey, str] = {}
+        self._held: dict[PreparationKey, list[tuple[MatchSpec, Hashable]]] = {}
+        """matches submitted while the preparation they need runs"""
+        self._failed: deque[Finished] = deque()
+        """matches failed without playing (their preparation failed), not yet handed back"""
         self._services: dict[Hashable, ActorHandle[Any]] = {}
         self._actors_started = 0
         self._running: dict[ObjectRef[Any], tuple[MatchSpec, Hashable]] = {}
@@ -254,7 +264,8 @@ class MatchRuntime:
     # ---- what the matches need, each made once ------------------------------------------------
 
     def ensure(self, specs: Sequence[MatchSpec]) -> None:
-        """Data, Ray, victims and prepared defenses for these matches (what exists is kept)."""
+        """Data, Ray and victims for these matches, and their defenses' preparation started (what
+        exists is kept)."""
         if not specs:
             return
         granted = {  # built before Ray starts: a pool that cannot be granted is one clear error
@@ -347,26 +358,34 @@ class MatchRuntime:
             raise DeviceUnavailable(f"{shortfall}: no task asking for them could ever start")
         log.warning("%s: tasks asking for GPUs wait until GPU nodes join", shortfall)
 
+    def _preparation_key(self, spec: MatchSpec) -> PreparationKey | None:
+        """What ``spec``'s chain must have prepared before it is served (its victim and its
+        training-time or model-building defenses), or None when it needs nothing."""
+        chain = build_chain(spec.defenses)
+        if not chain.builds_ahead:
+            return None
+        pairs = zip(spec.defenses, chain.defenses, strict=True)
+        trained = tuple(
+            s.model_dump_json() for s, d in pairs if d.needs_training or d.builds_models
+        )
+        return spec.victim.key(), trained
+
     def _prepare_defenses(self, specs: Sequence[MatchSpec]) -> None:
-        """Training-time defense preparation (and defenses that build auxiliary models) in
+        """Start training-time defense preparation (and defenses that build auxiliary models) in
         parallel Ray tasks, one per victim and set of such defenses, so the victim-service
         actors only load from the cache. Chains whose such defenses are the same (say two
-        serving thresholds, or one fingerprint in two chains) share one task."""
-        first: dict[tuple[str, tuple[str, ...]], MatchSpec] = {}
+        serving thresholds, or one fingerprint in two chains) share one task. Nothing waits
+        here: a match that needs a preparation is held back until it is done (see
+        :meth:`submit`) while every other match plays."""
+        first: dict[PreparationKey, MatchSpec] = {}
         for spec in specs:
-            chain = build_chain(spec.defenses)
-            if chain.builds_ahead:
-                pairs = zip(spec.defenses, chain.defenses, strict=True)
-                trained = tuple(
-                    s.model_dump_json() for s, d in pairs if d.needs_training or d.builds_models
-                )
-                key = (spec.victim.key(), trained)
-                if key not in self._prepared:
-                    first.setdefault(key, spec)
+            key = self._preparation_key(spec)
+            if key is not None and key not in self._prepared and key not in self._preparing:
+                first.setdefault(key, spec)
         threads = self.settings.cpus_per_match
         task = _prepare_defenses_task.options(**defense_preparation_resources(self.settings))
-        refs = [
-            task.remote(
+        for key, spec in first.items():
+            self._preparing[key] = task.remote(
                 spec,
                 self._weights[spec.victim.key()],
                 self._data_refs[spec.victim.dataset],
@@ -374,10 +393,6 @@ class MatchRuntime:
                 threads,
                 self.plugins,
             )
-            for spec in first.values()
-        ]
-        ray.get(refs)
-        self._prepared.update(first)
 
     def service(self, spec: MatchSpec, label: Hashable | None = None) -> ActorHandle[Any]:
         """The victim-service actor serving ``spec``'s victim and chain (started on first use):
@@ -415,8 +430,19 @@ class MatchRuntime:
     # ---- playing --------------------------------------------------------------------------------
 
     def submit(self, spec: MatchSpec, label: Hashable | None = None) -> None:
-        """Play ``spec`` as a Ray task against its victim service (see :meth:`service`)."""
+        """Play ``spec`` as a Ray task against its victim service (see :meth:`service`), or hold
+        it until the preparation its defenses need is done (its actor would otherwise train them
+        a second time); a failed preparation fails the matches that needed it, and only those."""
         self.ensure([spec])
+        key = self._preparation_key(spec)
+        if key in self._preparation_failed:
+            self._failed.append(self._unprepared(spec, label, self._preparation_failed[key]))
+        elif key in self._preparing:
+            self._held.setdefault(key, []).append((spec, label))
+        else:
+            self._launch(spec, label)
+
+    def _launch(self, spec: MatchSpec, label: Hashable) -> None:
         threads = self.settings.cpus_per_match
         ref = play_match_task.options(**match_resources(self.settings)).remote(
             spec,
@@ -430,16 +456,43 @@ class MatchRuntime:
         )
         self._running[ref] = (spec, label)
 
+    @staticmethod
+    def _unprepared(spec: MatchSpec, label: Hashable, reason: str) -> Finished:
+        return Finished(
+            spec, MatchFailure(spec.key(), f"preparing its defenses failed: {reason}"), label
+        )
+
     @property
     def running(self) -> int:
-        return len(self._running)
+        """Matches submitted and not yet handed back (held ones included)."""
+        return len(self._running) + sum(map(len, self._held.values())) + len(self._failed)
 
     def next_finished(self) -> Finished:
-        """Wait for the next match to finish (one must be running)."""
-        ready, _ = ray.wait(list(self._running), num_returns=1)
-        spec, label = self._running.pop(ready[0])
+        """Wait for the next match to finish (one must be running), launching held matches as
+        their preparations finish."""
+        while not self._failed:
+            preparing = {self._preparing[key]: key for key in self._held}
+            ready, _ = ray.wait([*self._running, *preparing], num_returns=1)
+            if ready[0] in self._running:
+                return self._collect(ready[0])
+            key = preparing[ready[0]]
+            del self._preparing[key]
+            waiting = self._held.pop(key)
+            try:
+                ray.get(ready[0])
+            except ray.exceptions.RayError as exc:
+                self._preparation_failed[key] = f"{type(exc).__name__}: {exc}"
+                self._failed.extend(self._unprepared(s, lb, str(exc)) for s, lb in waiting)
+                continue
+            self._prepared.add(key)
+            for spec, label in waiting:
+                self._launch(spec, label)
+        return self._failed.popleft()
+
+    def _collect(self, ref: ObjectRef[Any]) -> Finished:
+        spec, label = self._running.pop(ref)
         try:
-            outcome: Outcome | WithSubstitute = ray.get(ready[0])
+            outcome: Outcome | WithSubstitute = ray.get(ref)
         except ray.exceptions.RayError as exc:
             outcome = MatchFailure(spec.key(), f"{type(exc).__name__}: {exc}")
         if isinstance(outcome, WithSubstitute):
@@ -448,5 +501,5 @@ class MatchRuntime:
 
     def as_finished(self) -> Iterator[Finished]:
         """Every running match, in the order they finish."""
-        while self._running:
+        while self.running:
             yield self.next_finished()

@@ -4,6 +4,7 @@ second tournament trains nothing. Detector chains carry their detection fields i
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -62,3 +63,46 @@ def test_training_defenses_are_prepared_once_and_cached(
     # records rebuilt from MLflow carry the same detection fields
     rebuilt = tracker.finished_results(second.parent_run_id)
     assert {r.match_key: r for r in second.results} == rebuilt
+
+
+BROKEN_DEFENSE = '''
+"""A training-time defense whose preparation always fails."""
+from dataclasses import dataclass
+from typing import ClassVar
+
+from arena.defenses import DEFENSES, Defense
+
+
+@DEFENSES.register("{name}")
+@dataclass(frozen=True)
+class Broken(Defense):
+    """Fails while preparing."""
+
+    needs_training: ClassVar[bool] = True
+
+    def prepare(self, model, context):
+        raise RuntimeError("broken on purpose")
+'''
+
+
+def test_a_failed_preparation_fails_only_the_matches_that_needed_it(
+    ray_session: None, tmp_path: Path, smoke_config_dict: dict[str, Any]
+) -> None:
+    name = f"broken_{uuid.uuid4().hex[:8]}"
+    (tmp_path / "broken.py").write_text(BROKEN_DEFENSE.format(name=name))
+    raw = dict(smoke_config_dict)
+    raw.update(
+        name="prep-broken",
+        plugins=[str(tmp_path / "broken.py")],
+        defenses=["none", name, [{"name": "adaptive_misinformation", "params": {"tau": 0.5}}]],
+        attacks=[{"name": "knockoff", "params": {"epochs": 1}}],
+        budgets=[100],
+    )
+    tracker = Tracker(default_tracking_uri(tmp_path), "prep", artifact_root=tmp_path / "art")
+    outcome = run_tournament(parse_config(raw), tracker, ArenaHome.at(tmp_path))
+    # the undefended match and the one whose preparation worked still play
+    assert outcome.played == 2
+    assert {r.defense for r in outcome.results} == {"none", "adaptive_misinformation"}
+    [failure] = outcome.failures
+    assert "preparing its defenses failed" in failure.reason
+    assert "broken on purpose" in failure.reason
