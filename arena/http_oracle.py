@@ -22,7 +22,7 @@ import requests
 import torch
 
 from arena import wire
-from arena.errors import ArenaError, RejectionCode
+from arena.errors import ArenaError, RejectionCode, VictimUnavailable
 from arena.oracle import (
     AccountStatus,
     Answer,
@@ -120,10 +120,15 @@ class HttpEndpoint:
             raise EndpointError(200, "bad_response", "the status is malformed") from None
 
     def work_challenge(self, attacker_id: str, query_id: str, batch: int) -> WorkChallenge | None:
-        """The token's attacker's proof-of-work challenge for this query id and batch size."""
-        body = self._get(
-            wire.CHALLENGE_ROUTE, {wire.QUERY_ID_HEADER: query_id, wire.BATCH_HEADER: str(batch)}
-        )
+        """The token's attacker's proof-of-work challenge for this query id and batch size (an
+        unreachable or unavailable server is :class:`VictimUnavailable`, retried by the oracle)."""
+        headers = {wire.QUERY_ID_HEADER: query_id, wire.BATCH_HEADER: str(batch)}
+        try:
+            body = self._get(wire.CHALLENGE_ROUTE, headers)
+        except EndpointError as exc:
+            if exc.status == 0 or exc.code == RejectionCode.UNAVAILABLE:
+                raise VictimUnavailable(str(exc)) from None
+            raise
         try:
             if not body["required"]:
                 return None

@@ -228,9 +228,11 @@ class Oracle:
         # unique per oracle (a second oracle of the same attacker never collides); the counter is
         # itertools.count, safe when threads share one oracle
         query_id = f"{self._session}-{next(self._query_ids)}"
-        work = self._work(query_id, payload)
+        work: WorkProof | Rejection | None = Rejection(RejectionCode.UNAVAILABLE, "not asked yet")
         renewed = False
         for pause in (*UNAVAILABLE_RETRY_PAUSES_S, None):
+            if isinstance(work, Rejection):  # first pass, or the challenge itself went unanswered
+                work = self._work(query_id, payload)
             result = self._send(query_id, payload, targets, work)
             if _coded(result, RejectionCode.WORK_INVALID) and work is not None and not renewed:
                 # the victim forgot the challenge (it restarted in between): solve a new one once
@@ -248,10 +250,16 @@ class Oracle:
         return torch.from_numpy(np.array(result.outputs, dtype=np.float32, copy=True))
 
     def _send(
-        self, query_id: str, payload: Any, targets: Targets | None, work: WorkProof | None
+        self,
+        query_id: str,
+        payload: Any,
+        targets: Targets | None,
+        work: WorkProof | Rejection | None,
     ) -> Answer | Rejection:
         """One call to the endpoint (targets and work only when there are some, so endpoints
-        that know neither keep working)."""
+        that know neither keep working); a challenge that went unanswered is that rejection."""
+        if isinstance(work, Rejection):
+            return work
         extra: dict[str, Any] = {}
         if targets is not None:
             extra["targets"] = targets
@@ -259,14 +267,18 @@ class Oracle:
             extra["work"] = work
         return self._endpoint.answer(self._attacker_id, query_id, payload, **extra)
 
-    def _work(self, query_id: str, payload: Any) -> WorkProof | None:
+    def _work(self, query_id: str, payload: Any) -> WorkProof | Rejection | None:
         """Solve the victim's challenge for this batch when its spec asks for work (``None``
-        otherwise, or when the victim has no challenge: a malformed or already charged batch)."""
+        otherwise, or when the victim has no challenge: a malformed or already charged batch);
+        an unavailable victim is a rejection the caller retries like an unanswered batch."""
         if not self.output_spec.work_required or check_structure(payload, self.input_spec):
             return None
-        challenge = self._endpoint.work_challenge(
-            self._attacker_id, query_id, int(payload.shape[0])
-        )
+        try:
+            challenge = self._endpoint.work_challenge(
+                self._attacker_id, query_id, int(payload.shape[0])
+            )
+        except VictimUnavailable as exc:
+            return Rejection(RejectionCode.UNAVAILABLE, str(exc))
         if challenge is None:
             return None
         solved = solve(challenge)

@@ -11,10 +11,11 @@ import pytest
 import torch
 from arena_testkit import ServiceFactory, match_spec
 
+from arena import oracle as oracle_module
 from arena.data import DataSplits
 from arena.defenses import DEFENSES
 from arena.defenses.proof_of_work import ProofOfWork, WorkState
-from arena.errors import InvalidParameters, RejectionCode
+from arena.errors import InvalidParameters, RejectionCode, VictimUnavailable
 from arena.oracle import Answer, Oracle, Rejection
 from arena.referee import play_match
 from arena.registry import build_plugin
@@ -120,6 +121,34 @@ def test_the_oracle_asks_again_when_the_victim_forgot_its_challenge(
     oracle = Oracle(Forgetful(), "caller")
     assert len(oracle.query(digits_data.test.x[:3])) == 3
     assert service.account_status("caller").used == 3
+
+
+def test_the_oracle_asks_again_when_the_challenge_went_unanswered(
+    service: VictimService, digits_data: DataSplits, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A victim down while the challenge is asked is retried like a batch it did not answer,
+    and gives up with the same typed error when it stays down."""
+    monkeypatch.setattr(oracle_module, "UNAVAILABLE_RETRY_PAUSES_S", (0.0, 0.0))
+
+    class Restarting:
+        def __init__(self, outages: int) -> None:
+            self.outages = outages
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(service, name)
+
+        def work_challenge(self, *args: Any) -> WorkChallenge | None:
+            if self.outages:
+                self.outages -= 1
+                raise VictimUnavailable("the victim service is down: restarting")
+            return service.work_challenge(*args)
+
+    oracle = Oracle(Restarting(outages=2), "caller")
+    assert len(oracle.query(digits_data.test.x[:3])) == 3
+    assert service.account_status("caller").used == 3
+    with pytest.raises(VictimUnavailable, match="restarting"):
+        Oracle(Restarting(outages=3), "caller").query(digits_data.test.x[3:6])
+    assert service.account_status("caller").used == 3  # nothing charged for it
 
 
 def test_difficulty_grows_with_the_leak_estimate() -> None:

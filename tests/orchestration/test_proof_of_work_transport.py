@@ -13,7 +13,7 @@ import ray
 from arena_testkit import ServiceFactory
 
 from arena.data import DataSplits
-from arena.errors import RejectionCode
+from arena.errors import RejectionCode, VictimUnavailable
 from arena.http_oracle import HttpEndpoint
 from arena.oracle import Answer, InputSpec, Oracle, Rejection
 from arena.specs import PluginSpec, VictimSpec
@@ -76,6 +76,9 @@ def test_work_over_http(make_service: ServiceFactory, digits_data: DataSplits) -
         oracle = Oracle(client, "alice")
         assert len(oracle.query(digits_data.test.x[8:20])) == 12 and oracle.work_seconds > 0
         assert service.account_stats("alice").work_queries == 20
+    # a server gone between batches: the challenge is VictimUnavailable, which the oracle retries
+    with pytest.raises(VictimUnavailable, match="not reachable"):
+        client.work_challenge("alice", "q9", 8)
 
 
 def test_the_openapi_document_describes_the_challenge() -> None:
