@@ -126,7 +126,7 @@ def _detection(group: Sequence[MatchResult], cells: list[Threat]) -> Axis:
 
     def rate(t: Threat) -> float | None:
         seen = [r for r in t.results if r.benign_flagged is not None]
-        return statistics.fmean(_accounts_flagged(r) for r in seen) if seen else None
+        return statistics.fmean(accounts_flagged(r) for r in seen) if seen else None
 
     evader, tpr = _weakest(cells, rate)
     flagged, callers = benign_flags(watched)
@@ -138,7 +138,7 @@ def _detection(group: Sequence[MatchResult], cells: list[Threat]) -> Axis:
     return Axis(tpr, _name(evader), protects, note)
 
 
-def _accounts_flagged(result: MatchResult) -> float:
+def accounts_flagged(result: MatchResult) -> float:
     """The share of a thief's accounts flagged: a thief that splits its budget over several
     accounts is caught only as far as its accounts are (one flagged account of eight leaves it
     seven eighths of its answers)."""
