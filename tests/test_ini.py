@@ -158,6 +158,8 @@ CHANGES: list[dict[str, Any]] = [
     {"epochs": 2},
     {"lr": 0.003},
     {"seed": 1},
+    {"optimizer": "sgd"},
+    {"step_epochs": 5},
 ]
 
 
@@ -197,6 +199,8 @@ BAD: list[dict[str, Any]] = [
     {"proxies": "out_of_distribution"},
     {"pcgrad": "yes"},
     {"warm_start": 1},
+    {"optimizer": "adamw"},
+    {"step_epochs": 0},
     {"alpha": 1.0},
 ]
 
@@ -205,6 +209,21 @@ BAD: list[dict[str, Any]] = [
 def test_bad_hyperparameters_fail_at_config_load(params: dict[str, Any]) -> None:
     with pytest.raises(InvalidParameters, match="ini"):
         build_plugin(DEFENSES, "ini", params)
+
+
+def test_the_release_schedule_divides_the_rate_by_ten_every_step_epochs() -> None:
+    weights = [torch.nn.Parameter(torch.zeros(2))]
+    release = InI(optimizer="sgd", lr=0.1, step_epochs=2)
+    sgd, schedule = ini_module.optimiser(weights, release, per_epoch=3)
+    assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["momentum"] == 0.5
+    rates = []
+    for _ in range(13):
+        rates.append(sgd.param_groups[0]["lr"])
+        sgd.step()
+        schedule.step()
+    assert rates == pytest.approx([0.1] * 6 + [0.01] * 6 + [0.001])
+    adam, _ = ini_module.optimiser(weights, InI(), per_epoch=3)
+    assert isinstance(adam, torch.optim.Adam) and adam.param_groups[0]["lr"] == 0.001
 
 
 def test_proxies_come_from_the_defenders_images(digits_data: DataSplits) -> None:
