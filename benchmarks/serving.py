@@ -1,6 +1,6 @@
 """Serving throughput: the raw forward pass against the victim service, in process and on Ray.
 
-Five ways of getting probabilities out of the same victim, each measured at batch sizes 1, 64
+Six ways of getting probabilities out of the same victim, each measured at batch sizes 1, 64
 and 256 in queries (images) per second:
 
 * ``raw``: ``torch.softmax(model(x))`` under ``no_grad`` in this process (the ceiling);
@@ -8,7 +8,9 @@ and 256 in queries (images) per second:
   :class:`arena.oracle.Oracle` in this process (validation, charging, ledger, defense chain);
 * ``ray-none`` / ``ray-reverse_sigmoid``: the same service hosted in a Ray actor
   (:func:`orchestration.ray_service.start_victim_service`) reached through
-  :class:`orchestration.ray_service.RayServiceProxy` and an ``Oracle``.
+  :class:`orchestration.ray_service.RayServiceProxy` and an ``Oracle``;
+* ``ray-floor``: the raw forward pass in a bare Ray actor (the batch goes as a numpy array, the
+  softmax comes back): what Ray's transport alone costs, the ceiling of any service on Ray.
 
 Measurements are interleaved: every round measures every (batch size, variant) pair once for
 ``--seconds``, the variant order rotating from round to round, so machine noise hits all variants
@@ -38,6 +40,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import ray
 import torch
 from machine import machine_info
@@ -51,15 +54,20 @@ from arena.ledger import Ledger
 from arena.oracle import InputSpec, Oracle
 from arena.service import ServiceAPI, VictimService
 from arena.specs import PluginSpec, VictimSpec
-from arena.victims import TrainedVictim, default_victim_cache, load_or_train
+from arena.victims import (
+    TrainedVictim,
+    build_victim_model,
+    default_victim_cache,
+    load_or_train,
+)
 from orchestration.ray_service import RayServiceProxy, start_victim_service
 
 LEDGER_LABEL = ("in-process service, ledger file", "-ledger_file")
 RAY_LEDGER_LABEL = ("Ray actor service, ledger file, restarts", "-ledger_file")
 BATCH_SIZES: tuple[int, ...] = (1, 64, 256)
-RAY_CPUS = 3
-"""logical CPUs of the benchmark's Ray: one per victim actor (each reserves one), so all three
-start; the machine's two cores are shared either way, and variants are measured one at a time"""
+RAY_CPUS = 4
+"""logical CPUs of the benchmark's Ray: one per actor (each reserves one), so all four start;
+the machine's two cores are shared either way, and variants are measured one at a time"""
 DEFENSES: tuple[str, ...] = ("none", "reverse_sigmoid")
 ATTACKER = "benchmark"
 BUDGET = 10**15
@@ -224,6 +232,31 @@ def ray_variant(
     return metered_variant(RayServiceProxy(handle), "ray", label, defense, suffix)
 
 
+class RawForward:
+    """The victim's forward pass in an actor and nothing else: Ray's transport floor."""
+
+    def __init__(self, spec: VictimSpec, state: dict[str, torch.Tensor], shape: Any, classes: int):
+        torch.set_num_threads(1)
+        self.model = build_victim_model(spec, tuple(shape), classes, state).eval()
+
+    def query(self, x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            probs: np.ndarray = torch.softmax(self.model(torch.from_numpy(x)), dim=1).numpy()
+        return probs
+
+
+def ray_floor_variant(
+    victim: TrainedVictim, state: ray.ObjectRef[dict[str, torch.Tensor]], data: DataSplits
+) -> Variant:
+    actor_cls: Any = ray.remote(num_cpus=1)(RawForward)
+    actor = actor_cls.remote(victim.spec, state, data.input_shape, data.num_classes)
+
+    def query(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(ray.get(actor.query.remote(x.numpy())))
+
+    return Variant("ray-floor", "raw forward pass in a bare Ray actor", "ray", None, query)
+
+
 def input_batches(data: DataSplits, batch_size: int) -> list[torch.Tensor]:
     """A few distinct, valid query batches from the test split."""
     x = data.test.x
@@ -321,6 +354,17 @@ def summarise(variants: Sequence[Variant]) -> dict[str, Any]:
             str(b): ratio(statistics.median(ray_v.qps[b]), statistics.median(local.qps[b]))
             for b in BATCH_SIZES
         }
+    floor = by_key.get("ray-floor")
+    ray_vs_floor = {
+        defense: {
+            str(b): ratio(
+                statistics.median(by_key[f"ray-{defense}"].qps[b]), statistics.median(floor.qps[b])
+            )
+            for b in BATCH_SIZES
+        }
+        for defense in DEFENSES
+        if floor is not None and f"ray-{defense}" in by_key
+    }
     ledger_cost = {
         where: {
             str(b): ratio(
@@ -335,6 +379,7 @@ def summarise(variants: Sequence[Variant]) -> dict[str, Any]:
     return {
         "variants": results,
         "ray_vs_in_process": ray_vs_inproc,
+        "ray_vs_floor": ray_vs_floor,
         "ledger_file_slowdown": ledger_cost,
     }
 
@@ -369,11 +414,12 @@ def table_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
                 f"{cell['us_per_call_median']:,.0f}",
             ]
         rows.append(row)
-    for defense, ratios in summary["ray_vs_in_process"].items():
-        row = [f"Ray ÷ in-process ({defense})"]
-        for b in BATCH_SIZES:
-            row += ["", f"{ratios[str(b)]:.3f}", ""]
-        rows.append(row)
+    for name, comparison in (("in-process", "ray_vs_in_process"), ("Ray floor", "ray_vs_floor")):
+        for defense, ratios in summary.get(comparison, {}).items():
+            row = [f"Ray ÷ {name} ({defense})"]
+            for b in BATCH_SIZES:
+                row += ["", f"{ratios[str(b)]:.3f}", ""]
+            rows.append(row)
     return header, rows
 
 
@@ -433,6 +479,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             # what the persistent ledger costs: the same undefended service, ledger on disk
             in_process_variant(model, data, "none", ledger_dir / "in-process.sqlite3"),
             ray_variant(victim, state, data, "none", ledger_dir / "ray.sqlite3"),
+            ray_floor_variant(victim, state, data),
         ]
         checks = check_outputs(variants, data)
         total = settings.rounds * len(BATCH_SIZES) * len(variants) * settings.seconds
