@@ -5,8 +5,14 @@ only plays the matches that are missing."""
 from __future__ import annotations
 
 import os
+import shlex
+import sys
 import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
+from machine import git_commit
 from rich.console import Console
 
 from arena.home import ArenaHome
@@ -28,3 +34,20 @@ def run_config(config: TournamentConfig, console: Console) -> tuple[TournamentOu
         on_result=lambda spec, r: console.print(f"  {spec.key()} {type(r).__name__}"),
     )
     return outcome, time.perf_counter() - start
+
+
+def run_report(config: Path, outcome: TournamentOutcome, wall: float) -> dict[str, Any]:
+    """What every config benchmark's JSON starts with: the command, commit and date, the config,
+    what this run played, and every match record."""
+    return {
+        "command": shlex.join([sys.executable, *sys.argv]),
+        "command_short": shlex.join(["python", *sys.argv]),
+        "commit": git_commit(),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "config": str(config),
+        "wall_seconds_this_run": wall,
+        "played": outcome.played,
+        "skipped": outcome.skipped,
+        "failures": [f.match_key for f in outcome.failures],
+        "matches": [r.model_dump() for r in outcome.results],
+    }

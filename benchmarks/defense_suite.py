@@ -17,18 +17,14 @@ import argparse
 import json
 import os
 import platform
-import shlex
 import statistics
-import sys
 from collections import defaultdict
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import ray
 import torch
-from config_runs import run_config
-from machine import git_commit
+from config_runs import run_config, run_report
 from rich.console import Console
 
 from arena.record import MatchResult
@@ -206,25 +202,16 @@ def main() -> int:
     if outcome.failures:
         for failure in outcome.failures:
             console.print(f"[red]failed {failure.match_key}: {failure.reason.splitlines()[0]}")
-    report = {
-        "command": shlex.join([sys.executable, *sys.argv]),
-        "commit": git_commit(),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+    report = run_report(args.config, outcome, wall) | {
         "machine": {
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
             "torch": torch.__version__,
             "ray": ray.__version__,
         },
-        "config": str(args.config),
-        "wall_seconds_this_run": wall,
-        "played": outcome.played,
-        "skipped": outcome.skipped,
-        "failures": [f.match_key for f in outcome.failures],
         "rows": rows,
         "table_markdown": table,
         "leaderboard_markdown": markdown_table(outcome.leaderboard),
-        "matches": [r.model_dump() for r in outcome.results],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

@@ -18,16 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import statistics
-import sys
 from collections import defaultdict
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from config_runs import run_config
-from machine import git_commit
+from config_runs import run_config, run_report
 from rich.console import Console
 
 from arena.protection_axes import accounts_flagged, benign_flags
@@ -147,21 +143,11 @@ def main() -> int:
     console.print(f"played {outcome.played}, skipped {outcome.skipped}, wall {wall:.0f} s")
     for failure in outcome.failures:
         console.print(f"[red]failed {failure.match_key}: {failure.reason.splitlines()[0]}")
-    report = {
-        "command": shlex.join([sys.executable, *sys.argv]),
-        "command_short": shlex.join(["python", "benchmarks/protection_axes.py", *sys.argv[1:]]),
-        "commit": git_commit(),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "config": str(args.config),
+    report = run_report(args.config, outcome, wall) | {
         "seeds": list(config.seeds),
-        "wall_seconds_this_run": wall,
-        "played": outcome.played,
-        "skipped": outcome.skipped,
-        "failures": [f.match_key for f in outcome.failures],
         "rows": rows,
         "axes_markdown": axes,
         "detail_markdown": details,
-        "matches": [r.model_dump() for r in outcome.results],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
