@@ -4,6 +4,7 @@ only plays the matches that are missing."""
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import sys
@@ -51,3 +52,13 @@ def run_report(config: Path, outcome: TournamentOutcome, wall: float) -> dict[st
         "failures": [f.match_key for f in outcome.failures],
         "matches": [r.model_dump() for r in outcome.results],
     }
+
+
+def write_report(
+    report: dict[str, Any], out: Path, outcome: TournamentOutcome, console: Console
+) -> int:
+    """Write the JSON; the exit status: 1 when a match failed."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    console.print(f"wrote {out}")
+    return 1 if outcome.failures else 0

@@ -24,7 +24,7 @@ from typing import Any
 
 import ray
 import torch
-from config_runs import run_config, run_report
+from config_runs import run_config, run_report, write_report
 from rich.console import Console
 
 from arena.record import MatchResult
@@ -213,10 +213,8 @@ def main() -> int:
         "table_markdown": table,
         "leaderboard_markdown": markdown_table(outcome.leaderboard),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    console.print(f"wrote {args.out}")
-    return 1 if outcome.failures else 0
+    status: int = write_report(report, args.out, outcome, console)
+    return status
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from config_runs import run_config, run_report
+from config_runs import run_config, run_report, write_report
 from rich.console import Console
 
 from arena.protection_axes import accounts_flagged, benign_flags
@@ -149,10 +149,8 @@ def main() -> int:
         "axes_markdown": axes,
         "detail_markdown": details,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    console.print(f"wrote {args.out}")
-    return 1 if outcome.failures else 0
+    status: int = write_report(report, args.out, outcome, console)
+    return status
 
 
 if __name__ == "__main__":
