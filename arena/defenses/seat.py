@@ -43,9 +43,14 @@ budgets need a lower ``quantile``; a lower bound flags JBDA sooner.
 Measured on Fashion-MNIST (lenet5 victim, 5k queries, defaults): a benign test-set stream held
 13-22 pairs and was never flagged; knockoff's pool images 15 pairs, not flagged (natural
 images are not near-duplicates: SEAT is not meant for it); JBDA was flagged after 401 queries
-in a referee match (its substitute left untrained to save CPU: its queries are what SEAT sees);
-a JBDA-like stream whose steps are 0.1·sign(noise) (150 seeds, every image so far given a
-child) after 2757 queries, with steps of 0.05 after 385.
+in a referee match whose substitute was left untrained to save CPU, but **not at all** in the
+four-axes tournament (``configs/protection_axes.yaml``, seed 0), where JBDA's substitute trains
+as it does in every match: its steps then follow a trained model's gradient signs, and within
+5k queries its account never held more than ``max_pairs`` similar pairs. A JBDA-like stream
+whose steps are 0.1·sign(noise) (150 seeds, every image so far given a child) was flagged after
+2757 queries, with steps of 0.05 after 385. At these defaults SEAT therefore catches only
+near-duplicate streams, not the real JBDA; a larger ``quantile`` or a lower ``max_pairs`` trades
+benign false positives for it (not measured yet).
 
 Departure: the paper also *links* accounts whose queries form similar pairs with each other, to
 catch a thief spread over several accounts. That is not implemented: a victim service in this
