@@ -34,6 +34,7 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -43,7 +44,7 @@ from typing import Any
 import numpy as np
 import ray
 import torch
-from machine import machine_info
+from machine import git_commit, machine_info
 from rich.console import Console
 from rich.table import Table
 from torch import nn
@@ -240,7 +241,9 @@ class RawForward:
         self.model = build_victim_model(spec, tuple(shape), classes, state).eval()
 
     def query(self, x: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # Ray hands the batch over read-only and without a copy; the model only reads it
+            warnings.simplefilter("ignore", UserWarning)
             probs: np.ndarray = torch.softmax(self.model(torch.from_numpy(x)), dim=1).numpy()
         return probs
 
@@ -497,6 +500,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = {
         "benchmark": "serving",
         "date": started.isoformat(timespec="seconds"),
+        "commit": git_commit(),
         "command": command,
         "settings": {
             "dataset": settings.dataset,
