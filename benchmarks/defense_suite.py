@@ -168,7 +168,8 @@ def render(path: Path, before: Path | None) -> str:
         parts.append(f"_Before: measured {_when(old)} ({before.name})._\n")
     parts.append(
         f"_Measured {_when(report)} (`python benchmarks/defense_suite.py`, "
-        f"{report['played']} matches in {report['wall_seconds_this_run']:.0f} s)._"
+        f"{len(report['matches'])} matches, {report['played']} played in this run's "
+        f"{report['wall_seconds_this_run']:.0f} s)._"
     )
     return "\n".join(parts)
 
