@@ -162,7 +162,8 @@ class MultiAccountOracle(Oracle):
 
     ``budget`` is the sum of the identities' budgets; the server charges each identity on its
     own ledger. Rows of a batch go to the identities in turn; a refused identity is dropped and
-    its rows go to the others; when all are refused, :class:`QueryRefused` is raised.
+    its rows go to the others. When the live identities cannot answer a batch that the whole
+    budget could, :class:`QueryRefused` is raised (the thief was refused, not out of budget).
     """
 
     def __init__(self, identities: Sequence[Oracle]) -> None:  # no endpoint of its own
@@ -205,6 +206,11 @@ class MultiAccountOracle(Oracle):
         x = torch.as_tensor(x)
         n = int(x.shape[0])
         if n > self.remaining:
+            if n <= self.budget - self.used:  # the budget is there, but with refused identities
+                raise QueryRefused(
+                    f"{self.refused_identities} identities refused; the others have "
+                    f"{self.remaining} queries left for a batch of {n}"
+                )
             raise BudgetExhausted(n, self.remaining)
         answers: list[torch.Tensor | None] = [None] * n
         pending = np.arange(n)

@@ -116,6 +116,21 @@ def test_every_identity_refused_raises_query_refused(
         MultiAccountOracle([burned]).query(digits_data.attacker_pool.x[:5])
 
 
+def test_a_batch_only_refused_identities_could_answer_is_refused_not_over_budget(
+    make_service: ServiceFactory, digits_data: DataSplits
+) -> None:
+    service = make_service([PluginSpec(name="prada", params={"response": "refuse"})])
+    burned = open_oracle(service, "burned-2", 1000)
+    burned.query_all(synthetic_stream(digits_data), 50, until_refused=True)
+    thief = MultiAccountOracle([burned, open_oracle(service, "small", 30)])
+    pool = digits_data.attacker_pool.x
+    answers = thief.query_all(pool[:200], 40, until_refused=True)  # stops, never raises
+    assert answers.shape[0] < 200 and thief.refused_identities == 1
+    with pytest.raises(QueryRefused):
+        thief.query(pool[:40])
+    assert service.account_stats("small").used <= 30  # rows answered before a refusal are paid
+
+
 def test_match_with_identities_splits_the_budget(
     digits_data: DataSplits, victim_cache: Path, digits_victim_spec: VictimSpec
 ) -> None:
