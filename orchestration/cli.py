@@ -223,7 +223,8 @@ def _tune(config: object, address: str | None, tracking_uri: str | None, home: A
         if scores is None:
             console.print(f"  [red]{label} failed[/] {params}")
             return
-        flag = "" if scores.feasible else " [yellow](below the utility floor)[/]"
+        shortfall = scores.shortfall(config.max_false_positives)
+        flag = f" [yellow]({shortfall})[/]" if shortfall else ""
         console.print(
             f"  {label} {params}: utility {scores.utility:.4f}, protection "
             f"{scores.protection:.4f} (strongest: {scores.strongest_attack}){flag}",

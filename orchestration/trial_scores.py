@@ -34,6 +34,16 @@ class Scores:
     false_positive_rate: float | None = None
     """share of the benign callers a detector flagged (``None``: no detector in the chain)"""
 
+    def shortfall(self, max_false_positives: float | None) -> str:
+        """Why the setting is infeasible, in words ('' when it is feasible)."""
+        if self.feasible:
+            return ""
+        over = (
+            max_false_positives is not None
+            and (self.false_positive_rate or 0.0) > max_false_positives + 1e-12
+        )
+        return "benign false positives above the bound" if over else "below the utility floor"
+
     def values(self, with_cost: bool) -> list[float]:
         values = [self.utility, self.protection]
         return [*values, self.cost if self.cost is not None else math.nan] if with_cost else values

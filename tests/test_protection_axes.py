@@ -148,6 +148,10 @@ def test_a_study_can_maximise_another_axis_under_a_false_positive_bound() -> Non
     assert detection.false_positive_rate == pytest.approx(1 / 8) and detection.feasible
     bounded = score(trial, 0.9, 0.01, None, axis="detection", max_false_positives=0.1)
     assert not bounded.feasible  # 1 of 8 benign callers flagged is above a 10 % bound
+    assert bounded.shortfall(0.1) == "benign false positives above the bound"
+    assert detection.shortfall(None) == "" and score(trial, 0.99, 0.01, None).shortfall(0.5) == (
+        "below the utility floor"
+    )
     unmeasured = score(trial, 0.9, 0.01, None, axis="cost")
     assert unmeasured.protection == 0.0  # no proof of work: nothing protected on cost
     raw = {
