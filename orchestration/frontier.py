@@ -36,6 +36,8 @@ class Point:
     protection: float
     feasible: bool
     strongest_attack: str
+    false_positive_rate: float | None = None
+    """share of the benign callers a detector flagged (``None``: no detector in the chain)"""
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,8 @@ class StudyView:
     defaults: list[Point]
     utility_metric: str = "accuracy"
     """what utility measures: ``accuracy`` (defended test accuracy) or ``goodput`` (zoos)"""
+    axis: str = "prevention"
+    """the axis of protection the study maximised (:mod:`arena.protection_axes`)"""
 
 
 UTILITY_NAMES = {
@@ -58,9 +62,21 @@ UTILITY_NAMES = {
 }
 
 
+AXIS_TITLES = {
+    "prevention": "protection (1 − strongest attacker's stolen accuracy)",
+    "detection": "detection (share of the least-flagged thief's accounts flagged)",
+    "attribution": "attribution (share of the least-claimed thief's models claimed)",
+    "cost": "cost (cheapest thief's work per query ÷ the benign callers')",
+}
+
+
 def _utility_name(views: Sequence[StudyView]) -> str:
     metrics = sorted({v.utility_metric for v in views})
     return " / ".join(UTILITY_NAMES.get(m, m) for m in metrics)
+
+
+def _axis_title(views: Sequence[StudyView]) -> str:
+    return " / ".join(AXIS_TITLES.get(a, a) for a in sorted({v.axis for v in views}))
 
 
 def study_view(study: optuna.Study) -> StudyView:
@@ -78,6 +94,11 @@ def study_view(study: optuna.Study) -> StudyView:
         label = _trial_label(trial.number, dict(trial.params), defaults)
         points[trial.number] = _point(label, dict(trial.params), scores)
     front = [points[t.number] for t in study.best_trials if t.number in points]
+    axes = {
+        str(t.user_attrs[SCORES_ATTR].get("axis", "prevention"))
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if SCORES_ATTR in t.user_attrs
+    }
     return StudyView(
         name=study.study_name,
         victim_accuracy=float(study.user_attrs.get("victim_accuracy", float("nan"))),
@@ -85,6 +106,7 @@ def study_view(study: optuna.Study) -> StudyView:
         frontier=sorted(front, key=lambda p: p.utility),
         defaults=defaults,
         utility_metric=str(study.user_attrs.get("utility_metric", "accuracy")),
+        axis=axes.pop() if len(axes) == 1 else "prevention",
     )
 
 
@@ -105,6 +127,7 @@ def _point(label: str, params: dict[str, Any], scores: dict[str, Any]) -> Point:
         float(scores["protection"]),
         bool(scores["feasible"]),
         str(scores["strongest_attack"]),
+        scores.get("false_positive_rate"),
     )
 
 
@@ -140,18 +163,28 @@ def best_at_floor(views: Sequence[StudyView], floor: float) -> tuple[str, Point]
 
 
 def frontier_table(view: StudyView) -> str:
-    lines = [
-        "| setting | parameters | utility | protection | strongest attack | on frontier |",
-        "|---|---|---:|---:|---|---|",
-    ]
+    """The frontier and the literature defaults; the protection column is named by the study's
+    axis, and a benign false-positive column appears when a detector was measured."""
+    shown = sorted(view.frontier + view.defaults, key=lambda p: p.utility)
+    with_fpr = any(p.false_positive_rate is not None for p in shown)
+    protection = "protection" if view.axis == "prevention" else view.axis
+    header = ["setting", "parameters", "utility", protection]
+    header += ["benign FPR"] * with_fpr + ["strongest attack", "on frontier"]
+    align = ["---", "---", "---:", "---:"] + ["---:"] * with_fpr + ["---", "---"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
     front = {p.label for p in view.frontier}
-    for point in sorted(view.frontier + view.defaults, key=lambda p: p.utility):
+    for point in shown:
         on = "yes" if point.label in front else "default"
         if point in view.defaults:
             beaten = dominated_by_frontier(view, point)
             on = f"default, dominated by {beaten.label}" if beaten else "default, not dominated"
+            on += "" if point.feasible else " (infeasible)"
         cells = [point.label, _short(point.params), f"{point.utility:.4f}"]
-        cells += [f"{point.protection:.4f}", point.strongest_attack, on]
+        cells += [f"{point.protection:.4f}"]
+        if with_fpr:
+            fpr = point.false_positive_rate
+            cells += ["—" if fpr is None else f"{fpr:.2f}"]
+        cells += [point.strongest_attack, on]
         lines.append("| " + " | ".join(map(markdown_cell, cells)) + " |")
     return "\n".join(lines) + "\n"
 
@@ -165,7 +198,7 @@ def plot_png(views: Sequence[StudyView], path: Path, floor: float | None = None)
         for i, view in enumerate(views):
             _draw(axes, view, colours[i % len(colours)], floor)
         axes.set_xlabel(f"utility ({_utility_name(views)}) →")
-        axes.set_ylabel("protection (1 − strongest attacker's stolen accuracy) →")
+        axes.set_ylabel(f"{_axis_title(views)} →")
     near = [
         p
         for view in views
@@ -178,7 +211,7 @@ def plot_png(views: Sequence[StudyView], path: Path, floor: float | None = None)
         pad_p = max(0.005, (max(protections) - min(protections)) * 0.1)
         zoom.set_xlim(min(utilities) - pad_u, max(utilities) + pad_u)
         zoom.set_ylim(min(protections) - pad_p, max(protections) + pad_p)
-    whole.set_title("all trials (× below the utility floor, ★ literature default)")
+    whole.set_title("all trials (× infeasible: below the utility floor or over a bound, ★ default)")
     zoom.set_title("near the undefended utility (⋮ utility floor)")
     whole.legend(fontsize=8)
     figure.tight_layout()
@@ -259,7 +292,7 @@ def plot_html(views: Sequence[StudyView], path: Path, floor: float | None = None
                     text=[
                         f"{html_text(p.label)}: {html_text(json.dumps(p.params))}<br>"
                         f"strongest: {html_text(p.strongest_attack)}"
-                        f"{'' if p.feasible else ' (below the utility floor)'}"
+                        f"{'' if p.feasible else ' (infeasible)'}"
                         for p in points
                     ],
                     hoverinfo="text+x+y",
@@ -275,23 +308,28 @@ def plot_html(views: Sequence[StudyView], path: Path, floor: float | None = None
     every = [p for view in views for p in view.points + view.defaults]
     figure.update_layout(
         xaxis_title=f"utility ({_utility_name(views)})",
-        yaxis_title="protection (1 − strongest attacker's stolen accuracy)",
+        yaxis_title=_axis_title(views),
         title="Protection vs utility",
         xaxis_range=unit_range([p.utility for p in every], 0.01),
-        yaxis_range=unit_range([p.protection for p in every], 0.02),
+        yaxis_range=unit_range(
+            [p.protection for p in every], 0.02, bounded=all(v.axis != "cost" for v in views)
+        ),
     )
     figure.write_html(path, include_plotlyjs=True)
     return path
 
 
-def unit_range(values: Sequence[float], min_span: float) -> list[float]:
+def unit_range(values: Sequence[float], min_span: float, bounded: bool = True) -> list[float]:
     """An axis range around ``values`` at least ``min_span`` wide, padded by a tenth, inside
-    [0, 1] (accuracies and protections never leave it, so neither should the axis)."""
+    [0, 1] (accuracies and protections never leave it, so neither should the axis) unless not
+    ``bounded`` (the cost axis is a ratio: at least 0, with no upper end)."""
     finite = [v for v in values if math.isfinite(v)]
     if not finite:
         return [0.0, 1.0]
     low, high = min(finite), max(finite)
     pad = max((high - low) * 0.1, (min_span - (high - low)) / 2, 0.0)
     low, high = low - pad, high + pad
+    if not bounded:
+        return [max(0.0, low), high]
     shift = max(0.0, -low) - max(0.0, high - 1.0)  # slide the window back inside [0, 1]
     return [max(0.0, low + shift), min(1.0, high + shift)]

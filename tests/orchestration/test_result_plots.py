@@ -9,7 +9,14 @@ import matplotlib
 import pytest
 from arena_testkit import record as result
 
-from orchestration.frontier import Point, StudyView, _trial_label, plot_html, unit_range
+from orchestration.frontier import (
+    Point,
+    StudyView,
+    _trial_label,
+    frontier_table,
+    plot_html,
+    unit_range,
+)
 from orchestration.leaderboard import (
     build_leaderboard,
     compact_markdown,
@@ -82,3 +89,15 @@ def test_the_frontier_page_draws_the_floor_inside_unit_axes(tmp_path: Path) -> N
     low, high = unit_range([1.0, 1.0], 0.01)
     assert high == 1.0 and low == pytest.approx(0.99)  # never past accuracy 1
     assert unit_range([], 0.01) == [0.0, 1.0]
+
+
+def test_a_detection_studys_table_names_its_axis_and_shows_benign_false_positives(
+    tmp_path: Path,
+) -> None:
+    quiet = Point("trial 1", {"delta": 0.9}, 0.9, 0.0, True, "jbda", false_positive_rate=0.0)
+    loud = Point("trial 2", {"delta": 0.97}, 0.9, 1.0, False, "jbda", false_positive_rate=0.25)
+    view = StudyView("d", 0.9, [quiet, loud], [quiet], [], axis="detection")
+    header, _, row = frontier_table(view).splitlines()
+    assert "| detection | benign FPR |" in header and "| 0.0000 | 0.00 | jbda |" in row
+    assert "share of the least-flagged thief" in plot_html([view], tmp_path / "d.html").read_text()
+    assert unit_range([2.5, 40.0], 0.02, bounded=False)[1] > 40  # a cost ratio is not clipped
