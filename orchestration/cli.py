@@ -225,9 +225,12 @@ def _tune(config: object, address: str | None, tracking_uri: str | None, home: A
             return
         shortfall = scores.shortfall(config.max_false_positives)
         flag = f" [yellow]({shortfall})[/]" if shortfall else ""
+        figure = "protection" if scores.axis == "prevention" else scores.axis
+        fpr = scores.false_positive_rate
+        benign = "" if fpr is None else f", benign FPR {fpr:.2f}"
         console.print(
-            f"  {label} {params}: utility {scores.utility:.4f}, protection "
-            f"{scores.protection:.4f} (strongest: {scores.strongest_attack}){flag}",
+            f"  {label} {params}: utility {scores.utility:.4f}, {figure} "
+            f"{scores.protection:.4f}{benign} (strongest: {scores.strongest_attack}){flag}",
             highlight=False,
         )
 
