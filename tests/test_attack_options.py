@@ -20,6 +20,7 @@ from arena.oracle_adapters import ArgmaxOracle, MultiAccountOracle, SmoothingOra
 from arena.pools import attacker_pool
 from arena.referee import play_match
 from arena.registry import build_plugin, canonical_params
+from arena.service import VictimService
 from arena.specs import MatchSpec, PluginSpec, VictimSpec
 
 # ---- countermeasure options on every attack ---------------------------------------------------
@@ -92,13 +93,19 @@ def test_multi_account_thief_gets_each_identitys_budget_and_no_more(
         thief.query(torch.rand(1, 1, 8, 8))
 
 
+def burned_identity(service: VictimService, data: DataSplits, name: str) -> Oracle:
+    """An account PRADA has flagged: every further query of it is refused."""
+    burned = open_oracle(service, name, 1000)
+    burned.query_all(synthetic_stream(data), 50, until_refused=True)
+    assert service.account_stats(name).detected_after is not None
+    return burned
+
+
 def test_a_refused_identity_is_dropped_and_the_others_answer(
     make_service: ServiceFactory, digits_data: DataSplits
 ) -> None:
     service = make_service([PluginSpec(name="prada", params={"response": "refuse"})])
-    burned = open_oracle(service, "burned", 1000)
-    burned.query_all(synthetic_stream(digits_data), 50, until_refused=True)
-    assert service.account_stats("burned").detected_after is not None
+    burned = burned_identity(service, digits_data, "burned")
     fresh = open_oracle(service, "fresh", 1000)
     thief = MultiAccountOracle([burned, fresh])
     answers = thief.query(digits_data.attacker_pool.x[:60])
@@ -110,8 +117,7 @@ def test_every_identity_refused_raises_query_refused(
     make_service: ServiceFactory, digits_data: DataSplits
 ) -> None:
     service = make_service([PluginSpec(name="prada", params={"response": "refuse"})])
-    burned = open_oracle(service, "only", 1000)
-    burned.query_all(synthetic_stream(digits_data), 50, until_refused=True)
+    burned = burned_identity(service, digits_data, "only")
     with pytest.raises(QueryRefused):
         MultiAccountOracle([burned]).query(digits_data.attacker_pool.x[:5])
 
@@ -120,8 +126,7 @@ def test_a_batch_only_refused_identities_could_answer_is_refused_not_over_budget
     make_service: ServiceFactory, digits_data: DataSplits
 ) -> None:
     service = make_service([PluginSpec(name="prada", params={"response": "refuse"})])
-    burned = open_oracle(service, "burned-2", 1000)
-    burned.query_all(synthetic_stream(digits_data), 50, until_refused=True)
+    burned = burned_identity(service, digits_data, "burned-2")
     thief = MultiAccountOracle([burned, open_oracle(service, "small", 30)])
     pool = digits_data.attacker_pool.x
     answers = thief.query_all(pool[:200], 40, until_refused=True)  # stops, never raises
