@@ -21,6 +21,7 @@ Usage (from the repository root)::
 
     python benchmarks/serving.py [--dataset fashion_mnist] [--seconds 3] [--rounds 5]
                                  [--out benchmarks/results/serving.json] [--quick] [--markdown]
+    python benchmarks/serving.py --render benchmarks/results/serving_floor.json   # docs table
 """
 
 from __future__ import annotations
@@ -108,6 +109,7 @@ class Settings:
     quick: bool
     out: Path
     markdown: bool
+    render: Path | None = None
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Settings:
@@ -138,6 +140,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results file")
     parser.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
+    parser.add_argument("--render", type=Path, help="print the docs table of a written JSON")
     args = parser.parse_args(argv)
     seconds = args.seconds if args.seconds is not None else (0.5 if args.quick else 3.0)
     rounds = args.rounds if args.rounds is not None else (3 if args.quick else 5)
@@ -152,6 +155,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         quick=args.quick,
         out=args.out,
         markdown=args.markdown,
+        render=args.render,
     )
 
 
@@ -447,8 +451,23 @@ def markdown_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def rendered(result: dict[str, Any]) -> str:
+    """The docs table of a written JSON, stamped with its date, commit and command."""
+    settings = result["settings"]
+    stamp = (
+        f"_Measured {result['date'][:16].replace('T', ' ')} UTC at commit "
+        f"{result.get('commit', 'unknown')} (`{result['command']}`), {settings['rounds']} rounds "
+        f"of {settings['seconds_per_measurement']:g} s, load average "
+        f"{result['machine']['loadavg_start'][0]:.1f} at the start._"
+    )
+    return markdown_table(result) + "\n\n" + stamp + "\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     settings = parse_args(argv)
+    if settings.render:
+        print(rendered(json.loads(settings.render.read_text())), end="")
+        return 0
     command = shlex.join(["python", *(sys.argv if argv is None else ["serving.py", *argv])])
     console = Console() if sys.stdout.isatty() else Console(width=160)
     torch.set_num_threads(1)
