@@ -29,6 +29,7 @@ from machine import git_commit
 from rich.console import Console
 
 from arena.home import ArenaHome
+from orchestration.escaping import markdown_cell
 from orchestration.frontier import Point, StudyView, frontier_table
 from orchestration.tracking import Tracker
 from orchestration.tune_config import load_tune_config
@@ -88,8 +89,38 @@ def run_one(path: Path, console: Console) -> dict[str, Any]:
     }
 
 
+def _settings(params: dict[str, Any]) -> str:
+    return ", ".join(
+        f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()
+    )
+
+
+def _figure(axis: str, value: float) -> str:
+    return f"{value:.2f}×" if axis == "cost" else f"{value:.4f}"
+
+
+def trials_table(study: dict[str, Any]) -> str:
+    """Every evaluated setting: defaults no trial played first, then the trials by parameters."""
+    with_fpr = any(p["false_positive_rate"] is not None for p in study["points"])
+    header = ["setting", "parameters", "utility", study["axis"]]
+    header += ["benign FPR"] * with_fpr + ["feasible", "on frontier"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
+    front = set(study["frontier"])
+    trials = sorted(study["points"], key=lambda p: sorted(p["params"].items()))
+    played = [p["params"] for p in trials]  # a default a trial played is shown as that trial
+    for point in [d for d in study["defaults"] if d["params"] not in played] + trials:
+        cells = [point["label"], _settings(point["params"]) or "—", f"{point['utility']:.4f}"]
+        cells.append(_figure(study["axis"], point["protection"]))
+        if with_fpr:
+            fpr = point["false_positive_rate"]
+            cells.append("—" if fpr is None else f"{fpr:.2f}")
+        cells += ["yes" if point["feasible"] else "no", "yes" if point["label"] in front else ""]
+        lines.append("| " + " | ".join(markdown_cell(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def render(report: dict[str, Any]) -> str:
-    """The docs section: per study, what it searched, its best feasible setting and its table."""
+    """The docs section: per study, what it searched, its best feasible setting and its trials."""
     parts = []
     for study in report["studies"]:
         bound = study["max_false_positives"]
@@ -105,18 +136,12 @@ def render(report: dict[str, Any]) -> str:
         if best is None:
             verdict = "No feasible setting."
         else:
-            settings = (
-                ", ".join(
-                    f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                    for k, v in best["params"].items()
-                )
-                or "the defaults"
-            )
+            settings = _settings(best["params"]) or "the plug-in's own settings"
             verdict = (
                 f"Best feasible: {settings} ({best['label']}), {study['axis']} "
-                f"{best['protection']:.4f} at utility {best['utility']:.4f}."
+                f"{_figure(study['axis'], best['protection'])} at utility {best['utility']:.4f}."
             )
-        parts.append(f"{head} {verdict}\n\n{study['table']}")
+        parts.append(f"{head} {verdict}\n\n{trials_table(study)}")
     stamp = (
         f"_Measured {report['date'][:16].replace('T', ' ')} UTC at commit {report['commit']} "
         f"(`{report['command_short']}`)._"

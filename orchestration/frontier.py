@@ -114,7 +114,7 @@ def _trial_label(number: int, params: dict[str, Any], defaults: list[Point]) -> 
     """``trial N``, or the default's name when the trial played a literature default (studies
     seed their first trials with them), so a default is never shown as a bare trial number."""
     for default in defaults:
-        if all(params.get(k) == v for k, v in default.params.items()) and params:
+        if default.params and all(params.get(k) == v for k, v in default.params.items()):
             return f"{default.label} (trial {number})"
     return f"trial {number}"
 
@@ -132,6 +132,8 @@ def _point(label: str, params: dict[str, Any], scores: dict[str, Any]) -> Point:
 
 
 def _short(params: dict[str, Any]) -> str:
+    if not params:
+        return "(the plug-in's own settings)"
     return ", ".join(
         f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()
     )

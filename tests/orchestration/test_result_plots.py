@@ -79,6 +79,8 @@ def test_a_trial_that_played_a_default_is_named_after_it() -> None:
         "default beta=1, gamma=0.2 (trial 0)"
     )
     assert _trial_label(3, {"beta": 0.5, "gamma": 0.2}, [default]) == "trial 3"
+    own = Point("default (the plug-in's own settings)", {}, 0.9, 0.1, True, "k")
+    assert _trial_label(4, {"beta": 0.5}, [own]) == "trial 4"  # an empty default matches nothing
 
 
 def test_the_frontier_page_draws_the_floor_inside_unit_axes(tmp_path: Path) -> None:
