@@ -51,6 +51,7 @@ def write_record(
         "benchmark": benchmark,
         "command": shlex.join([sys.executable, *sys.argv]),
         "finished": datetime.now(UTC).isoformat(),
+        "commit": git_commit(),
         "machine": machine_info(loadavg_start),
         **fields,
     }

@@ -14,11 +14,13 @@ root)::
 
     python benchmarks/tournament_scaling.py [--config configs/fashion_mnist.yaml] \
         [--budgets 1000 5000] [--out benchmarks/results/tournament_scaling.json]
+    python benchmarks/tournament_scaling.py --render benchmarks/results/tournament_scaling.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -125,6 +127,36 @@ def _label(spec: MatchSpec) -> str:
     return f"{defense} / {spec.attack.name} / {spec.budget}"
 
 
+def render(record: dict[str, Any]) -> str:
+    """The docs table of a written JSON, stamped with its date, commit and command."""
+    serial = record["serial_sum_s"]
+    sums = {cpus: sum(m[f"ray_{cpus}cpu_match_s"] for m in record["per_match"]) for cpus in (1, 2)}
+    lines = [
+        "| run | wall s | sum of match s | vs serial sum |",
+        "| :--- | ---: | ---: | ---: |",
+        f"| serial, one process | {serial:.1f} (the sum) | {serial:.1f} | 1.00× |",
+    ]
+    for cpus in (1, 2):
+        wall = record[f"ray_{cpus}cpu_wall_s"]
+        init = record[f"ray_{cpus}cpu_init_s"]
+        lines.append(
+            f"| local Ray, `num_cpus={cpus}` (`ray.init` {init:.1f} s, not included) | "
+            f"{wall:.1f} | {sums[cpus]:.1f} | {wall / serial:.2f}× |"
+        )
+    first = [record[f"ray_{cpus}cpu_results_done_at_s"][0] for cpus in (1, 2)]
+    load = record["machine"]["loadavg_start"][0]
+    return "\n".join(lines) + (
+        f"\n\n* Parallel speed-up (1-CPU wall / 2-CPU wall): **{record['parallel_speedup']:.2f}×**;"
+        f" orchestration overhead (1-CPU Ray wall / serial sum): "
+        f"**{record['orchestration_overhead']:.2f}×**; first match result after {first[0]:.1f} s"
+        f" (1 CPU) and {first[1]:.1f} s (2 CPUs); match records identical in all three runs: "
+        f"{'yes' if record['records_identical'] else 'no'}.\n\n"
+        f"_Measured {record['finished'][:16].replace('T', ' ')} UTC at commit "
+        f"{record.get('commit', 'unknown')}, {record['matches']} matches at budgets "
+        f"{record['budgets']}, load average {load:.1f} at the start._\n"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "fashion_mnist.yaml")
@@ -134,7 +166,11 @@ def main() -> int:
     parser.add_argument(
         "--out", type=Path, default=REPO / "benchmarks" / "results" / "tournament_scaling.json"
     )
+    parser.add_argument("--render", type=Path, help="print the docs table of a written JSON")
     args = parser.parse_args()
+    if args.render:
+        print(render(json.loads(args.render.read_text())), end="")
+        return 0
     loadavg = os.getloadavg()
     console = Console(width=140)
     config = load_config(args.config)
