@@ -67,7 +67,13 @@ def run_one(path: Path, console: Console) -> dict[str, Any]:
         ),
     )
     view, best = outcome.view, best_feasible(outcome.view)
+    starts = [t.datetime_start for t in outcome.study.trials if t.datetime_start]
+    ends = [t.datetime_complete for t in outcome.study.trials if t.datetime_complete]
     return {
+        # when the trials ran (Optuna's clock: the machine's local time), not when this wrote
+        "trials_ran": [min(starts).isoformat(" ", "minutes"), max(ends).isoformat(" ", "minutes")]
+        if starts and ends
+        else None,
         "config": str(path.relative_to(REPO) if path.is_relative_to(REPO) else path),
         "study": view.name,
         "defense": config.defense,
@@ -142,9 +148,13 @@ def render(report: dict[str, Any]) -> str:
                 f"{_figure(study['axis'], best['protection'])} at utility {best['utility']:.4f}."
             )
         parts.append(f"{head} {verdict}\n\n{trials_table(study)}")
+    spans = [s["trials_ran"] for s in report["studies"] if s.get("trials_ran")]
+    ran = (
+        f"trials played {min(a for a, _ in spans)} to {max(b for _, b in spans)}; " if spans else ""
+    )
     stamp = (
-        f"_Measured {report['date'][:16].replace('T', ' ')} UTC at commit {report['commit']} "
-        f"(`{report['command_short']}`)._"
+        f"_{ran}written {report['date'][:16].replace('T', ' ')} UTC at commit "
+        f"{report['commit']} (`{report['command_short']}`)._"
     )
     return "\n".join(parts) + "\n" + stamp + "\n"
 
