@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from machine import git_commit
+from machine import command_short, git_commit
 from rich.console import Console
 
 from arena.home import ArenaHome
@@ -172,7 +172,7 @@ def main() -> int:
     studies = [run_one(path.resolve(), console) for path in args.configs]
     report = {
         "command": shlex.join([sys.executable, *sys.argv]),
-        "command_short": shlex.join(["python", *sys.argv]),
+        "command_short": command_short(),
         "commit": git_commit(),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "studies": studies,

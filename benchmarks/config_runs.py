@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from machine import git_commit
+from machine import command_short, git_commit
 from rich.console import Console
 
 from arena.home import ArenaHome
@@ -42,7 +42,7 @@ def run_report(config: Path, outcome: TournamentOutcome, wall: float) -> dict[st
     what this run played, and every match record."""
     return {
         "command": shlex.join([sys.executable, *sys.argv]),
-        "command_short": shlex.join(["python", *sys.argv]),
+        "command_short": command_short(),
         "commit": git_commit(),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "config": str(config),

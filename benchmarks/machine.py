@@ -43,6 +43,21 @@ def git_commit() -> str:
     ).stdout.strip()
 
 
+def command_short() -> str:
+    """The command that ran this benchmark as a reader would type it from the repository root:
+    ``python`` and repository-relative paths (the absolute ones of a worktree mean nothing to
+    anyone else)."""
+    repo = Path(__file__).resolve().parents[1]
+
+    def relative(arg: str) -> str:
+        path = Path(arg)
+        if path.is_absolute() and path.resolve().is_relative_to(repo):
+            return str(path.resolve().relative_to(repo))
+        return arg
+
+    return shlex.join(["python", *map(relative, sys.argv)])
+
+
 def write_record(
     out: Path, benchmark: str, loadavg_start: tuple[float, float, float], fields: dict[str, Any]
 ) -> None:
@@ -50,6 +65,7 @@ def write_record(
     record = {
         "benchmark": benchmark,
         "command": shlex.join([sys.executable, *sys.argv]),
+        "command_short": command_short(),
         "finished": datetime.now(UTC).isoformat(),
         "commit": git_commit(),
         "machine": machine_info(loadavg_start),

@@ -150,7 +150,6 @@ def main() -> int:
     console.print(markdown(rows, f"commit {commit}, wall {wall:.0f} s"))
     fields = {
         "commit": commit,
-        "command_short": "python benchmarks/thief_strength.py",
         "config": str(args.config.relative_to(REPO))
         if args.config.is_relative_to(REPO)
         else str(args.config),
