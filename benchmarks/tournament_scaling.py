@@ -13,7 +13,7 @@ The Ray start (``ray.init``) is timed separately from the tournament. Usage (fro
 root)::
 
     python benchmarks/tournament_scaling.py [--config configs/fashion_mnist.yaml] \
-        [--budgets 1000 5000] [--out benchmarks/results/tournament_scaling.json]
+        [--budgets 1000 5000] [--defenses N] [--out benchmarks/results/tournament_scaling.json]
     python benchmarks/tournament_scaling.py --render benchmarks/results/tournament_scaling.json
 """
 
@@ -99,9 +99,13 @@ def on_ray(
             f"sqlite:///{store}.db", config.tracking.experiment, artifact_root=store / "artifacts"
         )
         done_at: list[float] = []
+        started_at: list[float] = []
+        """when the first match to finish began playing: what came before is start-up"""
 
         def finished(spec: MatchSpec, result: object) -> None:
             done_at.append(time.perf_counter() - start)
+            if isinstance(result, MatchResult) and not started_at:
+                started_at.append(done_at[-1] - result.match_seconds)
             console.print(f"  {cpus} CPU {_label(spec)}: done at {done_at[-1]:.1f} s")
 
         start = time.perf_counter()
@@ -119,6 +123,7 @@ def on_ray(
         "wall_s": wall_s,
         "match_seconds": {r.match_key: r.match_seconds for r in outcome.results},
         "results_done_at_s": done_at,
+        "first_match_started_at_s": started_at[0] if started_at else None,
     }
 
 
@@ -144,12 +149,19 @@ def render(record: dict[str, Any]) -> str:
             f"{wall:.1f} | {sums[cpus]:.1f} | {wall / serial:.2f}× |"
         )
     first = [record[f"ray_{cpus}cpu_results_done_at_s"][0] for cpus in (1, 2)]
+    began = [record.get(f"ray_{cpus}cpu_first_match_started_at_s") for cpus in (1, 2)]
+    start_up = (
+        f" (start-up before it began playing: {began[0]:.1f} s and {began[1]:.1f} s)"
+        if None not in began
+        else ""
+    )
     load = record["machine"]["loadavg_start"][0]
     return "\n".join(lines) + (
         f"\n\n* Parallel speed-up (1-CPU wall / 2-CPU wall): **{record['parallel_speedup']:.2f}×**;"
         f" orchestration overhead (1-CPU Ray wall / serial sum): "
         f"**{record['orchestration_overhead']:.2f}×**; first match result after {first[0]:.1f} s"
-        f" (1 CPU) and {first[1]:.1f} s (2 CPUs); match records identical in all three runs: "
+        f" (1 CPU) and {first[1]:.1f} s (2 CPUs){start_up}; match records identical in all "
+        "three runs: "
         f"{'yes' if record['records_identical'] else 'no'}.\n\n"
         f"_Measured {record['finished'][:16].replace('T', ' ')} UTC at commit "
         f"{record.get('commit', 'unknown')}, {record['matches']} matches at budgets "
@@ -164,6 +176,9 @@ def main() -> int:
         "--budgets", type=int, nargs="+", default=None, help="replace the config's budgets"
     )
     parser.add_argument(
+        "--defenses", type=int, default=None, help="keep only the config's first N defense chains"
+    )
+    parser.add_argument(
         "--out", type=Path, default=REPO / "benchmarks" / "results" / "tournament_scaling.json"
     )
     parser.add_argument("--render", type=Path, help="print the docs table of a written JSON")
@@ -176,6 +191,8 @@ def main() -> int:
     config = load_config(args.config)
     if args.budgets:
         config = config.model_copy(update={"budgets": args.budgets})
+    if args.defenses:
+        config = config.model_copy(update={"defenses": config.defenses[: args.defenses]})
     specs = config.matches()
     home = ArenaHome.from_environment().root
     cache_dir = home / "victims"
@@ -248,6 +265,8 @@ def main() -> int:
             "ray_2cpu_init_s": ray2["ray_init_s"],
             "ray_1cpu_results_done_at_s": ray1["results_done_at_s"],
             "ray_2cpu_results_done_at_s": ray2["results_done_at_s"],
+            "ray_1cpu_first_match_started_at_s": ray1["first_match_started_at_s"],
+            "ray_2cpu_first_match_started_at_s": ray2["first_match_started_at_s"],
             "parallel_speedup": speedup,
             "orchestration_overhead": overhead,
             "records_identical": not mismatched,

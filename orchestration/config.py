@@ -161,6 +161,10 @@ class RaySettings(_Strict):
     """CPUs (and torch threads) per match task"""
     cpus_per_victim: NonNegativeFloat = 0
     """CPUs reserved by each victim-service actor (0: it shares the match CPUs)"""
+    matches_in_flight: PositiveInt | None = None
+    """match tasks running at once; ``None``: the cluster's CPUs over ``cpus_per_match``. Ray
+    frees a task's CPU while it waits on its victim, so uncapped, more matches train at once
+    than there are cores, each slower, none sooner"""
     gpus_per_match: float = Field(default=0, ge=0, le=1)
     """GPUs per match task, for its thief (substitute training and scoring); fractions let
     several matches share a card (0.25: four per GPU). A match uses one device, so at most 1.

@@ -4,7 +4,8 @@ A tournament and a tuning study are both loops over a :class:`MatchRuntime`: it 
 (before any Ray process starts, so a missing dataset is one clear error), starts or joins Ray,
 puts the data in the object store once, loads or trains each victim once, prepares training-time
 defenses once per victim, owns one victim-service actor per (victim, defense chain) or per caller
-label, plays each match as a Ray task, and hands back results as they finish. As a context
+label, plays each match as a Ray task (no more at once than there are match slots:
+:meth:`MatchRuntime.in_flight_cap`), and hands back results as they finish. As a context
 manager it stops its actors and the Ray it started on every exit path.
 
 Asked to keep substitutes (``tracking.log_models``), each match task also returns the substitute
@@ -228,10 +229,11 @@ class MatchRuntime:
         self._started_ray = False
         self._ray_ready = False
         self._data: dict[str, DataSplits] = {}
-        """victims' datasets, put in the object store whole"""
+        """victims' datasets"""
         self._loaded: dict[str, DataSplits] = {}
         """every dataset loaded, pool sources included (loaded once)"""
         self._data_refs: dict[str, ObjectRef[Any]] = {}
+        """victims' datasets in the object store (:meth:`_data_ref`)"""
         self._match_data: dict[tuple[str, str, str], ObjectRef[Any]] = {}
         """match data by :func:`data_key`: dataset, pool, and whether the training split rides"""
         self.victims: dict[str, TrainedVictim] = {}
@@ -248,6 +250,8 @@ class MatchRuntime:
         self._services: dict[Hashable, ActorHandle[Any]] = {}
         self._actors_started = 0
         self._running: dict[ObjectRef[Any], tuple[MatchSpec, Hashable]] = {}
+        self._ready: deque[tuple[MatchSpec, Hashable]] = deque()
+        """matches free to play, waiting for a slot (:meth:`in_flight_cap`)"""
         self.plugins = sources_for(plugins)
         """the config's plug-ins as the driver loaded them, loaded again in every task and actor"""
 
@@ -322,9 +326,6 @@ class MatchRuntime:
             self._started_ray = start_ray(self.settings, self.home, self.address)
             self._check_gpus()
             self._ray_ready = True
-        for name, split in self._data.items():
-            if name not in self._data_refs:
-                self._data_refs[name] = ray.put(split)
         training: dict[str, ObjectRef[Any]] = {}
         threads = self.settings.cpus_per_match
         for spec in {v.key(): v for v in victims}.values():
@@ -335,7 +336,7 @@ class MatchRuntime:
                 self.victims[spec.key()] = cached
             else:
                 task = _train_victim_task.options(**victim_training_resources(self.settings))
-                data = self._data_refs[spec.dataset]
+                data = self._data_ref(spec.dataset)
                 training[spec.key()] = task.remote(
                     spec, data, threads, self.home.victims, self.plugins
                 )
@@ -346,6 +347,14 @@ class MatchRuntime:
         for key, victim in self.victims.items():
             if key not in self._weights:
                 self._weights[key] = ray.put(victim.model.state_dict())
+
+    def _data_ref(self, name: str) -> ObjectRef[Any]:
+        """A victim's whole dataset in the object store, put there the first time a task or an
+        actor needs it (training a victim, preparing defenses); matches get only their
+        :class:`MatchData`, so a tournament of cached victims never ships the training split."""
+        if name not in self._data_refs:
+            self._data_refs[name] = ray.put(self._data[name])
+        return self._data_refs[name]
 
     def _check_gpus(self) -> None:
         """GPUs the settings ask for must exist: on a Ray this runtime started (which never
@@ -388,7 +397,7 @@ class MatchRuntime:
             self._preparing[key] = task.remote(
                 spec,
                 self._weights[spec.victim.key()],
-                self._data_refs[spec.victim.dataset],
+                self._data_ref(spec.victim.dataset),
                 self.home.victims,
                 threads,
                 self.plugins,
@@ -411,7 +420,7 @@ class MatchRuntime:
                 data.num_classes,
                 **victim_service_resources(self.settings),
                 name=f"victim-{self.run_id[:8]}-{self._actors_started}",
-                data=self._data_refs[spec.victim.dataset] if prepares else None,
+                data=self._data_ref(spec.victim.dataset) if prepares else None,
                 cache_dir=self.home.victims,
                 ledger_path=ledger,
                 max_restarts=self.settings.victim_max_restarts,
@@ -442,7 +451,32 @@ class MatchRuntime:
         else:
             self._launch(spec, label)
 
+    def in_flight_cap(self) -> int:
+        """How many match tasks may run at once: ``ray.matches_in_flight``, or as many as the
+        cluster's CPUs hold at ``cpus_per_match`` each (read each time: a cluster may grow).
+
+        Ray's own placement does not bound this: a match blocked on its victim in ``ray.get``
+        gives its CPU back, and Ray starts another match on it."""
+        if self.settings.matches_in_flight is not None:
+            return self.settings.matches_in_flight
+        resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
+        return max(1, int(resources.get("CPU", 1) // self.settings.cpus_per_match))
+
     def _launch(self, spec: MatchSpec, label: Hashable) -> None:
+        """Queue a match that may play now, and start as many queued ones as there are slots.
+        Its victim service starts now, so it is up by the time the match gets a slot."""
+        self.service(spec, label)
+        self._ready.append((spec, label))
+        self._fill_slots()
+
+    def _fill_slots(self) -> None:
+        if not self._ready:
+            return
+        cap = self.in_flight_cap()
+        while self._ready and len(self._running) < cap:
+            self._start(*self._ready.popleft())
+
+    def _start(self, spec: MatchSpec, label: Hashable) -> None:
         threads = self.settings.cpus_per_match
         ref = play_match_task.options(**match_resources(self.settings)).remote(
             spec,
@@ -465,7 +499,13 @@ class MatchRuntime:
     @property
     def running(self) -> int:
         """Matches submitted and not yet handed back (held ones included)."""
-        return len(self._running) + sum(map(len, self._held.values())) + len(self._failed)
+        held = sum(map(len, self._held.values()))
+        return len(self._running) + len(self._ready) + held + len(self._failed)
+
+    @property
+    def playing(self) -> int:
+        """Match tasks running now (at most :meth:`in_flight_cap`)."""
+        return len(self._running)
 
     def next_finished(self) -> Finished:
         """Wait for the next match to finish (one must be running), launching held matches as
@@ -491,6 +531,7 @@ class MatchRuntime:
 
     def _collect(self, ref: ObjectRef[Any]) -> Finished:
         spec, label = self._running.pop(ref)
+        self._fill_slots()
         try:
             outcome: Outcome | WithSubstitute = ray.get(ref)
         except ray.exceptions.RayError as exc:
