@@ -25,6 +25,7 @@ Usage (from the repository root)::
 
     python benchmarks/ownership.py [--config configs/ownership.yaml] [--out FILE]
     python benchmarks/ownership.py --survival --skip-tournament
+    python benchmarks/ownership.py --render benchmarks/results/ownership.json   # part 1's tables
 """
 
 from __future__ import annotations
@@ -135,6 +136,19 @@ def tournament_markdown(rows: list[dict[str, Any]]) -> str:
         cells.append("—" if tpr is None else f"{tpr:.2f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def render(record: dict[str, Any]) -> str:
+    """Part 1's docs tables of a written JSON (per defense and budget, then the leaderboard),
+    stamped with the date, commit and command."""
+    stamp = (
+        f"_Measured {record['finished'][:16].replace('T', ' ')} UTC at commit "
+        f"{record.get('commit', 'unrecorded')} "
+        f"(`{record.get('command_short', 'python benchmarks/ownership.py')}`)._"
+    )
+    return "\n".join(
+        [record["table_markdown"], record["leaderboard_markdown"].strip(), "", stamp, ""]
+    )
 
 
 def score(model: torch.nn.Module, keys: OwnershipEvidence, test: Split) -> dict[str, Any]:
@@ -467,6 +481,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="torch threads for parts 2 and 3 (1 on a busy machine: waiting threads spin)",
     )
     parser.add_argument("--survival", action="store_true", help="also run part 3")
+    parser.add_argument("--render", type=Path, help="print the tournament tables of a written JSON")
     parser.add_argument(
         "--skip-tournament", action="store_true", help="skip parts 1 and 2 (with --survival)"
     )
@@ -485,6 +500,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--memorise-max-epochs", type=int, default=150)
     parser.add_argument("--memorise-round", type=int, default=10, help="epochs per round")
     args = parser.parse_args(argv)
+    if args.render:
+        print(render(json.loads(args.render.read_text())), end="")
+        return 0
     if args.skip_tournament and not args.survival:
         parser.error("--skip-tournament leaves nothing to run without --survival")
     console = Console(width=220)
