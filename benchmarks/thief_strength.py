@@ -13,7 +13,7 @@ Usage (from the repository root)::
 
     python benchmarks/thief_strength.py [--budgets 1000 5000] [--seeds 0 1 2]
                                         [--config configs/thief_strength.yaml] [--out FILE]
-                                        [--without-best-response]
+                                        [--leave-out LABEL ...]
     python benchmarks/thief_strength.py --render benchmarks/results/thief_strength.json
 """
 
@@ -32,7 +32,10 @@ from config_runs import run_config
 from machine import git_commit, write_record
 from rich.console import Console
 
+from arena.attacker import ATTACKS
 from arena.record import MatchResult
+from arena.registry import build_plugin, plugin_label
+from arena.specs import PluginSpec
 from orchestration.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,6 +90,11 @@ def markdown(rows: list[dict[str, Any]], stamp: str) -> str:
     return "\n".join([*lines, "", *best_response_lines(rows), stamp])
 
 
+def attack_label(attack: PluginSpec) -> str:
+    """An attack entry's label as its match records and the table show it."""
+    return plugin_label(attack.name, build_plugin(ATTACKS, attack.name, attack.params))
+
+
 def fixed_self(attack: str) -> str:
     """The label of the same attack without its best-response option."""
     label = re.sub(r"best_response_trials=\d+,?", "", attack).replace(",)", ")")
@@ -135,9 +143,12 @@ def main() -> int:
     parser.add_argument("--budgets", type=int, nargs="*")
     parser.add_argument("--seeds", type=int, nargs="*")
     parser.add_argument(
-        "--without-best-response",
-        action="store_true",
-        help="leave out the best-response entries (each costs four to six fixed-recipe fits)",
+        "--leave-out",
+        nargs="*",
+        default=[],
+        metavar="LABEL",
+        help="attack entries not to play, by their table label, e.g. "
+        "'knockoff(best_response_trials=4)' (each costs four to six fixed fits)",
     )
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results/thief_strength.json")
     parser.add_argument("--render", type=Path, help="print the docs table of a written JSON")
@@ -149,8 +160,12 @@ def main() -> int:
     console = Console(width=200)
     config = load_config(args.config)
     update = {k: v for k, v in (("budgets", args.budgets), ("seeds", args.seeds)) if v}
-    if args.without_best_response:
-        update["attacks"] = [a for a in config.attacks if "best_response_trials" not in a.params]
+    if args.leave_out:
+        labels = {attack_label(a): a for a in config.attacks}
+        unknown = sorted(set(args.leave_out) - set(labels))
+        if unknown:
+            parser.error(f"--leave-out: no attack entry labelled {', '.join(unknown)}")
+        update["attacks"] = [a for label, a in labels.items() if label not in args.leave_out]
     config = config.model_copy(update=update)
     outcome, wall = run_config(config, console)
     rows = strength_rows(outcome.results)
