@@ -58,6 +58,16 @@ def command_short() -> str:
     return shlex.join(["python", *map(relative, sys.argv)])
 
 
+def measured_stamp(record: dict[str, Any]) -> str:
+    """The line under a docs table rendered from a :func:`write_record` JSON: when it finished,
+    at which commit, and the command that wrote it (older records may lack the last two)."""
+    return (
+        f"_Measured {record['finished'][:16].replace('T', ' ')} UTC at commit "
+        f"{record.get('commit', 'unrecorded')} "
+        f"(`{record.get('command_short', 'python benchmarks/' + record['benchmark'] + '.py')}`)._"
+    )
+
+
 def write_record(
     out: Path, benchmark: str, loadavg_start: tuple[float, float, float], fields: dict[str, Any]
 ) -> None:

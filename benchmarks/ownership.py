@@ -42,7 +42,7 @@ from typing import Any
 
 import torch
 from config_runs import run_config
-from machine import write_record
+from machine import measured_stamp, write_record
 from rich.console import Console
 
 import agents  # noqa: F401  (registers the attacks)
@@ -141,11 +141,7 @@ def tournament_markdown(rows: list[dict[str, Any]]) -> str:
 def render(record: dict[str, Any]) -> str:
     """Part 1's docs tables of a written JSON (per defense and budget, then the leaderboard),
     stamped with the date, commit and command."""
-    stamp = (
-        f"_Measured {record['finished'][:16].replace('T', ' ')} UTC at commit "
-        f"{record.get('commit', 'unrecorded')} "
-        f"(`{record.get('command_short', 'python benchmarks/ownership.py')}`)._"
-    )
+    stamp = measured_stamp(record)
     return "\n".join(
         [record["table_markdown"], record["leaderboard_markdown"].strip(), "", stamp, ""]
     )

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from config_runs import run_config
-from machine import git_commit, write_record
+from machine import git_commit, measured_stamp, write_record
 from rich.console import Console
 
 from arena.attacker import ATTACKS
@@ -132,9 +132,7 @@ def _brief(recipe: dict[str, Any]) -> str:
 
 def render(path: Path) -> str:
     record = json.loads(path.read_text())
-    when, commit = record["finished"][:10], record["commit"]
-    stamp = f"_Measured {when} at commit {commit} (`{record['command_short']}`)._"
-    return markdown(record["rows"], stamp)
+    return markdown(record["rows"], measured_stamp(record))
 
 
 def main() -> int:

@@ -2,7 +2,8 @@
 
 A tournament and a tuning study are both loops over a :class:`MatchRuntime`: it loads the data
 (before any Ray process starts, so a missing dataset is one clear error), starts or joins Ray,
-puts the data in the object store once, loads or trains each victim once, prepares training-time
+puts each piece of data in the object store once and only when a task needs it, loads or
+trains each victim once, prepares training-time
 defenses once per victim, owns one victim-service actor per (victim, defense chain) or per caller
 label, plays each match as a Ray task (no more at once than there are match slots:
 :meth:`MatchRuntime.in_flight_cap`), and hands back results as they finish. As a context
