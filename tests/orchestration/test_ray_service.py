@@ -208,6 +208,43 @@ def test_Q2_oversized_numpy_view_refused_through_ray_without_a_copy(service: Any
     assert peak < 16 * 2**20, f"{peak / 2**20:.0f} MiB allocated to refuse a 51 MB view"
 
 
+class _CountingProxy(RayServiceProxy):
+    """The proxy, counting the batches an oracle sent ahead."""
+
+    submitted = 0
+
+    def submit(self, attacker_id: str, query_id: str, x: Any, targets: Any = None) -> Any:
+        self.submitted += 1
+        return super().submit(attacker_id, query_id, x, targets)
+
+
+def test_pipelined_query_all_through_the_actor_is_exact_and_in_order(service: Any) -> None:
+    """``query_all`` keeps two batches in flight on the actor: the same answers as one batch at
+    a time, each query charged once, and the audit log in the order the batches were sent."""
+    x = torch.from_numpy(_digits(10 * MAX_BATCH + 7))
+    proxy = _CountingProxy(service)
+    proxy.open_account("one-by-one", 10**4)
+    proxy.open_account("pipelined", 10**4)
+    one_by_one = Oracle(proxy, "one-by-one")
+    expected = torch.cat([one_by_one.query(x[i : i + MAX_BATCH]) for i in range(0, len(x), 64)])
+    assert proxy.submitted == 0
+    pipelined = Oracle(proxy, "pipelined")
+    assert torch.equal(pipelined.query_all(x), expected)
+    assert proxy.submitted == 11
+    assert pipelined.used == proxy.account_stats("pipelined").used == len(x)
+    query_ids = ray.get(
+        service.__ray_call__.remote(
+            lambda victim: [
+                query_id
+                for (query_id,) in victim._ledger._db.execute(
+                    "SELECT query_id FROM audit WHERE attacker = 'pipelined' ORDER BY seq"
+                )
+            ]
+        )
+    )
+    assert [int(q.rsplit("-", 1)[1]) for q in query_ids] == list(range(11))
+
+
 @ray.remote(num_cpus=0)
 class _Hammer:
     """One concurrent caller in its own process. An actor, not a task: the 21 rounds below reuse

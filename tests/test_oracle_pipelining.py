@@ -1,0 +1,164 @@
+"""``Oracle.query_all`` with batches in flight (:class:`arena.oracle.PipelinedEndpoint`).
+
+The endpoint here is the harshest kind: it answers — and charges — every batch the moment it is
+submitted, so a batch sent ahead that the sequential loop would not have sent shows up at once
+in the ledger. Each case runs the same queries through a plain oracle (one batch at a time) and
+a pipelining one, and both must answer, charge and fail alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+from arena_testkit import ServiceFactory
+
+from arena.data import DataSplits
+from arena.errors import BudgetExhausted, InvalidQuery, QueryErrorCode
+from arena.oracle import PIPELINE_DEPTH, Answer, Oracle, PendingAnswer, Rejection
+from arena.oracle_adapters import ArgmaxOracle
+from arena.service import VictimService
+
+ATTACKER = "thief"
+BATCH = 16
+
+
+class EagerEndpoint:
+    """A pipelined endpoint that answers each batch as soon as it is submitted; with
+    ``refuse_from`` its detector refuses every batch once that many queries were charged."""
+
+    def __init__(self, service: VictimService, refuse_from: int | None = None) -> None:
+        self.service = service
+        self.refuse_from = refuse_from
+        self.submitted = 0
+        self.waiting = 0
+        self.most_waiting = 0
+
+    def answer(
+        self, attacker_id: str, query_id: str, x: Any, targets: Any = None, work: Any = None
+    ) -> Answer | Rejection:
+        used = self.service.account_stats(attacker_id).used
+        if self.refuse_from is not None and used >= self.refuse_from:
+            return Rejection("refused", "flagged by the test detector")
+        return self.service.answer(attacker_id, query_id, x, targets, work)
+
+    def submit(self, attacker_id: str, query_id: str, x: Any, targets: Any = None) -> PendingAnswer:
+        result = self.answer(attacker_id, query_id, x, targets)
+        self.submitted += 1
+        self.waiting += 1
+        self.most_waiting = max(self.most_waiting, self.waiting)
+
+        def wait() -> Answer | Rejection:
+            self.waiting -= 1
+            return result
+
+        return wait
+
+    def work_challenge(self, attacker_id: str, query_id: str, batch: int) -> Any:
+        return self.service.work_challenge(attacker_id, query_id, batch)
+
+    def account_status(self, attacker_id: str) -> Any:
+        return self.service.account_status(attacker_id)
+
+    def public_spec(self) -> Any:
+        return self.service.public_spec()
+
+
+Setup = Callable[..., tuple[Oracle, EagerEndpoint]]
+
+
+@pytest.fixture
+def oracles(make_service: ServiceFactory) -> Setup:
+    """``oracles(budget, pipelined, refuse_from=None, defenses=())``: an oracle on a fresh
+    service behind an :class:`EagerEndpoint`; not pipelined, the same endpoint without
+    ``submit`` (so one batch at a time)."""
+
+    def setup(
+        budget: int, pipelined: bool, refuse_from: int | None = None, defenses: Any = ()
+    ) -> tuple[Oracle, EagerEndpoint]:
+        service = make_service(defenses, max_batch=BATCH)
+        service.open_account(ATTACKER, budget)
+        endpoint = EagerEndpoint(service, refuse_from)
+        if not pipelined:
+            endpoint.submit = None  # type: ignore[assignment,method-assign]
+            return Oracle(_Sequential(endpoint), ATTACKER), endpoint
+        return Oracle(endpoint, ATTACKER), endpoint
+
+    return setup
+
+
+class _Sequential:
+    """The eager endpoint without ``submit``: what a plain, one-batch-at-a-time oracle sees."""
+
+    def __init__(self, inner: EagerEndpoint) -> None:
+        self.answer = inner.answer
+        self.work_challenge = inner.work_challenge
+        self.account_status = inner.account_status
+        self.public_spec = inner.public_spec
+
+
+def _used(endpoint: EagerEndpoint) -> int:
+    return endpoint.service.account_stats(ATTACKER).used
+
+
+def test_pipelined_answers_equal_sequential_with_two_batches_in_flight(
+    oracles: Setup, digits_data: DataSplits
+) -> None:
+    x = digits_data.test.x[:100]
+    plain, _ = oracles(1000, pipelined=False)
+    piped, endpoint = oracles(1000, pipelined=True)
+    expected = plain.query_all(x)
+    answered = piped.query_all(x)
+    assert torch.equal(answered, expected)
+    assert endpoint.submitted == 7 and endpoint.most_waiting == PIPELINE_DEPTH
+    assert endpoint.waiting == 0
+    assert piped.used == _used(endpoint) == 100
+
+
+@pytest.mark.parametrize("pipelined", [False, True], ids=["sequential", "pipelined"])
+def test_a_batch_beyond_the_budget_is_never_sent_ahead(
+    oracles: Setup, digits_data: DataSplits, pipelined: bool
+) -> None:
+    oracle, endpoint = oracles(40, pipelined=pipelined)  # 2 batches of 16 fit, a third does not
+    with pytest.raises(BudgetExhausted):  # and the last, of 8, must not be sent after it
+        oracle.query_all(digits_data.test.x[:56])
+    assert oracle.used == _used(endpoint) == 32
+    assert endpoint.waiting == 0
+
+
+@pytest.mark.parametrize("pipelined", [False, True], ids=["sequential", "pipelined"])
+def test_an_invalid_batch_stops_the_stream_and_nothing_after_it_is_charged(
+    oracles: Setup, digits_data: DataSplits, pipelined: bool
+) -> None:
+    x = digits_data.test.x[:64].clone()
+    x[2 * BATCH + 3] = float("nan")  # the third batch
+    oracle, endpoint = oracles(1000, pipelined=pipelined)
+    with pytest.raises(InvalidQuery) as info:
+        oracle.query_all(x)
+    assert info.value.code == QueryErrorCode.NON_FINITE
+    assert oracle.used == _used(endpoint) == 2 * BATCH
+
+
+@pytest.mark.parametrize("pipelined", [False, True], ids=["sequential", "pipelined"])
+def test_a_refusal_ends_the_stream_with_the_answered_prefix_and_no_lost_charge(
+    oracles: Setup, digits_data: DataSplits, pipelined: bool
+) -> None:
+    oracle, endpoint = oracles(1000, pipelined=pipelined, refuse_from=3 * BATCH)
+    x = digits_data.test.x[:100]
+    answered = oracle.query_all(x, until_refused=True)
+    assert answered.shape[0] == 3 * BATCH
+    assert oracle.used == _used(endpoint) == 3 * BATCH
+    assert endpoint.waiting == 0
+
+
+def test_views_and_proof_of_work_go_one_batch_at_a_time(
+    oracles: Setup, digits_data: DataSplits
+) -> None:
+    oracle, endpoint = oracles(1000, pipelined=True)
+    top1 = ArgmaxOracle(oracle).query_all(digits_data.test.x[:40])
+    assert endpoint.submitted == 0 and top1.sum() == 40  # every row one-hot, through the view
+    worked, endpoint = oracles(1000, pipelined=True, defenses=("proof_of_work",))
+    assert worked.query_all(digits_data.test.x[:40]).shape == (40, 10)
+    assert endpoint.submitted == 0 and worked.work_hashes > 0
