@@ -150,6 +150,11 @@ class PipelinedEndpoint(OracleEndpoint, Protocol):
         self, attacker_id: str, query_id: str, x: Any, targets: Any = None
     ) -> PendingAnswer: ...
 
+    def pipelines(self) -> bool:
+        """Whether batches may be sent ahead at all (not when the order of a caller's batches
+        matters to the victim and the transport could reorder them after a fault)."""
+        ...
+
 
 @dataclass(frozen=True)
 class _InFlight:
@@ -396,9 +401,10 @@ class Oracle:
     def _pipeline(self) -> PipelinedEndpoint | None:
         """The endpoint when ``query_all`` may keep batches in flight on it: it takes them
         ahead, and no proof of work is asked (each batch would wait for its challenge)."""
-        if self.output_spec.work_required or not isinstance(self._endpoint, PipelinedEndpoint):
+        endpoint = self._endpoint
+        if self.output_spec.work_required or not isinstance(endpoint, PipelinedEndpoint):
             return None
-        return self._endpoint
+        return endpoint if endpoint.pipelines() else None
 
     def _send_ahead(
         self,

@@ -272,6 +272,12 @@ class VictimService:
     def public_spec(self) -> tuple[InputSpec, OutputSpec]:
         return self._input_spec, self._output_spec
 
+    def order_sensitive(self) -> bool:
+        """Whether a batch's answer depends on the caller's earlier batches: a chain with
+        per-caller state (a detector, a watermark log) or a zoo drawing target noise per caller.
+        Such a victim must see each caller's batches in the order they were sent."""
+        return self._chain.stateful or self._zoo is not None
+
     def account_status(self, attacker_id: str) -> AccountStatus:
         with self._lock:
             account = self._accounts.get(attacker_id)

@@ -160,6 +160,7 @@ class RayServiceProxy:
         self._handle = handle
         self._timeout = timeout_s
         self._spec: tuple[InputSpec, OutputSpec] | None = None
+        self._order_sensitive: bool | None = None
         self._killed_at: float | None = None
 
     def _call(self, method: str, *args: Any) -> Any:
@@ -217,6 +218,13 @@ class RayServiceProxy:
         """``answer`` without waiting (:class:`arena.oracle.PipelinedEndpoint`): the actor runs
         one call at a time, in the order one caller sent them, so it charges them in order."""
         return self._send_answer(attacker_id, query_id, x, targets, None)
+
+    def pipelines(self) -> bool:
+        """Not for a victim whose answers depend on each caller's order of batches: Ray keeps
+        a caller's order, except for the calls it retries on a restarted actor."""
+        if self._order_sensitive is None:
+            self._order_sensitive = bool(self._call("order_sensitive"))
+        return not self._order_sensitive
 
     def _send_answer(
         self, attacker_id: str, query_id: str, x: Any, targets: Any, work: WorkProof | None

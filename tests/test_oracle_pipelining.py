@@ -56,6 +56,9 @@ class EagerEndpoint:
 
         return wait
 
+    def pipelines(self) -> bool:
+        return not self.service.order_sensitive()
+
     def work_challenge(self, attacker_id: str, query_id: str, batch: int) -> Any:
         return self.service.work_challenge(attacker_id, query_id, batch)
 
@@ -81,10 +84,7 @@ def oracles(make_service: ServiceFactory) -> Setup:
         service = make_service(defenses, max_batch=BATCH)
         service.open_account(ATTACKER, budget)
         endpoint = EagerEndpoint(service, refuse_from)
-        if not pipelined:
-            endpoint.submit = None  # type: ignore[assignment,method-assign]
-            return Oracle(_Sequential(endpoint), ATTACKER), endpoint
-        return Oracle(endpoint, ATTACKER), endpoint
+        return Oracle(endpoint if pipelined else _Sequential(endpoint), ATTACKER), endpoint
 
     return setup
 
@@ -153,7 +153,7 @@ def test_a_refusal_ends_the_stream_with_the_answered_prefix_and_no_lost_charge(
     assert endpoint.waiting == 0
 
 
-def test_views_and_proof_of_work_go_one_batch_at_a_time(
+def test_views_proof_of_work_and_order_sensitive_victims_go_one_batch_at_a_time(
     oracles: Setup, digits_data: DataSplits
 ) -> None:
     oracle, endpoint = oracles(1000, pipelined=True)
@@ -162,3 +162,7 @@ def test_views_and_proof_of_work_go_one_batch_at_a_time(
     worked, endpoint = oracles(1000, pipelined=True, defenses=("proof_of_work",))
     assert worked.query_all(digits_data.test.x[:40]).shape == (40, 10)
     assert endpoint.submitted == 0 and worked.work_hashes > 0
+    # a detector's state follows the order of batches, which a restart could swap in flight
+    watched, endpoint = oracles(1000, pipelined=True, defenses=("prada",))
+    assert watched.query_all(digits_data.test.x[:40]).shape == (40, 10)
+    assert endpoint.submitted == 0 and endpoint.service.order_sensitive()
