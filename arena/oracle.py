@@ -380,22 +380,18 @@ class Oracle:
                     else self._send_ahead(endpoint, batch, targets, in_flight)
                 )
                 if sent is None:  # this batch goes the sequential way, after those in flight
-                    while in_flight:
-                        chunks.append(self._receive(in_flight.popleft(), targets))
+                    self._receive_all(in_flight, chunks, targets)
                     chunks.append(self.query(batch, targets))
                     continue
                 in_flight.append(sent)
                 if len(in_flight) >= PIPELINE_DEPTH:
                     chunks.append(self._receive(in_flight.popleft(), targets))
-            while in_flight:
-                chunks.append(self._receive(in_flight.popleft(), targets))
+            self._receive_all(in_flight, chunks, targets)
         except QueryRefused:
-            self._abandon(in_flight)
             if not until_refused:
                 raise
-        except BaseException:
-            self._abandon(in_flight)
-            raise
+        finally:
+            self._abandon(in_flight)  # only when the loop ended early
         return torch.cat(chunks) if chunks else torch.empty(0, self.num_classes)
 
     def _pipeline(self) -> PipelinedEndpoint | None:
@@ -428,6 +424,12 @@ class Oracle:
     def _receive(self, batch: _InFlight, targets: Targets | None) -> torch.Tensor:
         """A pipelined batch's answer; a victim that was unavailable is asked again as usual."""
         return self._accept(self._settle(batch.query_id, batch.payload, targets, batch.pending()))
+
+    def _receive_all(
+        self, in_flight: deque[_InFlight], chunks: list[torch.Tensor], targets: Targets | None
+    ) -> None:
+        while in_flight:
+            chunks.append(self._receive(in_flight.popleft(), targets))
 
     def _abandon(self, in_flight: deque[_InFlight]) -> None:
         """Wait out the batches still in flight when the loop ends early, so ``used`` counts any

@@ -2,12 +2,11 @@
 
 A tournament and a tuning study are both loops over a :class:`MatchRuntime`: it loads the data
 (before any Ray process starts, so a missing dataset is one clear error), starts or joins Ray,
-puts each piece of data in the object store once and only when a task needs it, loads or
-trains each victim once, prepares training-time
-defenses once per victim, owns one victim-service actor per (victim, defense chain) or per caller
-label, plays each match as a Ray task (no more at once than there are match slots:
-:meth:`MatchRuntime.in_flight_cap`), and hands back results as they finish. As a context
-manager it stops its actors and the Ray it started on every exit path.
+puts each piece of data in the object store once and only when a task needs it, loads or trains
+each victim once, prepares training-time defenses once per victim, owns one victim-service actor
+per (victim, defense chain) or per caller label, plays each match as a Ray task (no more at once
+than there are match slots: :meth:`MatchRuntime.in_flight_cap`), and hands back results as they
+finish. As a context manager it stops its actors and the Ray it started on every exit path.
 
 Asked to keep substitutes (``tracking.log_models``), each match task also returns the substitute
 it scored, on the CPU, beside its record; the driver logs it as that match finishes and drops it.
