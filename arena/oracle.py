@@ -10,11 +10,13 @@ endpoint for the batch's challenge, solves it (:mod:`arena.work`, real CPU work,
 ``work_seconds``) and sends the proof with the batch; a victim that forgot the challenge (it
 restarted in between) is asked for a new one once.
 
-``query_all`` keeps up to :data:`PIPELINE_DEPTH` batches in flight when the endpoint can take a
-batch before answering the previous one (:class:`PipelinedEndpoint`: a Ray actor, whose transport
-then overlaps with the model). The victim still answers them one at a time and in order, and a
-batch is only sent ahead when the sequential loop would have sent it too: it is valid, fits the
-budget left after the batches in flight, and needs no proof of work.
+``query_all`` streams its batches to an endpoint that can take them ahead
+(:class:`PipelinedEndpoint`: a Ray actor): up to :data:`CALL_BYTES` of batches travel in one call,
+so the transport's fixed cost is paid once for several, and :data:`PIPELINE_DEPTH` calls are in
+flight, so the next one travels while the victim computes. The victim still answers them one
+batch at a time and in order, charging each on its own, and a batch is only sent ahead when the
+sequential loop would have sent it too: it is valid, fits the budget left after the batches
+already sent, and needs no proof of work.
 """
 
 from __future__ import annotations
@@ -47,8 +49,17 @@ UNAVAILABLE_RETRY_PAUSES_S = (0.5, 2.0)
 """pauses before re-sending a batch the victim could not answer (it may be restarting)"""
 
 PIPELINE_DEPTH = 2
-"""batches ``query_all`` keeps in flight on a :class:`PipelinedEndpoint`: two let the next batch
+"""calls ``query_all`` keeps in flight on a :class:`PipelinedEndpoint`: two let the next call
 travel while the victim computes this one; more only queue in the victim"""
+
+CALL_BYTES = 4 * 1024**2
+"""batches ``query_all`` sends in one call, by size: a call closes once its inputs reach this
+many bytes (six 256-image Fashion-MNIST batches, one CIFAR-10 batch of 256, at least one batch);
+large enough that a transport's fixed cost per call (about a millisecond on Ray) is small
+against the work, small enough that the first call does not keep the victim waiting long"""
+
+CALL_BATCHES = 64
+"""and at most this many batches (single-image streams)"""
 
 
 @dataclass(frozen=True)
@@ -137,18 +148,22 @@ class OracleEndpoint(Protocol):
     def public_spec(self) -> tuple[InputSpec, OutputSpec]: ...
 
 
-PendingAnswer = Callable[[], "Answer | Rejection"]
-"""A batch on its way: calling it waits for the answer (or the rejection)."""
+PendingAnswers = Callable[[], "list[Answer | Rejection]"]
+"""Batches on their way: calling it waits for the results, in order, up to and including the
+first rejection (the batches after it were not tried)."""
 
 
 @runtime_checkable
 class PipelinedEndpoint(OracleEndpoint, Protocol):
-    """An endpoint that takes a batch before it has answered the previous one, and answers the
-    batches of one caller in the order they were submitted (a Ray actor proxy)."""
+    """An endpoint that takes batches before it has answered the previous ones, several in one
+    call, and answers the batches of one caller in the order they were submitted, each as
+    ``answer`` would (a Ray actor proxy)."""
 
     def submit(
-        self, attacker_id: str, query_id: str, x: Any, targets: Any = None
-    ) -> PendingAnswer: ...
+        self, attacker_id: str, batches: list[tuple[str, Any]], targets: Any = None
+    ) -> PendingAnswers:
+        """Send ``(query_id, x)`` batches, each valid by :func:`validate_query`, in one call."""
+        ...
 
     def pipelines(self) -> bool:
         """Whether batches may be sent ahead at all (not when the order of a caller's batches
@@ -157,11 +172,24 @@ class PipelinedEndpoint(OracleEndpoint, Protocol):
 
 
 @dataclass(frozen=True)
-class _InFlight:
+class _Ahead:
+    """A batch ``query_all`` sends ahead."""
+
     query_id: str
     payload: Any
     rows: int
-    pending: PendingAnswer
+
+
+@dataclass(frozen=True)
+class _InFlight:
+    """One call's batches, sent."""
+
+    batches: list[_Ahead]
+    pending: PendingAnswers
+
+    @property
+    def rows(self) -> int:
+        return sum(batch.rows for batch in self.batches)
 
 
 def validate_query(x: Any, spec: InputSpec) -> Rejection | None:
@@ -371,21 +399,23 @@ class Oracle:
         endpoint = self._pipeline()
         chunks: list[torch.Tensor] = []
         in_flight: deque[_InFlight] = deque()
+        call: list[_Ahead] = []  # the next call's batches, not sent yet
         try:
             for start in range(0, int(x.shape[0]), size):
                 batch = x[start : start + size]
-                sent = (
-                    None
-                    if endpoint is None
-                    else self._send_ahead(endpoint, batch, targets, in_flight)
-                )
-                if sent is None:  # this batch goes the sequential way, after those in flight
+                ahead = None if endpoint is None else self._ahead(batch, call, in_flight)
+                if endpoint is None or ahead is None:
+                    # this batch goes the sequential way, after those sent ahead
+                    self._send_call(endpoint, call, in_flight, targets)
                     self._receive_all(in_flight, chunks, targets)
                     chunks.append(self.query(batch, targets))
                     continue
-                in_flight.append(sent)
-                if len(in_flight) >= PIPELINE_DEPTH:
-                    chunks.append(self._receive(in_flight.popleft(), targets))
+                call.append(ahead)
+                if fills_a_call([b.payload for b in call]):
+                    self._send_call(endpoint, call, in_flight, targets)
+                    if len(in_flight) >= PIPELINE_DEPTH:
+                        self._receive(in_flight.popleft(), chunks, targets)
+            self._send_call(endpoint, call, in_flight, targets)
             self._receive_all(in_flight, chunks, targets)
         except QueryRefused:
             if not until_refused:
@@ -402,43 +432,66 @@ class Oracle:
             return None
         return endpoint if endpoint.pipelines() else None
 
-    def _send_ahead(
-        self,
-        endpoint: PipelinedEndpoint,
-        x: Any,
-        targets: Targets | None,
-        in_flight: deque[_InFlight],
-    ) -> _InFlight | None:
-        """Submit a batch without waiting, when the sequential loop would surely send it too:
-        valid (the victim runs the same check), and within the budget left after the batches in
-        flight. ``None``: send it the sequential way (it may be refused, and must not be charged
-        while an earlier batch could still be refused)."""
+    def _ahead(self, x: Any, call: list[_Ahead], in_flight: deque[_InFlight]) -> _Ahead | None:
+        """The batch to send ahead, when the sequential loop would surely send it too: valid
+        (the victim runs the same check), and within the budget left after the batches already
+        sent or waiting to be. ``None``: send it the sequential way (it may be refused, and must
+        not be charged while an earlier batch could still be refused)."""
         payload = self._payload(x)
         rows = int(payload.shape[0]) if validate_query(payload, self.input_spec) is None else 0
-        if rows == 0 or rows + sum(b.rows for b in in_flight) > self.remaining:
+        ahead = rows + sum(b.rows for b in call) + sum(c.rows for c in in_flight)
+        if rows == 0 or ahead > self.remaining:
             return None
-        query_id = self._next_query_id()
-        pending = endpoint.submit(self._attacker_id, query_id, payload, targets)
-        return _InFlight(query_id, payload, rows, pending)
+        return _Ahead(self._next_query_id(), payload, rows)
 
-    def _receive(self, batch: _InFlight, targets: Targets | None) -> torch.Tensor:
-        """A pipelined batch's answer; a victim that was unavailable is asked again as usual."""
-        return self._accept(self._settle(batch.query_id, batch.payload, targets, batch.pending()))
+    def _send_call(
+        self,
+        endpoint: PipelinedEndpoint | None,
+        call: list[_Ahead],
+        in_flight: deque[_InFlight],
+        targets: Targets | None,
+    ) -> None:
+        """Submit the batches waiting in ``call`` (if any) as one call, without waiting."""
+        if endpoint is None or not call:
+            return
+        sent = [(b.query_id, b.payload) for b in call]
+        in_flight.append(_InFlight(list(call), endpoint.submit(self._attacker_id, sent, targets)))
+        call.clear()
+
+    def _receive(
+        self, call: _InFlight, chunks: list[torch.Tensor], targets: Targets | None
+    ) -> None:
+        """Append a call's answers to ``chunks`` batch by batch (a rejection raises after the
+        answers before it); a batch the victim could not answer, or did not try after an
+        earlier rejection, goes the sequential way (retried, or refused as usual)."""
+        results: list[Answer | Rejection | None] = [*call.pending()]
+        results += [None] * (len(call.batches) - len(results))
+        for batch, result in zip(call.batches, results, strict=True):
+            chunks.append(
+                self._accept(self._settle(batch.query_id, batch.payload, targets, result))
+            )
 
     def _receive_all(
         self, in_flight: deque[_InFlight], chunks: list[torch.Tensor], targets: Targets | None
     ) -> None:
         while in_flight:
-            chunks.append(self._receive(in_flight.popleft(), targets))
+            self._receive(in_flight.popleft(), chunks, targets)
 
     def _abandon(self, in_flight: deque[_InFlight]) -> None:
-        """Wait out the batches still in flight when the loop ends early, so ``used`` counts any
-        the victim charged (none after a refusal: the detector refuses them too)."""
+        """Wait out the calls still in flight when the loop ends early, so ``used`` counts any
+        batch the victim charged (none after a refusal: the detector refuses them too)."""
         while in_flight:
-            self._count(in_flight.popleft().pending())
+            for result in in_flight.popleft().pending():
+                self._count(result)
 
     def __repr__(self) -> str:
         return f"Oracle(attacker={self._attacker_id!r}, used={self.used}/{self.budget})"
+
+
+def fills_a_call(batches: list[np.ndarray]) -> bool:
+    """Whether these batches are enough for one call (:data:`CALL_BYTES`, :data:`CALL_BATCHES`)."""
+    size = sum(int(batch.nbytes) for batch in batches)
+    return size >= CALL_BYTES or len(batches) >= CALL_BATCHES
 
 
 def _coded(result: Answer | Rejection, code: RejectionCode) -> bool:

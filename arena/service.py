@@ -358,6 +358,19 @@ class VictimService:
             # else: charged by a call that died before answering; answer it without a new charge
             return self._answer_charged(attacker_id, query_id, account, x, stated)
 
+    def answer_many(
+        self, attacker_id: str, batches: list[tuple[str, Any]], targets: Any = None
+    ) -> list[Answer | Rejection]:
+        """``answer`` each ``(query_id, x)`` batch in order, up to and including the first
+        rejection: one call for several batches (:class:`arena.oracle.PipelinedEndpoint`), each
+        still charged, and its answer recorded, before the next is tried."""
+        results: list[Answer | Rejection] = []
+        for query_id, x in batches:
+            results.append(self.answer(attacker_id, query_id, x, targets))
+            if isinstance(results[-1], Rejection):
+                break
+        return results
+
     def _check_work(
         self, attacker_id: str, query_id: str, batch: int, work: WorkProof | None
     ) -> Rejection | None:

@@ -11,8 +11,9 @@ and 256 in queries (images) per second:
   :class:`orchestration.ray_service.RayServiceProxy` and an ``Oracle``;
 * ``ray-floor``: the raw forward pass in a bare Ray actor (the batch goes as a numpy array, the
   softmax comes back): what Ray's transport alone costs, the ceiling of any service on Ray;
-* ``*-pipelined``: the same Ray actors fed a stream of :data:`STREAM_BATCHES` batches per call,
-  with two in flight: ``Oracle.query_all`` for the service (what attacks call), two outstanding
+* ``*-pipelined``: the same Ray actors fed a stream of :data:`STREAM_ROWS` images per call, in
+  batches of the batch size: ``Oracle.query_all`` for the service (what attacks call: several
+  batches an actor call, two calls in flight), the same grouping of batches and two outstanding
   calls for the bare actor.
 
 Measurements are interleaved: every round measures every (batch size, variant) pair once for
@@ -59,7 +60,7 @@ from torch import nn
 from arena.data import DataSplits, load_dataset
 from arena.defenses.chain import build_chain
 from arena.ledger import Ledger
-from arena.oracle import PIPELINE_DEPTH, InputSpec, Oracle
+from arena.oracle import PIPELINE_DEPTH, InputSpec, Oracle, fills_a_call
 from arena.service import ServiceAPI, VictimService
 from arena.specs import PluginSpec, VictimSpec
 from arena.victims import (
@@ -82,12 +83,15 @@ BUDGET = 10**15
 """Every oracle call is charged; no run of this benchmark comes near this many queries."""
 DISTINCT_BATCHES = 4
 """Each variant cycles through this many different input batches of the test set."""
-STREAM_BATCHES = 8
-"""batches per call of a pipelined variant (an attack's ``query_all`` streams its transfer set)"""
+STREAM_ROWS = 2048
+"""images per call of a pipelined variant, in batches of the batch size (an attack's
+``query_all`` streams its transfer set: 1,000 to 10,000 images at the default budgets)"""
 OBJECT_STORE_BYTES = 512 * 1024**2
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "serving.json"
 
 QueryFn = Callable[[torch.Tensor], torch.Tensor]
+StreamFn = Callable[[torch.Tensor, int], torch.Tensor]
+"""``query_all(x, batch_size)``"""
 
 
 @dataclass
@@ -105,8 +109,9 @@ class Variant:
     """queries (images) sent, warm-up included, to compare against the ledger"""
     qps: dict[int, list[float]] = field(default_factory=dict)
     calls: dict[int, list[int]] = field(default_factory=dict)
-    streamed: bool = False
-    """each call is a stream of :data:`STREAM_BATCHES` batches, not one batch"""
+    stream: StreamFn | None = None
+    """pipelined: each call is a stream of :data:`STREAM_ROWS` images through this, not one
+    batch through ``query``"""
 
 
 @dataclass(frozen=True)
@@ -197,9 +202,9 @@ def defenses_for(name: str) -> tuple[PluginSpec, ...]:
     return (PluginSpec(name=name),)
 
 
-def streamed(query_all: Callable[[torch.Tensor, int], torch.Tensor]) -> QueryFn:
-    """A pipelined variant's call: one stream of :data:`STREAM_BATCHES` equal batches."""
-    return lambda x: query_all(x, max(1, int(x.shape[0]) // STREAM_BATCHES))
+def streamed(query_all: StreamFn) -> QueryFn:
+    """A pipelined variant's one-batch call (the output check): its stream of one batch."""
+    return lambda x: query_all(x, int(x.shape[0]))
 
 
 def metered_variant(
@@ -223,7 +228,7 @@ def metered_variant(
         defense=defense,
         query=streamed(oracle.query_all) if pipelined else oracle.query,
         charged=lambda: service.account_stats(attacker).used,
-        streamed=pipelined,
+        stream=oracle.query_all if pipelined else None,
     )
 
 
@@ -280,6 +285,10 @@ class RawForward:
             probs: np.ndarray = torch.softmax(self.model(torch.from_numpy(x)), dim=1).numpy()
         return probs
 
+    def query_many(self, batches: list[np.ndarray]) -> list[np.ndarray]:
+        """Several batches in one call, as the victim service's ``answer_many``."""
+        return [self.query(x) for x in batches]
+
 
 def ray_floor_variant(
     victim: TrainedVictim,
@@ -287,8 +296,8 @@ def ray_floor_variant(
     data: DataSplits,
     pipelined: bool = False,
 ) -> Variant:
-    """``pipelined``: streams of batches, two calls in flight (the ceiling of a pipelining
-    oracle)."""
+    """``pipelined``: streams of batches, grouped into calls as ``Oracle.query_all`` groups
+    them, two calls in flight (the ceiling of a pipelining oracle)."""
     actor_cls: Any = ray.remote(num_cpus=1)(RawForward)
     actor = actor_cls.remote(victim.spec, state, data.input_shape, data.num_classes)
 
@@ -296,20 +305,24 @@ def ray_floor_variant(
         return torch.from_numpy(ray.get(actor.query.remote(x.numpy())))
 
     def query_all(x: torch.Tensor, size: int) -> torch.Tensor:
-        in_flight: deque[ray.ObjectRef[np.ndarray]] = deque()
+        in_flight: deque[ray.ObjectRef[list[np.ndarray]]] = deque()
         answers: list[np.ndarray] = []
+        call: list[np.ndarray] = []
         for start in range(0, int(x.shape[0]), size):
-            in_flight.append(actor.query.remote(x[start : start + size].numpy()))
+            call.append(x[start : start + size].numpy())
+            if fills_a_call(call) or start + size >= int(x.shape[0]):
+                in_flight.append(actor.query_many.remote(call))
+                call = []
             if len(in_flight) >= PIPELINE_DEPTH:
-                answers.append(ray.get(in_flight.popleft()))
-        answers += ray.get(list(in_flight))
+                answers += ray.get(in_flight.popleft())
+        while in_flight:
+            answers += ray.get(in_flight.popleft())
         return torch.from_numpy(np.concatenate(answers))
 
     if pipelined:
-        label = "raw forward pass in a bare Ray actor, two calls in flight"
-        return Variant(
-            "ray-floor-pipelined", label, "ray", None, streamed(query_all), streamed=True
-        )
+        label = "raw forward pass in a bare Ray actor, batches grouped, two calls in flight"
+        query = streamed(query_all)
+        return Variant("ray-floor-pipelined", label, "ray", None, query, stream=query_all)
     return Variant("ray-floor", "raw forward pass in a bare Ray actor", "ray", None, query)
 
 
@@ -322,20 +335,23 @@ def input_batches(data: DataSplits, batch_size: int) -> list[torch.Tensor]:
 
 def run_for(variant: Variant, batches: Sequence[torch.Tensor], seconds: float) -> tuple[int, float]:
     """Call the variant back to back for ``seconds``; return the batches answered and the time
-    taken (a pipelined variant answers :data:`STREAM_BATCHES` batches a call)."""
+    taken (a pipelined variant streams :data:`STREAM_ROWS` images a call)."""
     calls = 0
     start = time.perf_counter()
     deadline = start + seconds
     now = start
-    stream = [torch.cat([batches[i % len(batches)] for i in range(STREAM_BATCHES)])]
-    inputs = stream if variant.streamed else batches
+    size = int(batches[0].shape[0])
+    per_call = max(1, STREAM_ROWS // size) if variant.stream is not None else 1
+    stream = torch.cat([batches[i % len(batches)] for i in range(per_call)])
     while now < deadline or calls == 0:
-        variant.query(inputs[calls % len(inputs)])
+        if variant.stream is not None:
+            variant.stream(stream, size)
+        else:
+            variant.query(batches[calls % len(batches)])
         calls += 1
         now = time.perf_counter()
-    answered = calls * (STREAM_BATCHES if variant.streamed else 1)
-    variant.sent += answered * int(batches[0].shape[0])
-    return answered, now - start
+    variant.sent += calls * per_call * size
+    return calls * per_call, now - start
 
 
 def check_outputs(variants: Sequence[Variant], data: DataSplits) -> dict[str, Any]:
@@ -577,7 +593,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 victim, state, data, "none", ledger_file("ray.sqlite3")
             ),
             "ray-floor": lambda: ray_floor_variant(victim, state, data),
-            # an attack's query_all, two batches in flight; and the same against the bare actor
+            # an attack's query_all (batches grouped, two calls in flight); same on the bare actor
             "ray-none-pipelined": lambda: ray_variant(victim, state, data, "none", pipelined=True),
             "ray-none-ledger_file-pipelined": lambda: ray_variant(
                 victim, state, data, "none", ledger_file("ray-p.sqlite3"), pipelined=True

@@ -35,7 +35,7 @@ from arena.oracle import (
     Answer,
     InputSpec,
     OutputSpec,
-    PendingAnswer,
+    PendingAnswers,
     Rejection,
     check_structure,
 )
@@ -214,10 +214,20 @@ class RayServiceProxy:
         result: Answer | Rejection = self._send_answer(attacker_id, query_id, x, targets, work)()
         return result
 
-    def submit(self, attacker_id: str, query_id: str, x: Any, targets: Any = None) -> PendingAnswer:
-        """``answer`` without waiting (:class:`arena.oracle.PipelinedEndpoint`): the actor runs
-        one call at a time, in the order one caller sent them, so it charges them in order."""
-        return self._send_answer(attacker_id, query_id, x, targets, None)
+    def submit(
+        self, attacker_id: str, batches: list[tuple[str, Any]], targets: Any = None
+    ) -> PendingAnswers:
+        """Several batches in one call, without waiting (:class:`arena.oracle.PipelinedEndpoint`):
+        the actor runs one call at a time, in the order one caller sent them, and answers a
+        call's batches in order, so it charges them in order. A fault is the first batch's
+        rejection (the oracle re-sends the rest by their query ids: none is charged twice)."""
+        wait = self._start_call("answer_many", attacker_id, batches, targets)
+
+        def results() -> list[Answer | Rejection]:
+            answered: list[Answer | Rejection] | Rejection = wait()
+            return [answered] if isinstance(answered, Rejection) else answered
+
+        return results
 
     def pipelines(self) -> bool:
         """Not for a victim whose answers depend on each caller's order of batches: Ray keeps
@@ -228,7 +238,7 @@ class RayServiceProxy:
 
     def _send_answer(
         self, attacker_id: str, query_id: str, x: Any, targets: Any, work: WorkProof | None
-    ) -> PendingAnswer:
+    ) -> Callable[[], Answer | Rejection]:
         rejection = check_structure(x, self.public_spec()[0])
         if rejection is not None:
             return lambda: rejection

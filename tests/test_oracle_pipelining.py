@@ -3,7 +3,8 @@
 The endpoint here is the harshest kind: it answers — and charges — every batch the moment it is
 submitted, so a batch sent ahead that the sequential loop would not have sent shows up at once
 in the ledger. Each case runs the same queries through a plain oracle (one batch at a time) and
-a pipelining one, and both must answer, charge and fail alike.
+a pipelining one, and both must answer, charge and fail alike; the pipelining one sends two
+batches a call (:data:`arena.oracle.CALL_BYTES` is lowered to two batches' worth).
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ import pytest
 import torch
 from arena_testkit import ServiceFactory
 
+from arena import oracle as oracle_module
 from arena.data import DataSplits
 from arena.errors import BudgetExhausted, InvalidQuery, QueryErrorCode
-from arena.oracle import PIPELINE_DEPTH, Answer, Oracle, PendingAnswer, Rejection
+from arena.oracle import PIPELINE_DEPTH, Answer, Oracle, PendingAnswers, Rejection
 from arena.oracle_adapters import ArgmaxOracle
 from arena.service import VictimService
 
@@ -32,7 +34,10 @@ class EagerEndpoint:
     def __init__(self, service: VictimService, refuse_from: int | None = None) -> None:
         self.service = service
         self.refuse_from = refuse_from
+        self.lose_answers_of_call: int | None = None
+        """this call's batches are answered and charged, but the caller hears a fault"""
         self.submitted = 0
+        self.batches_per_call: list[int] = []
         self.waiting = 0
         self.most_waiting = 0
 
@@ -44,15 +49,24 @@ class EagerEndpoint:
             return Rejection("refused", "flagged by the test detector")
         return self.service.answer(attacker_id, query_id, x, targets, work)
 
-    def submit(self, attacker_id: str, query_id: str, x: Any, targets: Any = None) -> PendingAnswer:
-        result = self.answer(attacker_id, query_id, x, targets)
+    def submit(
+        self, attacker_id: str, batches: list[tuple[str, Any]], targets: Any = None
+    ) -> PendingAnswers:
+        results: list[Answer | Rejection] = []
+        for query_id, x in batches:  # in order, up to the first rejection, as the victim does
+            results.append(self.answer(attacker_id, query_id, x, targets))
+            if isinstance(results[-1], Rejection):
+                break
+        if self.submitted == self.lose_answers_of_call:
+            results = [Rejection("unavailable", "the test transport lost the answers")]
         self.submitted += 1
+        self.batches_per_call.append(len(batches))
         self.waiting += 1
         self.most_waiting = max(self.most_waiting, self.waiting)
 
-        def wait() -> Answer | Rejection:
+        def wait() -> list[Answer | Rejection]:
             self.waiting -= 1
-            return result
+            return results
 
         return wait
 
@@ -73,10 +87,14 @@ Setup = Callable[..., tuple[Oracle, EagerEndpoint]]
 
 
 @pytest.fixture
-def oracles(make_service: ServiceFactory) -> Setup:
+def oracles(
+    make_service: ServiceFactory, digits_data: DataSplits, monkeypatch: pytest.MonkeyPatch
+) -> Setup:
     """``oracles(budget, pipelined, refuse_from=None, defenses=())``: an oracle on a fresh
-    service behind an :class:`EagerEndpoint`; not pipelined, the same endpoint without
-    ``submit`` (so one batch at a time)."""
+    service behind an :class:`EagerEndpoint`, sending two full batches a call; not pipelined,
+    the same endpoint without ``submit`` (so one batch at a time)."""
+    batch_bytes = digits_data.test.x[:BATCH].numpy().nbytes
+    monkeypatch.setattr(oracle_module, "CALL_BYTES", 2 * batch_bytes)
 
     def setup(
         budget: int, pipelined: bool, refuse_from: int | None = None, defenses: Any = ()
@@ -112,9 +130,38 @@ def test_pipelined_answers_equal_sequential_with_two_batches_in_flight(
     expected = plain.query_all(x)
     answered = piped.query_all(x)
     assert torch.equal(answered, expected)
-    assert endpoint.submitted == 7 and endpoint.most_waiting == PIPELINE_DEPTH
-    assert endpoint.waiting == 0
+    # 7 batches (six of 16, one of 4): two a call, the last alone
+    assert endpoint.batches_per_call == [2, 2, 2, 1]
+    assert endpoint.most_waiting == PIPELINE_DEPTH and endpoint.waiting == 0
     assert piped.used == _used(endpoint) == 100
+
+
+def test_a_call_whose_answers_are_lost_is_asked_again_and_charged_once(
+    oracles: Setup, digits_data: DataSplits, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worst fault: the victim charged and answered a whole call, then the answers were
+    lost on the way back. Each batch is asked again by its query id, and the ledger answers it
+    from its record without a second charge."""
+    monkeypatch.setattr(oracle_module, "UNAVAILABLE_RETRY_PAUSES_S", (0.0, 0.0))
+    x = digits_data.test.x[:100]
+    plain, _ = oracles(1000, pipelined=False)
+    piped, endpoint = oracles(1000, pipelined=True)
+    endpoint.lose_answers_of_call = 1  # the second call: two batches, both charged
+    assert torch.equal(piped.query_all(x), plain.query_all(x))
+    assert piped.used == _used(endpoint) == 100
+    assert endpoint.service.account_stats(ATTACKER).batches == 7
+
+
+def test_a_stream_of_single_rows_goes_at_most_call_batches_a_call(
+    oracles: Setup, digits_data: DataSplits, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(oracle_module, "CALL_BATCHES", 5)  # 5 rows: well under CALL_BYTES
+    oracle, endpoint = oracles(1000, pipelined=True)
+    x = digits_data.test.x[:13]
+    plain, _ = oracles(1000, pipelined=False)
+    assert torch.equal(oracle.query_all(x, batch_size=1), plain.query_all(x, batch_size=1))
+    assert endpoint.batches_per_call == [5, 5, 3]
+    assert oracle.used == _used(endpoint) == len(x)
 
 
 @pytest.mark.parametrize("pipelined", [False, True], ids=["sequential", "pipelined"])

@@ -18,6 +18,7 @@ import ray
 import torch
 
 import agents  # noqa: F401
+from arena import oracle as oracle_module
 from arena.data import DataSplits
 from arena.errors import BudgetExhausted, InvalidQuery, QueryErrorCode
 from arena.match_data import MatchData
@@ -209,28 +210,34 @@ def test_Q2_oversized_numpy_view_refused_through_ray_without_a_copy(service: Any
 
 
 class _CountingProxy(RayServiceProxy):
-    """The proxy, counting the batches an oracle sent ahead."""
+    """The proxy, counting the batches an oracle sent ahead in each call."""
 
-    submitted = 0
+    def __init__(self, handle: Any) -> None:
+        super().__init__(handle)
+        self.batches_per_call: list[int] = []
 
-    def submit(self, attacker_id: str, query_id: str, x: Any, targets: Any = None) -> Any:
-        self.submitted += 1
-        return super().submit(attacker_id, query_id, x, targets)
+    def submit(self, attacker_id: str, batches: list[tuple[str, Any]], targets: Any = None) -> Any:
+        self.batches_per_call.append(len(batches))
+        return super().submit(attacker_id, batches, targets)
 
 
-def test_pipelined_query_all_through_the_actor_is_exact_and_in_order(service: Any) -> None:
-    """``query_all`` keeps two batches in flight on the actor: the same answers as one batch at
-    a time, each query charged once, and the audit log in the order the batches were sent."""
+def test_pipelined_query_all_through_the_actor_is_exact_and_in_order(
+    service: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``query_all`` sends four batches a call, two calls in flight on the actor: the same
+    answers as one batch at a time, each query charged once, and the audit log in the order the
+    batches were sent."""
     x = torch.from_numpy(_digits(10 * MAX_BATCH + 7))
+    monkeypatch.setattr(oracle_module, "CALL_BYTES", 4 * x[:MAX_BATCH].numpy().nbytes)
     proxy = _CountingProxy(service)
     proxy.open_account("one-by-one", 10**4)
     proxy.open_account("pipelined", 10**4)
     one_by_one = Oracle(proxy, "one-by-one")
     expected = torch.cat([one_by_one.query(x[i : i + MAX_BATCH]) for i in range(0, len(x), 64)])
-    assert proxy.submitted == 0
+    assert proxy.batches_per_call == []
     pipelined = Oracle(proxy, "pipelined")
     assert torch.equal(pipelined.query_all(x), expected)
-    assert proxy.submitted == 11
+    assert proxy.batches_per_call == [4, 4, 3]
     assert pipelined.used == proxy.account_stats("pipelined").used == len(x)
     query_ids = ray.get(
         service.__ray_call__.remote(
