@@ -72,8 +72,24 @@ class ArgmaxOracle(OracleView):
     """Answers reduced to one-hot rows at their argmax: the top-1 countermeasure."""
 
     def query(self, x: torch.Tensor, targets: Targets | None = None) -> torch.Tensor:
-        answers = self._inner.query(x, targets)
-        return torch.nn.functional.one_hot(answers.argmax(dim=1), answers.shape[1]).float()
+        return _top1(self._inner.query(x, targets))
+
+    def query_all(
+        self,
+        x: torch.Tensor,
+        batch_size: int | None = None,
+        *,
+        until_refused: bool = False,
+        targets: Targets | None = None,
+    ) -> torch.Tensor:
+        """Row by row what ``query`` gives, so the inner oracle streams the batches (several
+        in flight on a Ray victim) and the rows are reduced afterwards."""
+        answers = self._inner.query_all(x, batch_size, until_refused=until_refused, targets=targets)
+        return _top1(answers)
+
+
+def _top1(answers: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.one_hot(answers.argmax(dim=1), answers.shape[1]).float()
 
 
 class SmoothingOracle(OracleView):

@@ -20,7 +20,7 @@ from arena import oracle as oracle_module
 from arena.data import DataSplits
 from arena.errors import BudgetExhausted, InvalidQuery, QueryErrorCode
 from arena.oracle import PIPELINE_DEPTH, Answer, Oracle, PendingAnswers, Rejection
-from arena.oracle_adapters import ArgmaxOracle
+from arena.oracle_adapters import ArgmaxOracle, OracleView
 from arena.service import VictimService
 
 ATTACKER = "thief"
@@ -200,12 +200,25 @@ def test_a_refusal_ends_the_stream_with_the_answered_prefix_and_no_lost_charge(
     assert endpoint.waiting == 0
 
 
+def test_a_top1_view_streams_through_its_oracle_and_answers_as_batch_by_batch(
+    oracles: Setup, digits_data: DataSplits
+) -> None:
+    x = digits_data.test.x[:100]
+    oracle, endpoint = oracles(1000, pipelined=True)
+    plain, _ = oracles(1000, pipelined=False)
+    expected = torch.cat([ArgmaxOracle(plain).query(x[i : i + BATCH]) for i in range(0, 100, 16)])
+    assert torch.equal(ArgmaxOracle(oracle).query_all(x), expected)
+    assert endpoint.batches_per_call == [2, 2, 2, 1] and oracle.used == 100
+    refused, endpoint = oracles(1000, pipelined=True, refuse_from=3 * BATCH)
+    assert ArgmaxOracle(refused).query_all(x, until_refused=True).shape == (3 * BATCH, 10)
+
+
 def test_views_proof_of_work_and_order_sensitive_victims_go_one_batch_at_a_time(
     oracles: Setup, digits_data: DataSplits
 ) -> None:
     oracle, endpoint = oracles(1000, pipelined=True)
-    top1 = ArgmaxOracle(oracle).query_all(digits_data.test.x[:40])
-    assert endpoint.submitted == 0 and top1.sum() == 40  # every row one-hot, through the view
+    viewed = OracleView(oracle).query_all(digits_data.test.x[:40])  # a view's own query per batch
+    assert endpoint.submitted == 0 and viewed.shape == (40, 10)
     worked, endpoint = oracles(1000, pipelined=True, defenses=("proof_of_work",))
     assert worked.query_all(digits_data.test.x[:40]).shape == (40, 10)
     assert endpoint.submitted == 0 and worked.work_hashes > 0
