@@ -54,7 +54,7 @@ travel while the victim computes this one; more only queue in the victim"""
 
 CALL_BYTES = 4 * 1024**2
 """batches ``query_all`` sends in one call, by size: a call closes once its inputs reach this
-many bytes (six 256-image Fashion-MNIST batches, one CIFAR-10 batch of 256, at least one batch);
+many bytes (six 256-image Fashion-MNIST batches, two CIFAR-10 ones; at least one batch);
 large enough that a transport's fixed cost per call (about a millisecond on Ray) is small
 against the work, small enough that the first call does not keep the victim waiting long"""
 

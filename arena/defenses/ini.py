@@ -58,7 +58,8 @@ like victims (keyed on the victim, the incoming weights and every training hyper
 
 **Cost and what to expect (measured here, one torch thread).** A step costs about 15 plain
 training steps (two double back-propagations through the student, one backward pass per term for
-PCGrad): one Fashion-MNIST LeNet-5 epoch (50k images) takes ~90 s, the default 3 epochs ~4.5 min.
+PCGrad): one Fashion-MNIST LeNet-5 epoch (50k images) took 56-90 s in two runs on this shared
+machine (the paper's 50-epoch schedule ~56 s an epoch), the default 3 epochs 3-4.5 min.
 ``delta`` (in-distribution isolation) is the utility/protection knob: after one such epoch the
 served model lost ~10 accuracy points (0.907 -> 0.801) while a 1k-query in-distribution
 soft-label thief lost ~9 (0.705 -> 0.612); with ``delta: 0`` (one epoch on 10k images) utility
