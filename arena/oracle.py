@@ -404,8 +404,7 @@ class Oracle:
             for start in range(0, int(x.shape[0]), size):
                 batch = x[start : start + size]
                 ahead = None if endpoint is None else self._ahead(batch, call, in_flight)
-                if endpoint is None or ahead is None:
-                    # this batch goes the sequential way, after those sent ahead
+                if ahead is None:  # the sequential way, after the batches sent ahead
                     self._send_call(endpoint, call, in_flight, targets)
                     self._receive_all(in_flight, chunks, targets)
                     chunks.append(self.query(batch, targets))
